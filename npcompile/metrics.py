@@ -1,0 +1,90 @@
+"""Model figures: parameters, FLOPs and widths per layer."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from npcompile.shapes import static_shapes
+
+__all__ = ["LayerInfo", "ModelStats", "model_stats"]
+
+_WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+@dataclass
+class LayerInfo:
+    name: str
+    op: str
+    in_channels: int
+    out_channels: int
+    params: int
+    flops: int  # 2 x multiply-accumulates, batch 1
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ModelStats:
+    params: int
+    nonzero_params: int
+    flops: int
+    layers: list[LayerInfo]
+
+    def as_dict(self) -> dict:
+        return {"params": self.params, "nonzero_params": self.nonzero_params, "flops": self.flops,
+                "layers": [layer.as_dict() for layer in self.layers]}
+
+
+def _float_init(t: onnx.TensorProto) -> bool:
+    return t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                           onnx.TensorProto.BFLOAT16)
+
+
+def model_stats(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]],
+                shapes: dict[str, tuple[int, ...]] | None = None) -> ModelStats:
+    """Parameters (float initializers), non-zero parameters and FLOPs (batch 1) of ``model``."""
+    inits = {t.name: t for t in model.graph.initializer}
+    params = nonzero = 0
+    for t in inits.values():
+        if _float_init(t):
+            n = math.prod(t.dims)
+            params += n
+            nonzero += int(np.count_nonzero(numpy_helper.to_array(t))) if n else 0
+    if shapes is None:
+        shapes = static_shapes(model, probe)
+    layers: list[LayerInfo] = []
+    for node in model.graph.node:
+        if node.op_type not in _WEIGHTED or len(node.input) < 2:
+            continue
+        out = shapes.get(node.output[0])
+        w = shapes.get(node.input[1])
+        if out is None or w is None:
+            continue
+        batch = out[0] if out and out[0] > 0 else 1
+        out_elems = math.prod(out) // max(batch, 1) if node.op_type != "MatMul" or len(out) > 1 else math.prod(out)
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if node.op_type == "Conv":
+            macs = out_elems * math.prod(w[1:])
+            cin, cout = w[1] * group, w[0]
+        elif node.op_type == "ConvTranspose":
+            x = shapes.get(node.input[0])
+            macs = (math.prod(x[1:]) if x else 0) * math.prod(w[1:])
+            cin, cout = w[0], w[1] * group
+        elif node.op_type == "Gemm":
+            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            cin, cout = (w[1], w[0]) if trans_b else (w[0], w[1])
+            macs = out_elems * cin
+        else:
+            cin, cout = w[-2], w[-1]
+            macs = out_elems * cin
+        p = sum(math.prod(inits[i].dims) for i in node.input[1:] if i in inits)
+        name = node.name or node.output[0]
+        layers.append(LayerInfo(name, node.op_type, int(cin), int(cout), int(p), int(2 * macs)))
+    flops = sum(layer.flops for layer in layers)
+    return ModelStats(int(params), int(nonzero), int(flops), layers)

@@ -1,0 +1,259 @@
+"""Loading, normalising and saving ONNX models.
+
+Every way a model comes in (a path, an ``onnx.ModelProto``, a ``torch.nn.Module``) ends as a checked
+``onnx.ModelProto`` of opset 11 or newer; every way it goes out is an atomic write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import helper, numpy_helper
+
+from npcompile.errors import UserError
+
+__all__ = [
+    "MIN_OPSET",
+    "load_model",
+    "to_graph",
+    "to_model",
+    "save_model",
+    "atomic_write_bytes",
+    "default_opset",
+]
+
+log = logging.getLogger(__name__)
+
+MIN_OPSET = 11
+UPGRADE_OPSET = 13
+_TWO_GB = 2**31 - 1
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The opset version of the default (``ai.onnx``) domain."""
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return 0
+
+
+def _load_path(path: Path) -> onnx.ModelProto:
+    if not path.exists():
+        raise UserError(f"model file not found: {path}")
+    if path.is_dir():
+        raise UserError(f"model path is a directory, not an ONNX file: {path}")
+    if path.stat().st_size == 0:
+        raise UserError(f"model file is empty: {path}")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf DecodeError and friends
+        raise UserError(f"not a valid ONNX model: {path} ({type(e).__name__})") from None
+    if not model.HasField("graph") or not model.graph.node:
+        raise UserError(f"not a valid ONNX model (no graph or no nodes): {path}")
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read the model's external data: {e}") from None
+    return model
+
+
+def _torch_to_onnx(module: Any, example_inputs: Any) -> onnx.ModelProto:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise UserError(
+            "a torch.nn.Module was given but torch is not installed: "
+            "pip install 'npcompile[torch]'"
+        ) from None
+    if example_inputs is None:
+        raise UserError("a torch.nn.Module needs example_inputs to be exported to ONNX")
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    example_inputs = tuple(example_inputs)
+    names = ["input"] if len(example_inputs) == 1 else [f"input{i}" for i in range(len(example_inputs))]
+    dynamic = {n: {0: "batch"} for n in names}
+    dynamic["output"] = {0: "batch"}
+    module = module.eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        with torch.no_grad():
+            torch.onnx.export(
+                module,
+                example_inputs,
+                path,
+                dynamo=False,
+                opset_version=17,
+                input_names=names,
+                output_names=["output"],
+                dynamic_axes=dynamic,
+            )
+        return onnx.load(path)
+
+
+def load_model(source: Any, example_inputs: Any = None) -> onnx.ModelProto:
+    """Load a model from a path, a ``ModelProto`` or a ``torch.nn.Module``, checked and at opset ≥ 11.
+
+    Raises :class:`UserError` for anything the user has to fix (missing file, corrupt protobuf,
+    checker failure, opset that cannot be upgraded).
+    """
+    if isinstance(source, onnx.ModelProto):
+        model = onnx.ModelProto()
+        model.CopyFrom(source)
+    elif isinstance(source, (str, os.PathLike)):
+        model = _load_path(Path(source))
+    elif type(source).__module__.startswith("torch") or hasattr(source, "state_dict"):
+        model = _torch_to_onnx(source, example_inputs)
+    else:
+        raise UserError(f"cannot load a model from a {type(source).__name__}")
+    _check(model)
+    opset = default_opset(model)
+    if opset < MIN_OPSET:
+        model = _upgrade(model, opset)
+    return model
+
+
+def _check(model: onnx.ModelProto) -> None:
+    try:
+        if model.ByteSize() > _TWO_GB:
+            return  # the in-memory checker cannot take > 2 GB; shape inference checks later
+        onnx.checker.check_model(model)
+    except ValueError:
+        return
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
+        raise UserError(f"model fails the ONNX checker: {first}") from None
+    except Exception as e:
+        raise UserError(f"model fails the ONNX checker: {type(e).__name__}: {e}".splitlines()[0]) from None
+
+
+def _upgrade(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    if opset < 7:
+        raise UserError(f"opset {opset} is too old (npcompile needs opset {MIN_OPSET} or newer)")
+    try:
+        upgraded = onnx.version_converter.convert_version(model, UPGRADE_OPSET)
+        onnx.checker.check_model(upgraded)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"opset {opset} is older than {MIN_OPSET} and could not be upgraded: {msg}"
+        ) from None
+    log.info("upgraded the model from opset %d to %d", opset, UPGRADE_OPSET)
+    return upgraded
+
+
+def _constant_node_value(node: gs.Node) -> np.ndarray | None:
+    attrs = node.attrs
+    if "value" in attrs and isinstance(attrs["value"], gs.Constant):
+        return attrs["value"].values
+    for key, dtype in (("value_float", np.float32), ("value_int", np.int64)):
+        if key in attrs:
+            return np.array(attrs[key], dtype=dtype)
+    for key, dtype in (("value_floats", np.float32), ("value_ints", np.int64)):
+        if key in attrs:
+            return np.array(list(attrs[key]), dtype=dtype)
+    return None
+
+
+def to_graph(model: onnx.ModelProto) -> gs.Graph:
+    """Import a model as an onnx-graphsurgeon graph; ``Constant`` nodes become initializers."""
+    graph = gs.import_onnx(model)
+    outputs = {t.name for t in graph.outputs}
+    for node in list(graph.nodes):
+        if node.op != "Constant" or (node.domain or "") not in ("", "ai.onnx") or len(node.outputs) != 1:
+            continue
+        out = node.outputs[0]
+        if out.name in outputs:
+            continue
+        value = _constant_node_value(node)
+        if value is None:
+            continue
+        const = gs.Constant(out.name, np.asarray(value))
+        for consumer in list(out.outputs):
+            for i, t in enumerate(consumer.inputs):
+                if t is out:
+                    consumer.inputs[i] = const
+        node.outputs.clear()
+    graph.cleanup()
+    return graph
+
+
+def to_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
+    """Export a graph back to a model, keeping the template's metadata and opset imports."""
+    graph.cleanup().toposort()
+    model = gs.export_onnx(graph, do_type_check=False)
+    del model.opset_import[:]
+    model.opset_import.extend(template.opset_import)
+    model.ir_version = template.ir_version
+    model.producer_name = "npcompile"
+    from npcompile import __version__
+
+    model.producer_version = __version__
+    model.domain = template.domain
+    model.model_version = template.model_version
+    model.doc_string = template.doc_string
+    del model.metadata_props[:]
+    model.metadata_props.extend(template.metadata_props)
+    del model.functions[:]
+    model.functions.extend(template.functions)
+    return model
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | None = None) -> None:
+    """Save atomically. Models over 2 GB (or with ``external_data=True``) keep their weights in
+    ``<name>.data`` beside the model file, also written atomically."""
+    path = Path(path)
+    if external_data is None:
+        external_data = model.ByteSize() > _TWO_GB if _fits_bytesize(model) else True
+    if not external_data:
+        atomic_write_bytes(path, model.SerializeToString(deterministic=True))
+        return
+    location = path.name + ".data"
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".npcompile-") as tmp:
+        tmp_model = Path(tmp) / path.name
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        onnx.save_model(copy, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=location, size_threshold=1024)
+        if (Path(tmp) / location).exists():
+            os.replace(Path(tmp) / location, path.parent / location)
+        os.replace(tmp_model, path)
+
+
+def _fits_bytesize(model: onnx.ModelProto) -> bool:
+    try:
+        model.ByteSize()
+    except Exception:
+        return False
+    return True
+
+
+def make_opset_model(graph_proto: onnx.GraphProto, opset: int = 13) -> onnx.ModelProto:
+    """Build a model around a graph with the default-domain opset (a test and example helper)."""
+    return helper.make_model(graph_proto, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def initializer(name: str, array: np.ndarray) -> onnx.TensorProto:
+    """Shorthand for :func:`onnx.numpy_helper.from_array` (used by tests and examples)."""
+    return numpy_helper.from_array(np.asarray(array), name)

@@ -1,0 +1,118 @@
+"""Channel surgery: remove the planned channels at every site of their groups.
+
+Plan first, validate every index, then mutate: every new weight, shape constant and attribute is
+computed before the graph is touched, so a failure leaves the graph as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from npcompile.channels import ChannelAnalysis
+
+__all__ = ["apply_removal", "RewriteStats"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RewriteStats:
+    groups: int
+    channels_removed: int
+    weights_rewritten: int
+    fixups: int
+
+
+def _validate(analysis: ChannelAnalysis, removed: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    clean: dict[int, np.ndarray] = {}
+    for gid, mask in removed.items():
+        root = analysis.find(gid)
+        group = analysis.group(root)
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (group.size,):
+            raise ValueError(f"group {group.name}: mask of {mask.shape} for {group.size} channels")
+        if not mask.any():
+            continue
+        if group.frozen:
+            raise ValueError(f"group {group.name} is frozen: {group.frozen[0]}")
+        if mask.all():
+            raise ValueError(f"group {group.name} would lose all of its {group.size} channels")
+        clean[root] = mask
+    return clean
+
+
+def apply_removal(graph: gs.Graph, analysis: ChannelAnalysis, removed: dict[int, np.ndarray]) -> RewriteStats:
+    """Remove channels ``removed[group] == True`` from ``graph`` (which ``analysis`` describes).
+
+    Raises ``ValueError`` without touching the graph when the removal is not valid.
+    """
+    removed = _validate(analysis, removed)
+    find = analysis.find
+    # 1. slicing per (node, input): axis -> kept positions
+    per_use: dict[tuple[int, int], dict[int, np.ndarray]] = defaultdict(dict)
+    use_node: dict[tuple[int, int], gs.Node] = {}
+    seen: set[int] = set()
+    for gid in removed:
+        for site in analysis.group(gid).sites:
+            if id(site) in seen:
+                continue
+            seen.add(id(site))
+            key = (id(site.node), site.index)
+            keep = site.layout.keep_positions(removed, find)
+            prev = per_use[key].get(site.axis)
+            if prev is not None and not np.array_equal(prev, keep):
+                raise ValueError(f"conflicting channel removals on input {site.index} of {site.node.name}")
+            per_use[key][site.axis] = keep
+            use_node[key] = site.node
+    # 2. new constants, computed before anything changes
+    by_const: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    consts: dict[int, gs.Constant] = {}
+    for key, node in use_node.items():
+        c = node.inputs[key[1]]
+        by_const[id(c)].append(key)
+        consts[id(c)] = c
+    changes: list[Callable[[], None]] = []
+    for cid, keys in by_const.items():
+        const = consts[cid]
+        values = const.values
+        all_uses = [(id(n), i) for n in const.outputs for i, t in enumerate(n.inputs) if t is const]
+        variants: dict[bytes, tuple[np.ndarray, list[tuple[int, int]]]] = {}
+        for key in keys:
+            new = values
+            sig = []
+            for axis in sorted(per_use[key]):
+                keep = per_use[key][axis]
+                new = np.take(new, keep, axis=axis)
+                sig.append((axis, keep.tobytes()))
+            variants.setdefault(repr(sig).encode(), (new, []))[1].append(key)
+        untouched = [u for u in all_uses if u not in per_use]
+        if len(variants) == 1 and not untouched:
+            new = next(iter(variants.values()))[0]
+            changes.append(lambda c=const, v=new: setattr(c, "values", np.ascontiguousarray(v)))
+            continue
+        for k, (new, ks) in enumerate(variants.values()):
+            copy = gs.Constant(f"{const.name}_npc{k}", np.ascontiguousarray(new))
+            for key in ks:
+                node = use_node[key]
+                changes.append(lambda n=node, i=key[1], t=copy: n.inputs.__setitem__(i, t))
+    # 3. fixups (shape constants, attributes)
+    fixups = analysis.fixups_for(set(removed))
+    changes.extend(f.prepare(removed, find) for f in fixups)
+    # 4. mutate
+    for change in changes:
+        change()
+    io = {t.name for t in (*graph.inputs, *graph.outputs)}
+    for t in graph.tensors().values():
+        if isinstance(t, gs.Variable) and t.name not in io:
+            t.shape = None
+    stats = RewriteStats(len(removed), int(sum(m.sum() for m in removed.values())), len(by_const),
+                         len(fixups))
+    log.info("removed %d channels from %d groups (%d weights, %d shape fixups)", stats.channels_removed,
+             stats.groups, stats.weights_rewritten, stats.fixups)
+    return stats

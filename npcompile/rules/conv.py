@@ -1,0 +1,114 @@
+"""Channel rules for convolutions: Conv (1D/2D/3D, plain, grouped, depthwise) and ConvTranspose."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from npcompile.layout import Layout
+from npcompile.rules.registry import register
+
+if TYPE_CHECKING:
+    from npcompile.channels import ChannelAnalysis
+
+
+def _row_pot(w: np.ndarray, axis: int, bias: np.ndarray | None, layout: Layout) -> np.ndarray:
+    pot = layout.slot_sums(w, axis)
+    if bias is not None:
+        pot = pot + layout.slot_sums(bias, 0)
+    return pot
+
+
+def _open_output(node: gs.Node, ctx: ChannelAnalysis, w_axis: int, size: int) -> Layout:
+    layout = ctx.new_group(node, size)
+    ctx.add_site(node, 1, w_axis, layout, "out")
+    if len(node.inputs) > 2 and isinstance(node.inputs[2], gs.Constant):
+        ctx.add_site(node, 2, 0, layout, "out")
+    elif len(node.inputs) > 2 and node.inputs[2].name:
+        ctx.freeze(layout, f"{node.op} {node.name} has a non-constant bias")
+    return layout
+
+
+@register("Conv")
+def conv(node: gs.Node, ctx: ChannelAnalysis) -> None:
+    w = ctx.const(node.inputs[1])
+    x = ctx.dim(node.inputs[0])
+    if w is None:
+        ctx.freeze(x, f"Conv {node.name} has non-constant weights")
+        return
+    bias = ctx.const(node.inputs[2]) if len(node.inputs) > 2 else None
+    groups = int(node.attrs.get("group", 1))
+    c_out, c_in_per_group = w.shape[0], w.shape[1]
+    c_in = c_in_per_group * groups
+    if x is not None and x.axis != 1:
+        ctx.freeze(x, f"Conv {node.name} reads channels on axis 1, they sit on axis {x.axis}")
+        x = None
+    if groups == 1:
+        if x is not None:
+            ctx.add_site(node, 1, 1, x.layout, "in", pot=x.pot)
+        layout = _open_output(node, ctx, 0, c_out)
+        ctx.set_dim(node.outputs[0], 1, layout, _row_pot(w, 0, bias, layout))
+        return
+    if c_in_per_group == 1 and c_out % c_in == 0:
+        _depthwise(node, ctx, x, w, bias, c_in, c_out // c_in)
+        return
+    # Grouped convolution: channels are tied across groups, so they are not pruned (yet).
+    reason = f"grouped convolution {node.name} (group={groups}) ties channels of its groups"
+    ctx.freeze(x, reason)
+    layout = _open_output(node, ctx, 0, c_out)
+    ctx.freeze(layout, reason)
+    ctx.set_dim(node.outputs[0], 1, layout, _row_pot(w, 0, bias, layout))
+
+
+def _depthwise(node: gs.Node, ctx: ChannelAnalysis, x, w: np.ndarray, bias, c_in: int, mult: int) -> None:
+    """Depthwise: input channel ``c`` makes outputs ``c*mult .. c*mult+mult-1``; they go together."""
+    if x is None:
+        layout = _open_output(node, ctx, 0, w.shape[0])
+        ctx.freeze(layout, f"depthwise Conv {node.name} reads channels no group owns")
+        ctx.set_dim(node.outputs[0], 1, layout, _row_pot(w, 0, bias, layout))
+        return
+    out_layout = x.layout.repeat(inner=mult)
+    ctx.add_site(node, 1, 0, out_layout, "out")
+    if bias is not None:
+        ctx.add_site(node, 2, 0, out_layout, "out")
+    pot = x.pot * out_layout.slot_sums(w, 0)
+    if bias is not None:
+        pot = pot + out_layout.slot_sums(bias, 0)
+    ctx.set_dim(node.outputs[0], 1, out_layout, pot)
+
+    def prepare(removed, find):
+        kept = x.layout.kept_size(removed, find)
+
+        def apply() -> None:
+            node.attrs["group"] = kept
+
+        return apply
+
+    ctx.add_fixup([x.layout], prepare, f"group attribute of {node.name}")
+
+
+@register("ConvTranspose")
+def conv_transpose(node: gs.Node, ctx: ChannelAnalysis) -> None:
+    w = ctx.const(node.inputs[1])
+    x = ctx.dim(node.inputs[0])
+    if w is None:
+        ctx.freeze(x, f"ConvTranspose {node.name} has non-constant weights")
+        return
+    bias = ctx.const(node.inputs[2]) if len(node.inputs) > 2 else None
+    groups = int(node.attrs.get("group", 1))
+    if x is not None and x.axis != 1:
+        ctx.freeze(x, f"ConvTranspose {node.name} reads channels on axis 1")
+        x = None
+    if groups != 1:
+        reason = f"grouped ConvTranspose {node.name} (group={groups})"
+        ctx.freeze(x, reason)
+        layout = _open_output(node, ctx, 1, w.shape[1] * groups)
+        ctx.freeze(layout, reason)
+        ctx.set_dim(node.outputs[0], 1, layout, np.ones(layout.channels))
+        return
+    if x is not None:
+        ctx.add_site(node, 1, 0, x.layout, "in", pot=x.pot)
+    layout = _open_output(node, ctx, 1, w.shape[1])
+    ctx.set_dim(node.outputs[0], 1, layout, _row_pot(w, 1, bias, layout))

@@ -1,0 +1,68 @@
+"""Channel rules for reductions and softmax-like ops over an axis."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import onnx_graphsurgeon as gs
+
+from npcompile.rules.common import ints_of, normalize_axis
+from npcompile.rules.registry import register
+
+if TYPE_CHECKING:
+    from npcompile.channels import ChannelAnalysis
+
+REDUCE = ("ReduceMax", "ReduceMin", "ReduceMean", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2",
+          "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp")
+
+
+@register(*REDUCE)
+def reduce(node: gs.Node, ctx: ChannelAnalysis) -> None:
+    x = ctx.dim(node.inputs[0])
+    rank = ctx.rank(node.inputs[0])
+    if x is None:
+        return
+    axes = ints_of(node, ctx, "axes", 1)
+    if not axes:
+        if int(node.attrs.get("noop_with_empty_axes", 0)):
+            ctx.pass_through(node, x)
+        else:
+            ctx.freeze(x, f"{node.op} {node.name} reduces over all axes, channels included")
+        return
+    axes = sorted(normalize_axis(a, rank) for a in axes)
+    if x.axis in axes:
+        ctx.freeze(x, f"{node.op} {node.name} reduces over the channel axis")
+        return
+    keep = int(node.attrs.get("keepdims", 1))
+    axis = x.axis if keep else x.axis - sum(a < x.axis for a in axes)
+    revive = node.op in ("ReduceLogSum", "ReduceLogSumExp")
+    ctx.pass_through(node, x, axis=axis, pot=x.pot + 1.0 if revive else x.pot)
+
+
+@register("ArgMax", "ArgMin")
+def arg_reduce(node: gs.Node, ctx: ChannelAnalysis) -> None:
+    x = ctx.dim(node.inputs[0])
+    if x is None:
+        return
+    rank = ctx.rank(node.inputs[0])
+    axis = normalize_axis(int(node.attrs.get("axis", 0)), rank)
+    if axis == x.axis:
+        ctx.freeze(x, f"{node.op} {node.name} picks an index along the channel axis")
+        return
+    keep = int(node.attrs.get("keepdims", 1))
+    ctx.pass_through(node, x, axis=x.axis if keep or axis > x.axis else x.axis - 1, pot=x.pot + 1.0)
+
+
+@register("Softmax", "LogSoftmax", "Hardmax")
+def softmax(node: gs.Node, ctx: ChannelAnalysis) -> None:
+    x = ctx.dim(node.inputs[0])
+    if x is None:
+        return
+    rank = ctx.rank(node.inputs[0])
+    opset = ctx.graph.opset
+    axis = normalize_axis(int(node.attrs.get("axis", -1 if opset >= 13 else 1)), rank)
+    over_channels = x.axis == axis if opset >= 13 else x.axis >= axis
+    if over_channels:
+        ctx.freeze(x, f"{node.op} {node.name} normalises over the channel axis")
+        return
+    ctx.pass_through(node, x, pot=x.pot + 1.0)

@@ -1,0 +1,208 @@
+"""Channel rules for ops that move the channel axis: Reshape, Flatten, Transpose, Squeeze,
+Unsqueeze, Gather, Shape.
+
+A Reshape may keep the channel axis whole, merge it with its neighbours (a Flatten before a
+fully connected layer: ``C·H·W`` blocks), or undo such a merge. Any other Reshape of the channel
+axis (splitting channels into heads or shuffle groups) freezes the groups involved.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from npcompile.layout import Layout
+from npcompile.rules.common import ints_of, normalize_axis
+from npcompile.rules.registry import register
+
+if TYPE_CHECKING:
+    from npcompile.channels import ChannelAnalysis, ChannelDim
+
+
+def _cum(shape: tuple[int, ...]) -> list[int]:
+    out = [1]
+    for s in shape:
+        out.append(out[-1] * int(s))
+    return out
+
+
+def map_reshape(x: ChannelDim, s_in: tuple[int, ...], s_out: tuple[int, ...]) -> tuple[int, Layout] | None:
+    """Where the channel axis of ``x`` lands in a row-major reshape from ``s_in`` to ``s_out``.
+
+    Returns the output axis and its layout, or ``None`` when the reshape splits channels.
+    """
+    a = x.axis
+    cin, cout = _cum(s_in), _cum(s_out)
+    for b in range(len(s_out)):
+        if not (cout[b] <= cin[a] and cout[b + 1] >= cin[a + 1]):
+            continue
+        ks = [k for k in range(a + 1) if cin[k] == cout[b]]
+        js = [j for j in range(a + 1, len(s_in) + 1) if cin[j] == cout[b + 1]]
+        if ks and js:
+            k, j = ks[-1], js[0]
+            outer = math.prod(s_in[k:a])
+            inner = math.prod(s_in[a + 1 : j])
+            return b, x.layout.repeat(inner=inner, outer=outer)
+    # The channel axis is cut into several output axes: only undoing a C·H·W merge is understood.
+    lay = x.layout
+    for b in range(len(s_out)):
+        if cout[b] != cin[a]:
+            continue
+        for j in range(b + 2, len(s_out) + 1):
+            if cout[j] != cin[a + 1]:
+                continue
+            tail = math.prod(s_out[b + 1 : j])
+            if lay.outer == 1 and lay.inner % tail == 0 and s_out[b] == lay.channels * lay.inner // tail:
+                return b, Layout(lay.pieces, lay.inner // tail, 1)
+            if lay.inner == 1 and lay.outer % math.prod(s_out[b:j - 1]) == 0 and \
+                    s_out[j - 1] == lay.channels and lay.outer == math.prod(s_out[b:j - 1]):
+                return j - 1, Layout(lay.pieces, 1, 1)
+    return None
+
+
+def _shape_fixup(node: gs.Node, ctx: ChannelAnalysis, out_axis: int, layout: Layout) -> bool:
+    """Arrange for the Reshape target to follow the new width; False when it cannot."""
+    target = node.inputs[1]
+    value = ctx.const(target)
+    if value is not None:
+        v = int(value[out_axis])
+        if v == -1 or (v == 0 and not int(node.attrs.get("allowzero", 0))):
+            return True
+
+        def prepare(removed, find):
+            new = np.array(value, dtype=np.int64)
+            new[out_axis] = layout.kept_size(removed, find)
+
+            def apply() -> None:
+                node.inputs[1] = gs.Constant(f"{target.name}_npc_{node.name}", new)
+
+            return apply
+
+        ctx.add_fixup([layout], prepare, f"target shape of {node.name}")
+        return True
+    producer = target.inputs[0] if target.inputs else None
+    if producer is None or producer.op != "Concat":
+        return False
+    pos = 0
+    for i, part in enumerate(producer.inputs):
+        shape = ctx.shape(part)
+        if shape is None or len(shape) != 1:
+            return False
+        if pos <= out_axis < pos + shape[0]:
+            piece = ctx.const(part)
+            if piece is None:
+                return True  # computed at run time from the (pruned) tensors' shapes
+            local = out_axis - pos
+            if int(piece[local]) in (-1, 0):
+                return True
+
+            def prepare(removed, find, i=i, piece=piece, local=local, part=part):
+                new = np.array(piece, dtype=np.int64)
+                new[local] = layout.kept_size(removed, find)
+
+                def apply() -> None:
+                    producer.inputs[i] = gs.Constant(f"{part.name}_npc_{producer.name}_{i}", new)
+
+                return apply
+
+            ctx.add_fixup([layout], prepare, f"target shape of {node.name}")
+            return True
+        pos += shape[0]
+    return False
+
+
+@register("Reshape")
+def reshape(node: gs.Node, ctx: ChannelAnalysis) -> None:
+    x = ctx.dim(node.inputs[0])
+    if x is None:
+        return
+    s_in, s_out = ctx.shape(node.inputs[0]), ctx.shape(node.outputs[0])
+    if s_in is None or s_out is None:
+        ctx.freeze(x, f"Reshape {node.name}: shapes unknown")
+        return
+    mapped = map_reshape(x, s_in, s_out)
+    if mapped is None:
+        ctx.freeze(x, f"Reshape {node.name} splits the channel axis (attention heads or channel "
+                      "shuffle)")
+        return
+    b, layout = mapped
+    if not _shape_fixup(node, ctx, b, layout):
+        ctx.freeze(x, f"Reshape {node.name}: its target shape cannot be rewritten")
+        return
+    ctx.set_dim(node.outputs[0], b, layout, x.pot)
+
+
+@register("Flatten")
+def flatten(node: gs.Node, ctx: ChannelAnalysis) -> None:
+    x = ctx.dim(node.inputs[0])
+    if x is None:
+        return
+    s_in = ctx.shape(node.inputs[0])
+    if s_in is None:
+        ctx.freeze(x, f"Flatten {node.name}: input shape unknown")
+        return
+    k = normalize_axis(int(node.attrs.get("axis", 1)), len(s_in))
+    if x.axis < k:
+        ctx.freeze(x, f"Flatten {node.name} merges the channel axis into the batch axis")
+        return
+    layout = x.layout.repeat(inner=math.prod(s_in[x.axis + 1 :]), outer=math.prod(s_in[k : x.axis]))
+    ctx.set_dim(node.outputs[0], 1, layout, x.pot)
+
+
+@register("Transpose")
+def transpose(node: gs.Node, ctx: ChannelAnalysis) -> None:
+    x = ctx.dim(node.inputs[0])
+    if x is None:
+        return
+    rank = ctx.rank(node.inputs[0])
+    perm = list(node.attrs.get("perm", list(range(rank))[::-1]))
+    ctx.pass_through(node, x, axis=perm.index(x.axis))
+
+
+@register("Squeeze", "Unsqueeze")
+def squeeze(node: gs.Node, ctx: ChannelAnalysis) -> None:
+    x = ctx.dim(node.inputs[0])
+    if x is None:
+        return
+    in_rank, out_rank = ctx.rank(node.inputs[0]), ctx.rank(node.outputs[0])
+    axes = ints_of(node, ctx, "axes", 1)
+    if node.op == "Squeeze":
+        if axes is None:
+            s = ctx.shape(node.inputs[0])
+            axes = [i for i, d in enumerate(s) if d == 1]
+        axes = [normalize_axis(a, in_rank) for a in axes]
+        if x.axis in axes:
+            ctx.freeze(x, f"Squeeze {node.name} removes the channel axis")
+            return
+        ctx.pass_through(node, x, axis=x.axis - sum(a < x.axis for a in axes))
+        return
+    axes = sorted(normalize_axis(a, out_rank) for a in axes)
+    axis = x.axis
+    for a in axes:
+        if a <= axis:
+            axis += 1
+    ctx.pass_through(node, x, axis=axis)
+
+
+@register("Gather")
+def gather(node: gs.Node, ctx: ChannelAnalysis) -> None:
+    x = ctx.dim(node.inputs[0])
+    if ctx.dim(node.inputs[1]) is not None:
+        ctx.freeze(ctx.dim(node.inputs[1]), f"Gather {node.name} uses channels as indices")
+    if x is None:
+        return
+    rank = ctx.rank(node.inputs[0])
+    axis = normalize_axis(int(node.attrs.get("axis", 0)), rank)
+    if axis == x.axis:
+        ctx.freeze(x, f"Gather {node.name} indexes the channel axis")
+        return
+    idx_rank = ctx.rank(node.inputs[1])
+    ctx.pass_through(node, x, axis=x.axis if x.axis < axis else x.axis + idx_rank - 1)
+
+
+@register("Shape", "Size")
+def shape_of(node: gs.Node, ctx: ChannelAnalysis) -> None:
+    """Reading a shape does not depend on channel values; the shape follows the pruned width."""

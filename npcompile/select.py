@@ -1,0 +1,67 @@
+"""Selection: turn per-channel scores into the channels to remove (a removal mask per group)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from npcompile.channels import Group
+from npcompile.errors import UserError
+
+__all__ = ["select_ratio", "select_threshold", "rounded_keep"]
+
+
+def rounded_keep(n: int, keep: int, round_to: int, min_channels: int = 1) -> int:
+    """Width to keep: at least ``keep``, a multiple of ``round_to`` where one fits in ``n``, never 0."""
+    keep = max(keep, min_channels, 1)
+    if round_to > 1:
+        keep = round_to * math.ceil(keep / round_to)
+    return min(n, keep)
+
+
+def _lowest(scores: np.ndarray, count: int, candidates: np.ndarray | None = None) -> np.ndarray:
+    mask = np.zeros(scores.shape[0], bool)
+    if count <= 0:
+        return mask
+    order = np.lexsort((np.arange(scores.shape[0]), scores))  # ties: lower index first
+    if candidates is not None:
+        order = order[candidates[order]]
+    mask[order[:count]] = True
+    return mask
+
+
+def select_ratio(groups: list[Group], scores: dict[int, np.ndarray], ratio: float, round_to: int = 1,
+                 min_channels: int = 1) -> dict[int, np.ndarray]:
+    """Remove ``floor(ratio * width)`` lowest-scored channels of every prunable group (fewer where
+    rounding keeps more)."""
+    if not 0.0 <= ratio < 1.0:
+        raise UserError(f"--ratio must be in [0, 1), got {ratio}")
+    out: dict[int, np.ndarray] = {}
+    for g in groups:
+        if not g.prunable or g.id not in scores:
+            continue
+        keep = rounded_keep(g.size, g.size - math.floor(ratio * g.size), round_to, min_channels)
+        mask = _lowest(scores[g.id], g.size - keep)
+        if mask.any():
+            out[g.id] = mask
+    return out
+
+
+def select_threshold(groups: list[Group], scores: dict[int, np.ndarray], threshold: float,
+                     round_to: int = 1, min_channels: int = 1) -> dict[int, np.ndarray]:
+    """Remove channels scored ``<= threshold`` (``0``: exactly the dead ones), keeping widths at
+    multiples of ``round_to`` and never emptying a group."""
+    if threshold < 0 or not math.isfinite(threshold):
+        raise UserError(f"--threshold must be a finite number >= 0, got {threshold}")
+    out: dict[int, np.ndarray] = {}
+    for g in groups:
+        if not g.prunable or g.id not in scores:
+            continue
+        s = scores[g.id]
+        cand = s <= threshold
+        keep = rounded_keep(g.size, g.size - int(cand.sum()), round_to, min_channels)
+        mask = _lowest(s, g.size - keep, cand)
+        if mask.any():
+            out[g.id] = mask
+    return out

@@ -1,0 +1,47 @@
+"""Helpers for testing compiled models: planting dead channels in a model."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from npcompile.channels import analyze
+from npcompile.model_io import to_graph, to_model
+from npcompile.shapes import static_shapes
+
+__all__ = ["plant_dead_channels"]
+
+
+def plant_dead_channels(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]], fraction: float = 0.25,
+                        seed: int = 0) -> tuple[onnx.ModelProto, int]:
+    """Zero every producing weight and per-channel parameter of ``fraction`` of the channels of
+    every prunable group. Returns the new model and the number of weights zeroed that removal
+    of those channels should take out (the channels' out and param sites)."""
+    rng = np.random.default_rng(seed)
+    graph = to_graph(model)
+    graph.toposort()
+    analysis = analyze(graph, static_shapes(model, probe))
+    planted = 0
+    done: set[int] = set()
+    for group in analysis.prunable_groups():
+        n = int(group.size * fraction)
+        if n == 0:
+            continue
+        chosen = np.zeros(group.size, bool)
+        chosen[rng.choice(group.size, n, replace=False)] = True
+        removed = {group.id: chosen}
+        for site in group.sites:
+            if site.role == "in":
+                continue
+            const = site.node.inputs[site.index]
+            values = np.array(const.values)
+            keep = site.layout.keep_positions(removed, analysis.find)
+            drop = np.setdiff1d(np.arange(values.shape[site.axis]), keep)
+            index = [slice(None)] * values.ndim
+            index[site.axis] = drop
+            if id(const) not in done or True:
+                planted += int(np.count_nonzero(values[tuple(index)]))
+            values[tuple(index)] = 0
+            const.values = values
+            done.add(id(const))
+    return to_model(graph, model), planted

@@ -1,0 +1,102 @@
+"""Verification: the checker, shape inference, and ONNX Runtime outputs against the original."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from npcompile.errors import VerificationError
+from npcompile.shapes import input_specs
+
+__all__ = ["probe_inputs", "make_session", "run_session", "compare", "Verification"]
+
+log = logging.getLogger(__name__)
+
+
+def probe_inputs(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]], batch: int | None = 2,
+                 seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs of the probe shapes (dynamic batch set to ``batch``), reproducible by seed."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for spec in input_specs(model):
+        shape = list(probe[spec.name])
+        dims = spec.type.tensor_type.shape.dim
+        if batch and dims and not dims[0].HasField("dim_value") and shape:
+            shape[0] = batch
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(spec.type.tensor_type.elem_type)
+        if np.issubdtype(dtype, np.floating):
+            out[spec.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            out[spec.name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            out[spec.name] = rng.integers(0, 4, shape).astype(dtype)
+    return out
+
+
+def make_session(model: onnx.ModelProto | str, threads: int = 0, optimize: bool = True,
+                 optimized_path: str | None = None, providers: list[str] | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    if optimized_path:
+        so.optimized_model_filepath = optimized_path
+    data = model if isinstance(model, str) else model.SerializeToString()
+    return ort.InferenceSession(data, so, providers=providers or ["CPUExecutionProvider"])
+
+
+def run_session(session, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return session.run(None, feeds)
+
+
+@dataclass
+class Verification:
+    """Outcome of comparing a compiled model with its original on probe inputs."""
+
+    max_abs_diff: float
+    max_rel_diff: float
+    outputs: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"max_abs_diff": self.max_abs_diff, "max_rel_diff": self.max_rel_diff,
+                "outputs": self.outputs}
+
+
+def compare(original: onnx.ModelProto, compiled: onnx.ModelProto, feeds: dict[str, np.ndarray],
+            threads: int = 0) -> Verification:
+    """Run both models on ``feeds``; shapes must match, differences are reported."""
+    try:
+        onnx.checker.check_model(compiled)
+    except Exception as e:
+        raise VerificationError(f"compiled model fails the ONNX checker: {str(e).splitlines()[0]}") from e
+    try:
+        ref = run_session(make_session(original, threads), feeds)
+    except Exception as e:
+        raise VerificationError(f"ONNX Runtime cannot run the original model: {str(e).splitlines()[0]}") from e
+    try:
+        got = run_session(make_session(compiled, threads), feeds)
+    except Exception as e:
+        raise VerificationError(f"ONNX Runtime cannot run the compiled model: {str(e).splitlines()[0]}") from e
+    names = [o.name for o in original.graph.output]
+    rows = []
+    worst_abs = worst_rel = 0.0
+    for name, a, b in zip(names, ref, got, strict=True):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.shape != b.shape:
+            raise VerificationError(f"output {name} changed shape: {a.shape} -> {b.shape}")
+        if a.size == 0 or not np.issubdtype(a.dtype, np.number):
+            rows.append({"name": name, "shape": list(a.shape), "max_abs_diff": 0.0, "max_rel_diff": 0.0})
+            continue
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        diff = float(np.max(np.abs(a64 - b64)))
+        rel = diff / max(float(np.max(np.abs(a64))), 1e-12)
+        worst_abs, worst_rel = max(worst_abs, diff), max(worst_rel, rel)
+        rows.append({"name": name, "shape": list(a.shape), "max_abs_diff": diff, "max_rel_diff": rel})
+    return Verification(worst_abs, worst_rel, rows)

@@ -1,0 +1,56 @@
+"""Magnitude analysis: the L1 or L2 norm of the weights that produce each channel, over its group.
+
+Channels that are provably zero everywhere they are consumed (see
+:mod:`npcompile.channels`) score exactly 0; every other channel scores above 0, so a threshold
+of 0 removes exactly the dead channels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from npcompile.channels import ChannelAnalysis, Group
+from npcompile.pipeline import Context, Pass, PassResult, register_pass
+
+__all__ = ["MagnitudePass", "group_magnitude"]
+
+_TINY = float(np.finfo(np.float64).tiny)
+
+
+def group_magnitude(analysis: ChannelAnalysis, group: Group, p: int = 1) -> np.ndarray:
+    """Per-channel ``L_p`` norm over every ``out`` site (producing weights and biases) of ``group``."""
+    acc = np.zeros(group.size)
+    for site in group.sites_of("out"):
+        per_slot = site.layout.slot_sums(site.node.inputs[site.index].values, site.axis, power=p)
+        off = 0
+        for piece in site.layout.pieces:
+            if piece.group is not None and analysis.find(piece.group) == group.id:
+                acc[piece.start : piece.stop] += per_slot[off : off + len(piece)]
+            off += len(piece)
+    score = acc if p == 1 else np.sqrt(acc)
+    dead = group.dead if group.dead is not None else np.zeros(group.size, bool)
+    return np.where(dead, 0.0, np.maximum(score, _TINY))
+
+
+@register_pass
+class MagnitudePass(Pass):
+    """Score channels by the norm of their producing weights (``p``: 1 or 2)."""
+
+    name = "magnitude"
+    kind = "analysis"
+    description = "L1/L2 norm of the weights producing each channel, over its group"
+
+    def __init__(self, p: int = 1) -> None:
+        if p not in (1, 2):
+            raise ValueError(f"magnitude: p must be 1 or 2, got {p}")
+        super().__init__(p=p)
+        self.p = p
+
+    def run(self, ctx: Context) -> PassResult:
+        analysis = ctx.analysis
+        scores = {g.id: group_magnitude(analysis, g, self.p) for g in analysis.prunable_groups()}
+        ctx.scores = scores
+        ctx.criterion = f"magnitude-l{self.p}"
+        dead = sum(int(g.dead.sum()) for g in analysis.prunable_groups() if g.dead is not None)
+        return PassResult(False, f"scored {len(scores)} groups ({dead} dead channels)",
+                          {"groups": len(scores), "dead_channels": dead})

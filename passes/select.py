@@ -1,0 +1,65 @@
+"""Selection: turn scores into the channels to remove (by ratio, threshold, or dead only)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from npcompile.errors import UserError
+from npcompile.pipeline import Context, Pass, PassResult, register_pass
+from npcompile.select import select_ratio, select_threshold
+
+__all__ = ["SelectPass", "DeadChannelsPass"]
+
+
+@register_pass
+class SelectPass(Pass):
+    """Choose channels by ``ratio`` (fraction of each group) or ``threshold`` (score <= T)."""
+
+    name = "select"
+    kind = "select"
+    description = "choose channels to remove by ratio or threshold, widths rounded to round_to"
+
+    def __init__(self, ratio: float | None = None, threshold: float | None = None, round_to: int = 1,
+                 min_channels: int = 1) -> None:
+        if (ratio is None) == (threshold is None):
+            raise UserError("select: give exactly one of ratio and threshold")
+        if round_to < 1:
+            raise UserError(f"--round-to must be >= 1, got {round_to}")
+        super().__init__(ratio=ratio, threshold=threshold, round_to=round_to, min_channels=min_channels)
+        self.ratio, self.threshold, self.round_to, self.min_channels = ratio, threshold, round_to, min_channels
+
+    def run(self, ctx: Context) -> PassResult:
+        if not ctx.scores:
+            ctx.removal = {}
+            return PassResult(False, "no scores: nothing selected")
+        groups = ctx.analysis.prunable_groups()
+        if self.ratio is not None:
+            removal = select_ratio(groups, ctx.scores, self.ratio, self.round_to, self.min_channels)
+        else:
+            removal = select_threshold(groups, ctx.scores, self.threshold, self.round_to, self.min_channels)
+        ctx.removal = removal
+        n = int(sum(m.sum() for m in removal.values()))
+        return PassResult(False, f"selected {n} channels in {len(removal)} groups",
+                          {"channels": n, "groups": len(removal)})
+
+
+@register_pass
+class DeadChannelsPass(Pass):
+    """Select exactly the provably dead channels (lossless)."""
+
+    name = "dead-channels"
+    kind = "select"
+    description = "select channels that are zero wherever they are consumed (lossless)"
+
+    def run(self, ctx: Context) -> PassResult:
+        removal: dict[int, np.ndarray] = {}
+        for g in ctx.analysis.prunable_groups():
+            if g.dead is not None and g.dead.any():
+                mask = g.dead.copy()
+                if mask.all():
+                    mask[0] = False
+                removal[g.id] = mask
+        ctx.removal = removal
+        n = int(sum(m.sum() for m in removal.values()))
+        return PassResult(False, f"selected {n} dead channels in {len(removal)} groups",
+                          {"channels": n, "groups": len(removal)})
