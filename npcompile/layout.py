@@ -110,10 +110,11 @@ class Layout:
 
     def slot_sums(self, array: np.ndarray, axis: int, power: int = 1) -> np.ndarray:
         """Sum of ``|array|**power`` over everything that belongs to each slot along ``axis``."""
-        a = np.abs(np.asarray(array, dtype=np.float64))
-        if power != 1:
-            a = a**power
+        a = np.asarray(array)
+        if not np.issubdtype(a.dtype, np.floating):
+            a = a.astype(np.float64)
+        a = np.abs(a) if power == 1 else np.square(a, dtype=np.float64)
         if a.ndim == 0 or a.shape[axis] == 1:
-            return np.full(self.channels, float(a.sum()))
+            return np.full(self.channels, float(a.sum(dtype=np.float64)))
         a = np.moveaxis(a, axis, 0).reshape(self.outer, self.channels, self.inner, -1)
-        return a.sum(axis=(0, 2, 3))
+        return a.sum(axis=(0, 2, 3), dtype=np.float64)

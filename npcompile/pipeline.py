@@ -60,6 +60,8 @@ class Context:
         self.scores: dict[int, np.ndarray] = {}
         self.removal: dict[int, np.ndarray] = {}
         self.criterion: str | None = None
+        #: one entry per applied removal: group name -> removed channel indices
+        self.applied: list[dict[str, list[int]]] = []
 
     @property
     def model(self) -> onnx.ModelProto:

@@ -24,6 +24,8 @@ class PrunePass(Pass):
             return PassResult(False, "nothing to remove")
         graph, analysis = ctx.graph, ctx.analysis
         stats = apply_removal(graph, analysis, ctx.removal)
+        ctx.applied.append({analysis.group(gid).name: [int(i) for i in mask.nonzero()[0]]
+                            for gid, mask in sorted(ctx.removal.items())})
         ctx.set_graph(graph)
         try:
             onnx.checker.check_model(ctx.model)

@@ -1,0 +1,246 @@
+"""The ``npcompile`` command line.
+
+``npcompile MODEL [options]`` compiles (the same as ``npcompile compile MODEL``); ``npcompile
+inspect MODEL`` shows channel groups and per-layer figures; ``npcompile passes`` lists passes.
+Exit codes: 0 done, 1 a gate failed, 2 user or model error (one line on stderr), 3 internal error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from npcompile import __version__
+from npcompile.errors import NpcompileError, UserError
+
+__all__ = ["app", "main"]
+
+
+def _cli_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(exit, abort, usage-error) exception types of the click flavour typer runs on: typer
+    vendors click in recent releases and depends on it in older ones."""
+    exits: list[type] = [typer.Exit]
+    aborts: list[type] = [typer.Abort]
+    usage: list[type] = []
+    try:
+        from typer import exceptions as tex
+
+        usage.append(tex.TyperException)
+    except ImportError:  # pragma: no cover - older typer
+        pass
+    try:
+        import click
+
+        exits.append(click.exceptions.Exit)
+        aborts.append(click.exceptions.Abort)
+        usage.append(click.exceptions.ClickException)
+    except ImportError:
+        pass
+    return tuple(exits), tuple(aborts), tuple(usage)
+
+app = typer.Typer(add_completion=True, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="npcompile: structured channel pruning for ONNX models, verified and deployed.")
+
+SUBCOMMANDS = ("compile", "inspect", "passes", "targets")
+
+InputShape = Annotated[list[str] | None, typer.Option(
+    "--input-shape", help="Shape of an input with dynamic dimensions, NAME:1x3x224x224 (repeatable).")]
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(no_color=bool(os.environ.get("NO_COLOR")), highlight=False)
+
+
+def _setup_logging(quiet: bool, verbose: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.WARNING)
+    if verbose:
+        level = logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", "-V", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        typer.echo(f"npcompile {__version__}")
+        raise typer.Exit(0)
+
+
+@app.command("compile")
+def compile_cmd(
+    model: Annotated[Path, typer.Argument(help="ONNX model file.")],
+    target: Annotated[str, typer.Option("--target", "-t", help="onnx, onnxruntime or tensorrt.")] = "onnx",
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output directory.")] = Path("npcompile-out"),
+    criterion: Annotated[str, typer.Option(help="Channel score: magnitude (L1), l1, l2.")] = "magnitude",
+    ratio: Annotated[float | None, typer.Option(help="Fraction of every prunable group to remove.")] = None,
+    threshold: Annotated[float | None, typer.Option(
+        help="Remove channels scored <= T (0: exactly the dead channels).")] = None,
+    round_to: Annotated[int | None, typer.Option(
+        "--round-to", help="Keep widths at multiples of N (default: the target's, for --ratio).")] = None,
+    min_channels: Annotated[int, typer.Option("--min-channels", help="Never keep fewer channels.")] = 1,
+    input_shape: InputShape = None,
+    provider: Annotated[str, typer.Option(help="ONNX Runtime provider: cpu, cuda, tensorrt.")] = "cpu",
+    threads: Annotated[int, typer.Option(help="Intra-op threads for ONNX Runtime (0: default).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for probe inputs.")] = 0,
+    tolerance: Annotated[float, typer.Option(
+        help="Largest relative output change allowed where removal must be lossless.")] = 1e-4,
+    benchmark: Annotated[bool, typer.Option(help="Measure latency before and after.")] = True,
+    runs: Annotated[int, typer.Option(help="Timed runs per latency measurement.")] = 50,
+    warmup: Annotated[int, typer.Option(help="Warm-up runs before timing.")] = 10,
+    extra_pass: Annotated[list[str] | None, typer.Option(
+        "--pass", help="Extra pass to run after pruning, by name or module:Class (repeatable).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what each pass does.")] = False,
+) -> None:
+    """Compile MODEL: remove channels, verify, build the target, write model + report to OUTPUT."""
+    from npcompile.api import CompileOptions, compile
+    from npcompile.shapes import parse_input_shapes
+
+    _setup_logging(quiet, verbose)
+    options = CompileOptions(criterion=criterion, ratio=ratio, threshold=threshold, round_to=round_to,
+                             min_channels=min_channels, target=target, provider=provider, threads=threads,
+                             input_shapes=parse_input_shapes(input_shape), seed=seed, tolerance=tolerance,
+                             benchmark=benchmark, runs=runs, warmup=warmup,
+                             extra_passes=list(extra_pass or []))
+    result = compile(str(model), output, options)
+    if not quiet:
+        _print_summary(result.report, output)
+
+
+def _print_summary(report: dict, output: Path) -> None:
+    from rich.table import Table
+
+    from npcompile.report import _change, _num
+
+    s = report["summary"]
+    console = _console()
+    if report["mode"] == "lossless":
+        console.print("no pruning option given: applied lossless passes only (dead-channel removal, cleanup)")
+    table = Table(title=f"npcompile → {report['target']['name']} ({report['mode']})")
+    for col in ("", "before", "after", "change"):
+        table.add_column(col, justify="right" if col else "left")
+    table.add_row("parameters", _num(s["params_before"]), _num(s["params_after"]),
+                  _change(s["param_reduction"]))
+    table.add_row("FLOPs", _num(s["flops_before"]), _num(s["flops_after"]), _change(s["flops_reduction"]))
+    table.add_row("size", f"{_num(s['size_before'])}B", f"{_num(s['size_after'])}B", "")
+    lat = report.get("latency") or {}
+    if lat:
+        table.add_row("latency p50 (ms)", f"{lat['before']['p50_ms']:.3f}", f"{lat['after']['p50_ms']:.3f}",
+                      f"{lat['speedup']:.2f}x")
+    console.print(table)
+    console.print(f"groups: {s['groups_total']} ({s['groups_prunable']} prunable, {s['groups_frozen']} frozen, "
+                  f"{s['groups_pruned']} pruned, {s['channels_removed']} channels removed) · "
+                  f"round-to {report['rounding']['round_to']} · max output diff {s['max_rel_diff']:.2e} rel")
+    console.print(f"wrote {output}/model.onnx, report.json, report.md")
+
+
+@app.command("inspect")
+def inspect_cmd(
+    model: Annotated[Path, typer.Argument(help="ONNX model file.")],
+    input_shape: InputShape = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    layers: Annotated[bool, typer.Option(help="Also list per-layer parameters and FLOPs.")] = True,
+) -> None:
+    """Show channel groups (width, prunable or frozen with the reason), params and FLOPs per layer."""
+    from npcompile.api import inspect
+    from npcompile.shapes import parse_input_shapes
+
+    info = inspect(str(model), parse_input_shapes(input_shape))
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    from rich.table import Table
+
+    from npcompile.report import _num
+
+    console = _console()
+    table = Table(title=f"channel groups of {model.name}")
+    for col in ("group", "op", "width", "status", "dead"):
+        table.add_column(col)
+    for g in info["groups"]:
+        status = "prunable" if g["prunable"] else ("frozen: " + "; ".join(g["frozen"]) if g["frozen"]
+                                                   else "single channel")
+        table.add_row(g["name"], g["op"], str(g["width"]), status, str(g["dead"]))
+    console.print(table)
+    st = info["stats"]
+    if layers:
+        lt = Table(title="layers")
+        for col in ("layer", "op", "in", "out", "params", "FLOPs"):
+            lt.add_column(col)
+        for row in st["layers"]:
+            lt.add_row(row["name"], row["op"], str(row["in_channels"]), str(row["out_channels"]),
+                       _num(row["params"]), _num(row["flops"]))
+        console.print(lt)
+    n_pr = sum(g["prunable"] for g in info["groups"])
+    console.print(f"{len(info['groups'])} groups ({n_pr} prunable) · params {_num(st['params'])} · "
+                  f"FLOPs {_num(st['flops'])} (batch 1)")
+
+
+@app.command("passes")
+def passes_cmd() -> None:
+    """List the passes (built-in and plugins)."""
+    from npcompile.pipeline import available_passes
+
+    for name, cls in available_passes().items():
+        typer.echo(f"{name:16s} {cls.kind:9s} {cls.description}  [{cls.__module__}]")
+
+
+@app.command("targets")
+def targets_cmd() -> None:
+    """List the deployment targets and whether each can run here."""
+    from npcompile.targets import available_targets, get_target
+
+    for name in available_targets():
+        try:
+            cls = get_target(name)
+            ok, why = cls.available()
+        except UserError as e:
+            ok, why = False, str(e)
+        typer.echo(f"{name:12s} {'available' if ok else 'unavailable: ' + why}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI, map errors to exit codes and one-line messages."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] not in SUBCOMMANDS and not args[0].startswith("-"):
+        args.insert(0, "compile")
+    elif args and args[0].startswith("-") and args[0] not in ("--help", "-h", "--version", "-V",
+                                                               "--install-completion", "--show-completion"):
+        args.insert(0, "compile")
+    exits, aborts, usage = _cli_exceptions()
+    try:
+        rv = app(args=args, prog_name="npcompile", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except exits as e:
+        return int(getattr(e, "exit_code", 0))
+    except aborts:
+        print("npcompile: aborted", file=sys.stderr)
+        return 130
+    except NpcompileError as e:
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"npcompile: error: {msg}", file=sys.stderr)
+        return e.exit_code
+    except usage as e:
+        print(f"npcompile: error: {' '.join(e.format_message().split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("npcompile: interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print("npcompile: internal error (please report it with the traceback above)", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""The compile report: a versioned JSON document (for CI) and a Markdown summary (for people)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from npcompile import __version__
+from npcompile.metrics import ModelStats
+
+__all__ = ["REPORT_SCHEMA", "REPORT_VERSION", "build_report", "render_markdown"]
+
+REPORT_SCHEMA = "npcompile.report"
+REPORT_VERSION = 1
+
+
+def _ratio(before: float, after: float) -> float | None:
+    return None if not before else 1.0 - after / before
+
+
+def _layers(before: ModelStats, after: ModelStats) -> list[dict[str, Any]]:
+    after_by_name = {layer.name: layer for layer in after.layers}
+    rows = []
+    for b in before.layers:
+        a = after_by_name.get(b.name)
+        rows.append({
+            "name": b.name, "op": b.op,
+            "in_before": b.in_channels, "in_after": a.in_channels if a else 0,
+            "out_before": b.out_channels, "out_after": a.out_channels if a else 0,
+            "params_before": b.params, "params_after": a.params if a else 0,
+            "flops_before": b.flops, "flops_after": a.flops if a else 0,
+        })
+    return rows
+
+
+def build_report(*, options: Any, round_to: int, default_round_to: int, target: Any,
+                 groups_before: list[tuple], removed: dict[str, list[int]], stats_before: ModelStats,
+                 stats_after: ModelStats, verification: Any, records: list[dict[str, Any]],
+                 latency: dict[str, Any], sizes: dict[str, int], timings: dict[str, float],
+                 artifact_info: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    """Assemble the report document (see ``docs`` in the README for the fields)."""
+    mode = "lossless" if options.lossless else ("ratio" if options.ratio is not None else "threshold")
+    groups = []
+    for _gid, name, op, size, frozen, dead in groups_before:
+        gone = len(removed.get(name, []))
+        groups.append({"name": name, "op": op, "width_before": size, "width_after": size - gone,
+                       "prunable": not frozen and size > 1, "frozen": frozen, "dead": dead})
+    frozen = [{"group": g["name"], "reasons": g["frozen"]} for g in groups if g["frozen"]]
+    channels_removed = sum(len(v) for v in removed.values())
+    if options.round_to is not None:
+        rounding_source = "user (--round-to)"
+    elif mode == "ratio":
+        rounding_source = f"default of target {target.name}"
+    else:
+        rounding_source = "none (threshold and lossless modes keep exact selections)"
+    speedup = latency.get("speedup") if latency else None
+    flops_red = _ratio(stats_before.flops, stats_after.flops)
+    summary = {
+        "params_before": stats_before.params, "params_after": stats_after.params,
+        "param_reduction": _ratio(stats_before.params, stats_after.params),
+        "nonzero_params_before": stats_before.nonzero_params,
+        "nonzero_params_after": stats_after.nonzero_params,
+        "flops_before": stats_before.flops, "flops_after": stats_after.flops, "flops_reduction": flops_red,
+        "size_before": sizes["before"], "size_after": sizes["after"],
+        "max_abs_diff": verification.max_abs_diff, "max_rel_diff": verification.max_rel_diff,
+        "speedup": speedup,
+        "latency_reduction": (1.0 - 1.0 / speedup) if speedup else None,
+        "latency_vs_flops": ((1.0 - 1.0 / speedup) / flops_red) if speedup and flops_red else None,
+        "groups_total": len(groups), "groups_prunable": sum(g["prunable"] for g in groups),
+        "groups_frozen": len(frozen), "groups_pruned": sum(1 for v in removed.values() if v),
+        "channels_removed": channels_removed,
+    }
+    opts = {k: v for k, v in vars(options).items() if k != "input_shapes"}
+    opts["input_shapes"] = {k: list(v) for k, v in options.input_shapes.items()}
+    return {
+        "schema": REPORT_SCHEMA, "version": REPORT_VERSION, "npcompile": __version__,
+        "mode": mode, "criterion": None if mode == "lossless" else options.criterion,
+        "options": opts,
+        "rounding": {"round_to": round_to, "target_default": default_round_to, "source": rounding_source},
+        "target": {"name": target.name, "info": artifact_info},
+        "summary": summary,
+        "verification": verification.as_dict(),
+        "latency": latency,
+        "layers": _layers(stats_before, stats_after),
+        "groups": groups,
+        "frozen": frozen,
+        "plan": {k: v for k, v in sorted(removed.items()) if v},
+        "passes": records,
+        "timings": timings,
+        "notes": notes + ([] if mode != "lossless" else
+                          ["no pruning option given: only lossless passes ran (dead-channel removal, "
+                           "cleanup)"]),
+    }
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f} %"
+
+
+def _change(reduction: float | None) -> str:
+    """A reduction (0.3: 30 % less) as a signed change: ``-30.0 %``."""
+    return "n/a" if reduction is None else f"{-100 * reduction:+.1f} %"
+
+
+def _num(x: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= div:
+            return f"{x / div:.2f}{unit}"
+    return f"{x:g}"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """A human-readable summary of a report document."""
+    s = report["summary"]
+    lines = [f"# npcompile report ({report['mode']})", ""]
+    if report["mode"] == "lossless":
+        lines += ["No pruning option was given: only lossless passes ran (dead-channel removal, cleanup).", ""]
+    r = report["rounding"]
+    lines += [
+        f"Target: **{report['target']['name']}** · criterion: {report['criterion'] or '-'} · "
+        f"round-to: {r['round_to']} ({r['source']})", "",
+        "| | before | after | change |", "|---|---:|---:|---:|",
+        f"| parameters | {_num(s['params_before'])} | {_num(s['params_after'])} | "
+        f"{_change(s['param_reduction'])} |",
+        f"| FLOPs (batch 1) | {_num(s['flops_before'])} | {_num(s['flops_after'])} | "
+        f"{_change(s['flops_reduction'])} |",
+        f"| file size | {_num(s['size_before'])}B | {_num(s['size_after'])}B | "
+        f"{_change(_ratio(s['size_before'], s['size_after']))} |",
+        "",
+        f"Verification: max output difference {s['max_abs_diff']:.3g} absolute, "
+        f"{s['max_rel_diff']:.3g} relative.", "",
+    ]
+    lat = report.get("latency") or {}
+    if lat:
+        b, a = lat["before"], lat["after"]
+        lines += ["## Latency", "", f"batch {lat['batch']}, threads {lat['threads'] or 'default'}", "",
+                  "| ms | p50 | p90 | p99 | mean |", "|---|---:|---:|---:|---:|"]
+        for name, x in (("before", b), ("after", a)):
+            lines.append(f"| {name} | {x['p50_ms']:.3f} | {x['p90_ms']:.3f} | {x['p99_ms']:.3f} | "
+                         f"{x['mean_ms']:.3f} |")
+        lines += ["", f"Speedup {lat['speedup']:.2f}x: latency {_change(s['latency_reduction'])} for "
+                      f"FLOPs {_change(s['flops_reduction'])}.", ""]
+    lines += ["## Layers", "", "| layer | op | in | out | params | FLOPs |", "|---|---|---:|---:|---:|---:|"]
+    for row in report["layers"]:
+        lines.append(f"| {row['name']} | {row['op']} | {row['in_before']}→{row['in_after']} | "
+                     f"{row['out_before']}→{row['out_after']} | {_num(row['params_before'])}→"
+                     f"{_num(row['params_after'])} | {_num(row['flops_before'])}→{_num(row['flops_after'])} |")
+    lines += ["", f"## Channel groups ({s['groups_total']}: {s['groups_prunable']} prunable, "
+                  f"{s['groups_frozen']} frozen, {s['groups_pruned']} pruned)", ""]
+    if report["frozen"]:
+        lines += ["Frozen groups and why:", ""]
+        lines += [f"- `{f['group']}`: {'; '.join(f['reasons'])}" for f in report["frozen"]]
+        lines.append("")
+    lines += ["## Passes", "", "| pass | seconds | changed | summary |", "|---|---:|---|---|"]
+    for rec in report["passes"]:
+        lines.append(f"| {rec['name']} | {rec['seconds']:.3f} | {rec['changed']} | {rec['summary']} |")
+    lines.append("")
+    for note in report.get("notes", []):
+        lines.append(f"> {note}")
+    return "\n".join(lines) + "\n"
+

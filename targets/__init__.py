@@ -1,0 +1,50 @@
+"""Deployment targets (installed as ``npcompile.targets``): onnx, onnxruntime, tensorrt, and plugins
+from the entry-point group ``npcompile.targets``."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from importlib import metadata
+
+from npcompile.errors import UserError
+from npcompile.targets.base import Artifact, BenchmarkOptions, LatencyStats, Target
+
+__all__ = ["Target", "Artifact", "BenchmarkOptions", "LatencyStats", "get_target", "available_targets"]
+
+log = logging.getLogger(__name__)
+
+_BUILTIN = {
+    "onnx": "npcompile.targets.onnx_file:OnnxTarget",
+    "onnxruntime": "npcompile.targets.ort:OnnxRuntimeTarget",
+    "tensorrt": "npcompile.targets.tensorrt:TensorRTTarget",
+}
+
+
+def _load(spec: str) -> type[Target]:
+    mod, _, attr = spec.partition(":")
+    try:
+        cls = getattr(importlib.import_module(mod), attr)
+    except Exception as e:
+        raise UserError(f"cannot load target {spec}: {type(e).__name__}: {e}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Target)):
+        raise UserError(f"{spec} is not an npcompile Target")
+    return cls
+
+
+def available_targets() -> dict[str, str]:
+    """Target name -> ``module:Class`` for built-in and plugin targets."""
+    out = dict(_BUILTIN)
+    for ep in metadata.entry_points(group="npcompile.targets"):
+        out.setdefault(ep.name, ep.value)
+    return out
+
+
+def get_target(name: str) -> type[Target]:
+    """A target class by name (built-in or plugin) or by ``module:Class``."""
+    targets = available_targets()
+    if name in targets:
+        return _load(targets[name])
+    if ":" in name:
+        return _load(name)
+    raise UserError(f"unknown target {name!r}; available: {', '.join(sorted(targets))}")

@@ -1,0 +1,89 @@
+"""The ``onnxruntime`` target: an optimized ONNX Runtime session, saved, and its latency."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from npcompile.errors import UserError
+from npcompile.model_io import save_model
+from npcompile.targets.base import Artifact, BenchmarkOptions, LatencyStats, Target, measure
+from npcompile.verify import make_session
+
+__all__ = ["OnnxRuntimeTarget", "cpu_vector_width"]
+
+log = logging.getLogger(__name__)
+
+_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+              "tensorrt": "TensorrtExecutionProvider"}
+
+
+def cpu_vector_width() -> tuple[int, str]:
+    """fp32 lanes of the widest SIMD unit of this CPU, and its name (AVX-512: 16, AVX2: 8, else 4)."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    flags = line
+                    break
+    except OSError:
+        pass
+    words = set(flags.split())
+    if "avx512f" in words:
+        return 16, "AVX-512"
+    if "avx2" in words or "avx" in words:
+        return 8, "AVX2" if "avx2" in words else "AVX"
+    if platform.machine().lower() in ("arm64", "aarch64") or "asimd" in words:
+        return 4, "NEON"
+    return 4, "SSE"
+
+
+class OnnxRuntimeTarget(Target):
+    name = "onnxruntime"
+    description = "optimized ONNX Runtime session (saved as model.ort.onnx) with latency"
+    install_hint = "pip install onnxruntime"
+
+    def __init__(self, provider: str = "cpu", threads: int = 0, **options) -> None:
+        super().__init__(provider=provider, threads=threads, **options)
+        if provider not in _PROVIDERS:
+            raise UserError(f"unknown provider {provider!r}; choose one of {', '.join(_PROVIDERS)}")
+        import onnxruntime as ort
+
+        if _PROVIDERS[provider] not in ort.get_available_providers():
+            raise UserError(f"ONNX Runtime provider {provider} is not available here "
+                            f"(available: {', '.join(ort.get_available_providers())})")
+        self.provider = _PROVIDERS[provider]
+        self.threads = threads
+
+    def default_round_to(self) -> int:
+        return cpu_vector_width()[0] if self.provider == "CPUExecutionProvider" else 8
+
+    def build(self, model: onnx.ModelProto, outdir: Path, name: str = "model") -> Artifact:
+        outdir = Path(outdir)
+        src = outdir / f"{name}.onnx"
+        if not src.exists():
+            save_model(model, src)
+        optimized = outdir / f"{name}.ort.onnx"
+        tmp = outdir / f".{name}.ort.onnx.tmp"
+        session = make_session(str(src), self.threads, optimize=True, optimized_path=str(tmp),
+                               providers=[self.provider])
+        if tmp.exists():
+            os.replace(tmp, optimized)
+        return Artifact(self.name, {"model": src, "optimized": optimized}, session,
+                        {"provider": self.provider, "threads": self.threads})
+
+    def session(self, model: onnx.ModelProto):
+        """A session for an in-memory model (used to measure the original)."""
+        return make_session(model, self.threads, optimize=True, providers=[self.provider])
+
+    def benchmark(self, artifact: Artifact, inputs: dict[str, np.ndarray],
+                  options: BenchmarkOptions) -> LatencyStats:
+        session = artifact.handle
+        batch = next(iter(inputs.values())).shape[0] if inputs else 1
+        return measure(lambda: session.run(None, inputs), batch, options)
