@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 import onnx
+from npcompile.targets.base import Artifact, BenchmarkOptions, LatencyStats, Target
 
 from npcompile.errors import NpcompileError, UserError
 from npcompile.model_io import atomic_write_bytes, save_model
-from npcompile.targets.base import Artifact, BenchmarkOptions, LatencyStats, Target
 
 __all__ = ["TensorRTTarget"]
 
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 _INSTALL_HINT = "pip install 'npcompile[tensorrt]'  (TensorRT 10 and an NVIDIA GPU)"
 _MAX_PROTO_BYTES = 2**31 - 1
+_DEVICE = "cuda"  # where I/O buffers live (a module constant so tests can substitute a fake runtime)
 # Messages TensorRT's builder logs at INFO level when BuilderFlag.SPARSE_WEIGHTS is set.
 _SPARSE_PICKED = re.compile(r"\(Sparsity\)\s*TRT inference plan picked sparse implementation for layers:(.*)",
                             re.IGNORECASE)
@@ -288,7 +289,8 @@ class TensorRTTarget(Target):
         runtime = trt.Runtime(logger)
         engine = runtime.deserialize_cuda_engine(data)  # keeps the runtime (and logger) alive
         if engine is None:
-            raise NpcompileError("TensorRT could not deserialize the engine it built: " + _last(logger.errors))
+            raise NpcompileError("TensorRT could not deserialize the engine it built: "
+                                 + _last(logger.errors))
 
         info: dict[str, Any] = {
             "tensorrt": str(trt.__version__), "fp16": fp16, "sparse": self.sparse,
@@ -347,7 +349,10 @@ class TensorRTTarget(Target):
                                 f"support shape-tensor inputs")
             if profile is None:
                 profile = builder.create_optimization_profile()
-            profile.set_shape(tensor.name, *triple)
+            try:
+                profile.set_shape(tensor.name, *triple)
+            except RuntimeError as e:
+                raise UserError(f"bad optimization profile for input {tensor.name!r}: {e}") from None
             shapes[tensor.name] = [list(s) for s in triple]
         if profile is not None:
             config.add_optimization_profile(profile)
@@ -407,7 +412,7 @@ class TensorRTTarget(Target):
                 raise UserError(f"input {n!r} is a shape tensor; not supported by the tensorrt target")
             dtype = _torch_dtype(trt, torch, engine.get_tensor_dtype(n))
             array = np.ascontiguousarray(inputs[n])
-            tensors[n] = torch.from_numpy(array.copy()).to(device="cuda", dtype=dtype)
+            tensors[n] = torch.from_numpy(array.copy()).to(device=_DEVICE, dtype=dtype)
             if not context.set_input_shape(n, tuple(int(d) for d in array.shape)):
                 raise UserError(f"input {n!r} shape {tuple(array.shape)} is outside the engine's profile "
                                 f"{_profile_text(engine, n)}")
@@ -417,7 +422,7 @@ class TensorRTTarget(Target):
                 raise UserError(f"output {n!r} has a data-dependent shape {shape}; not supported by the "
                                 f"tensorrt target")
             tensors[n] = torch.empty(shape, dtype=_torch_dtype(trt, torch, engine.get_tensor_dtype(n)),
-                                     device="cuda")
+                                     device=_DEVICE)
         for n in names:
             if not context.set_tensor_address(n, int(tensors[n].data_ptr())):
                 raise NpcompileError(f"TensorRT rejected the buffer of tensor {n!r}")
@@ -453,9 +458,8 @@ class TensorRTTarget(Target):
         """GPU time of ``execute_async_v3`` per run, measured with CUDA events on one stream after
         ``options.warmup`` untimed runs; at least ``options.runs`` runs (and ``min_seconds``)."""
         torch = _torch_cuda()
-        batch = next(iter(inputs.values())).shape[0] if inputs else 1
-        if inputs and np.ndim(next(iter(inputs.values()))) == 0:
-            batch = 1
+        first = next(iter(inputs.values()), None)
+        batch = int(np.shape(first)[0]) if first is not None and np.ndim(first) > 0 else 1
         bound = self._bind(artifact.handle, inputs)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -472,7 +476,7 @@ class TensorRTTarget(Target):
             end.synchronize()
             samples.append(begin.elapsed_time(end) / 1e3)
         del bound
-        return LatencyStats.from_samples(samples, int(batch))
+        return LatencyStats.from_samples(samples, batch)
 
 
 def _last(errors: list[str]) -> str:

@@ -9,6 +9,7 @@ gives the same outputs when only dead channels went, and the parameter count wen
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,14 +117,18 @@ class G:
             return m
 
         shapes = dict(shapes or {})
+        types = {o: FLOAT for o in outputs}
         missing = [o for o in outputs if o not in shapes]
         if missing:
             inferred = onnx.shape_inference.infer_shapes(
-                build([helper.make_tensor_value_info(o, FLOAT, None) for o in outputs]))
-            for vi in [*inferred.graph.value_info, *inferred.graph.output]:
-                if vi.name in missing and vi.type.tensor_type.HasField("shape"):
-                    shapes[vi.name] = [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
-        m = build([helper.make_tensor_value_info(o, FLOAT, shapes[o]) for o in outputs])
+                build([helper.make_tensor_value_info(o, FLOAT, None) for o in outputs
+                       if o not in missing]))
+            for vi in inferred.graph.value_info:
+                tt = vi.type.tensor_type
+                if vi.name in missing and tt.HasField("shape"):
+                    shapes[vi.name] = [d.dim_param or d.dim_value for d in tt.shape.dim]
+                    types[vi.name] = tt.elem_type
+        m = build([helper.make_tensor_value_info(o, types[o], shapes[o]) for o in outputs])
         onnx.checker.check_model(m)
         return m
 
@@ -184,15 +189,19 @@ def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray
 
 
 def prune(source, *, fraction: float = 0.25, threshold: float | None = 0.0, ratio: float | None = None,
-          expect_removed: bool = True, lossless: bool | None = None, full_check: bool = True) -> Pruned:
+          expect_removed: bool = True, lossless: bool | None = None, full_check: bool = True,
+          after_plant: Callable[[onnx.ModelProto], None] | None = None) -> Pruned:
     """Plant dead channels in ``source``, prune, and check the result (see the module docstring).
 
     ``expect_removed``: parameters must go down (else: the model must be left exactly as it was).
     ``lossless`` (default: when selecting by threshold) requires ORT outputs to match.
+    ``after_plant`` may edit the planted model in place before it is analysed.
     """
     model = load_model(source)
     probe = probe_shapes(model)
     planted, _ = plant_dead_channels(model, probe, fraction)
+    if after_plant is not None:
+        after_plant(planted)
     ctx = Context(planted, probe)
     analysis = ctx.analysis
     select = SelectPass(ratio=ratio) if ratio is not None else SelectPass(threshold=threshold)
