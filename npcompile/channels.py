@@ -16,6 +16,7 @@ cannot change the network's output.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +55,9 @@ class Site:
     layout: Layout
     role: str
     pot: np.ndarray | None = None  # for "in" sites: potential of the consumed channels
+    #: > 1 for the input side of a grouped convolution: rows of axis 0 fall into ``blocks`` equal
+    #: blocks, and block ``g`` reads window ``g`` of ``layout`` (so the axis holds one window).
+    blocks: int = 1
 
 
 @dataclass
@@ -81,6 +85,9 @@ class Group:
     frozen: list[str] = field(default_factory=list)
     members: list[str] = field(default_factory=list)  # names of the producing nodes
     dead: np.ndarray | None = None
+    #: channels fall into this many equal contiguous blocks that must each lose the same number
+    #: (grouped convolutions keep equal-sized groups)
+    blocks: int = 1
 
     @property
     def prunable(self) -> bool:
@@ -159,21 +166,39 @@ class ChannelAnalysis:
         return self._groups[self.find(g)]
 
     def add_site(self, node: gs.Node, index: int, axis: int, layout: Layout, role: str,
-                 pot: np.ndarray | None = None) -> None:
-        """Record that constant input ``index`` of ``node`` follows ``layout`` on ``axis``."""
+                 pot: np.ndarray | None = None, blocks: int = 1) -> None:
+        """Record that constant input ``index`` of ``node`` follows ``layout`` on ``axis``
+        (``blocks``: see :class:`Site`)."""
         assert role in ROLES, role
         t = node.inputs[index]
         if not isinstance(t, gs.Constant):
             raise TypeError(f"site on a non-constant input {t.name} of {node.name}")
         if axis < 0:
             axis += len(t.shape)
-        if t.shape[axis] != layout.size:
+        if t.shape[axis] * blocks != layout.size:
             self.freeze(layout, f"{node.op} {node.name}: {t.name} has {t.shape[axis]} entries on "
                                 f"axis {axis}, the channel axis has {layout.size}")
             return
-        site = Site(node, index, axis, layout, role, pot)
+        site = Site(node, index, axis, layout, role, pot, blocks)
         for g in layout.groups(self.find):
             self._groups[g].sites.append(site)
+
+    def require_blocks(self, layout: Layout, blocks: int, reason: str) -> bool:
+        """Ask that the channels of ``layout`` (one whole group) be removed equally from each of
+        ``blocks`` contiguous blocks; freezes and returns False when that cannot be arranged."""
+        groups = layout.groups(self.find)
+        whole = (layout.plain and len(layout.pieces) == 1 and layout.pieces[0].group is not None
+                 and layout.pieces[0].start == 0 and len(layout.pieces[0]) == self.group(
+                     layout.pieces[0].group).size)
+        if not whole:
+            self.freeze(layout, reason)
+            return False
+        grp = self._groups[groups.pop()]
+        grp.blocks = math.lcm(grp.blocks, blocks)
+        if grp.size % grp.blocks:
+            self.freeze(layout, reason)
+            return False
+        return True
 
     def freeze(self, what: Layout | ChannelDim | None, reason: str) -> None:
         """Freeze every group in ``what`` with ``reason``."""
@@ -238,6 +263,9 @@ class ChannelAnalysis:
         keep, gone = self._groups[ra], self._groups.pop(rb)
         self._parent[rb] = ra
         keep.sites.extend(gone.sites)
+        keep.blocks = math.lcm(keep.blocks, gone.blocks)
+        if keep.size % keep.blocks and "channel blocks do not divide the width" not in keep.frozen:
+            keep.frozen.append("channel blocks do not divide the width")
         keep.members.extend(gone.members)
         for r in gone.frozen:
             if r not in keep.frozen:

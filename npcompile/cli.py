@@ -212,11 +212,9 @@ def targets_cmd() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, map errors to exit codes and one-line messages."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] not in SUBCOMMANDS and not args[0].startswith("-"):
-        args.insert(0, "compile")
-    elif args and args[0].startswith("-") and args[0] not in ("--help", "-h", "--version", "-V",
-                                                               "--install-completion", "--show-completion"):
-        args.insert(0, "compile")
+    root_flags = ("--help", "-h", "--version", "-V", "--install-completion", "--show-completion")
+    if args and args[0] not in SUBCOMMANDS and args[0] not in root_flags:
+        args.insert(0, "compile")  # the bare form: npcompile MODEL [options]
     exits, aborts, usage = _cli_exceptions()
     try:
         rv = app(args=args, prog_name="npcompile", standalone_mode=False)

@@ -43,8 +43,24 @@ def _validate(analysis: ChannelAnalysis, removed: dict[int, np.ndarray]) -> dict
             raise ValueError(f"group {group.name} is frozen: {group.frozen[0]}")
         if mask.all():
             raise ValueError(f"group {group.name} would lose all of its {group.size} channels")
+        if group.blocks > 1 and len(set(mask.reshape(group.blocks, -1).sum(axis=1).tolist())) != 1:
+            raise ValueError(f"group {group.name} must lose the same number of channels in each of its "
+                             f"{group.blocks} blocks")
         clean[root] = mask
     return clean
+
+
+def _take_blocked(values: np.ndarray, keep: np.ndarray, axis: int, blocks: int) -> np.ndarray:
+    """Grouped-convolution weights: rows (axis 0) form ``blocks`` blocks; block ``g`` keeps the
+    positions of window ``g`` of ``keep`` (global positions over ``blocks`` windows of ``axis``)."""
+    width = values.shape[axis]
+    local = [keep[(keep >= g * width) & (keep < (g + 1) * width)] - g * width for g in range(blocks)]
+    if len({len(lo) for lo in local}) != 1:
+        raise ValueError("grouped convolution would keep unequal widths per group")
+    rows = values.reshape(blocks, values.shape[0] // blocks, *values.shape[1:])
+    parts = [np.take(rows[g], local[g], axis=axis) for g in range(blocks)]
+    out = np.stack(parts)
+    return out.reshape(values.shape[0], *out.shape[2:])
 
 
 def apply_removal(graph: gs.Graph, analysis: ChannelAnalysis, removed: dict[int, np.ndarray]) -> RewriteStats:
@@ -54,8 +70,8 @@ def apply_removal(graph: gs.Graph, analysis: ChannelAnalysis, removed: dict[int,
     """
     removed = _validate(analysis, removed)
     find = analysis.find
-    # 1. slicing per (node, input): axis -> kept positions
-    per_use: dict[tuple[int, int], dict[int, np.ndarray]] = defaultdict(dict)
+    # 1. slicing per (node, input): axis -> (kept positions, blocks)
+    per_use: dict[tuple[int, int], dict[int, tuple[np.ndarray, int]]] = defaultdict(dict)
     use_node: dict[tuple[int, int], gs.Node] = {}
     seen: set[int] = set()
     for gid in removed:
@@ -66,9 +82,9 @@ def apply_removal(graph: gs.Graph, analysis: ChannelAnalysis, removed: dict[int,
             key = (id(site.node), site.index)
             keep = site.layout.keep_positions(removed, find)
             prev = per_use[key].get(site.axis)
-            if prev is not None and not np.array_equal(prev, keep):
+            if prev is not None and not (np.array_equal(prev[0], keep) and prev[1] == site.blocks):
                 raise ValueError(f"conflicting channel removals on input {site.index} of {site.node.name}")
-            per_use[key][site.axis] = keep
+            per_use[key][site.axis] = (keep, site.blocks)
             use_node[key] = site.node
     # 2. new constants, computed before anything changes
     by_const: dict[int, list[tuple[int, int]]] = defaultdict(list)
@@ -86,10 +102,10 @@ def apply_removal(graph: gs.Graph, analysis: ChannelAnalysis, removed: dict[int,
         for key in keys:
             new = values
             sig = []
-            for axis in sorted(per_use[key]):
-                keep = per_use[key][axis]
-                new = np.take(new, keep, axis=axis)
-                sig.append((axis, keep.tobytes()))
+            for axis in sorted(per_use[key], key=lambda a: -per_use[key][a][1]):
+                keep, blocks = per_use[key][axis]
+                new = np.take(new, keep, axis=axis) if blocks == 1 else _take_blocked(new, keep, axis, blocks)
+                sig.append((axis, blocks, keep.tobytes()))
             variants.setdefault(repr(sig).encode(), (new, []))[1].append(key)
         untouched = [u for u in all_uses if u not in per_use]
         if len(variants) == 1 and not untouched:

@@ -31,6 +31,21 @@ def _lowest(scores: np.ndarray, count: int, candidates: np.ndarray | None = None
     return mask
 
 
+def _per_block(g: Group, scores: np.ndarray, remove_per_block: int,
+               candidates: np.ndarray | None = None) -> np.ndarray:
+    """Remove ``remove_per_block`` lowest-scored channels in each of the group's blocks."""
+    size = g.size // g.blocks
+    parts = [_lowest(scores[b * size:(b + 1) * size], remove_per_block,
+                     None if candidates is None else candidates[b * size:(b + 1) * size])
+             for b in range(g.blocks)]
+    return np.concatenate(parts)
+
+
+def _block_round(round_to: int, blocks: int) -> int:
+    """Per-block multiple so that the total width is a multiple of ``round_to`` where possible."""
+    return max(1, round_to // math.gcd(round_to, blocks))
+
+
 def select_ratio(groups: list[Group], scores: dict[int, np.ndarray], ratio: float, round_to: int = 1,
                  min_channels: int = 1) -> dict[int, np.ndarray]:
     """Remove ``floor(ratio * width)`` lowest-scored channels of every prunable group (fewer where
@@ -41,8 +56,14 @@ def select_ratio(groups: list[Group], scores: dict[int, np.ndarray], ratio: floa
     for g in groups:
         if not g.prunable or g.id not in scores:
             continue
-        keep = rounded_keep(g.size, g.size - math.floor(ratio * g.size), round_to, min_channels)
-        mask = _lowest(scores[g.id], g.size - keep)
+        if g.blocks > 1:
+            size = g.size // g.blocks
+            keep = rounded_keep(size, size - math.floor(ratio * size), _block_round(round_to, g.blocks),
+                                math.ceil(min_channels / g.blocks))
+            mask = _per_block(g, scores[g.id], size - keep)
+        else:
+            keep = rounded_keep(g.size, g.size - math.floor(ratio * g.size), round_to, min_channels)
+            mask = _lowest(scores[g.id], g.size - keep)
         if mask.any():
             out[g.id] = mask
     return out
@@ -60,8 +81,15 @@ def select_threshold(groups: list[Group], scores: dict[int, np.ndarray], thresho
             continue
         s = scores[g.id]
         cand = s <= threshold
-        keep = rounded_keep(g.size, g.size - int(cand.sum()), round_to, min_channels)
-        mask = _lowest(s, g.size - keep, cand)
+        if g.blocks > 1:
+            size = g.size // g.blocks
+            fewest = int(cand.reshape(g.blocks, size).sum(axis=1).min())
+            keep = rounded_keep(size, size - fewest, _block_round(round_to, g.blocks),
+                                math.ceil(min_channels / g.blocks))
+            mask = _per_block(g, s, size - keep, cand)
+        else:
+            keep = rounded_keep(g.size, g.size - int(cand.sum()), round_to, min_channels)
+            mask = _lowest(s, g.size - keep, cand)
         if mask.any():
             out[g.id] = mask
     return out

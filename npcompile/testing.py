@@ -22,13 +22,15 @@ def plant_dead_channels(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]
     graph.toposort()
     analysis = analyze(graph, static_shapes(model, probe))
     planted = 0
-    done: set[int] = set()
     for group in analysis.prunable_groups():
-        n = int(group.size * fraction)
+        size = group.size // group.blocks
+        n = int(size * fraction)
         if n == 0:
             continue
-        chosen = np.zeros(group.size, bool)
-        chosen[rng.choice(group.size, n, replace=False)] = True
+        chosen = np.zeros((group.blocks, size), bool)
+        for block in chosen:  # grouped convolutions: the same count in every block
+            block[rng.choice(size, n, replace=False)] = True
+        chosen = chosen.ravel()
         removed = {group.id: chosen}
         for site in group.sites:
             if site.role == "in":
@@ -39,9 +41,7 @@ def plant_dead_channels(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]
             drop = np.setdiff1d(np.arange(values.shape[site.axis]), keep)
             index = [slice(None)] * values.ndim
             index[site.axis] = drop
-            if id(const) not in done or True:
-                planted += int(np.count_nonzero(values[tuple(index)]))
+            planted += int(np.count_nonzero(values[tuple(index)]))
             values[tuple(index)] = 0
             const.values = values
-            done.add(id(const))
     return to_model(graph, model), planted

@@ -56,9 +56,19 @@ class DeadChannelsPass(Pass):
         for g in ctx.analysis.prunable_groups():
             if g.dead is not None and g.dead.any():
                 mask = g.dead.copy()
-                if mask.all():
+                if g.blocks > 1:  # equal count per block: the fewest dead of any block
+                    per = mask.reshape(g.blocks, -1)
+                    fewest = int(per.sum(axis=1).min())
+                    if fewest == per.shape[1]:
+                        fewest -= 1
+                    trimmed = np.zeros_like(per)
+                    for b in range(g.blocks):
+                        trimmed[b, np.flatnonzero(per[b])[:fewest]] = True
+                    mask = trimmed.ravel()
+                elif mask.all():
                     mask[0] = False
-                removal[g.id] = mask
+                if mask.any():
+                    removal[g.id] = mask
         ctx.removal = removal
         n = int(sum(m.sum() for m in removal.values()))
         return PassResult(False, f"selected {n} dead channels in {len(removal)} groups",

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 import onnx
-from npcompile.targets.base import Artifact, BenchmarkOptions, LatencyStats, Target
 
 from npcompile.errors import NpcompileError, UserError
 from npcompile.model_io import atomic_write_bytes, save_model
+from npcompile.targets.base import Artifact, BenchmarkOptions, LatencyStats, Target
 
 __all__ = ["TensorRTTarget"]
 

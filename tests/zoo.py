@@ -884,7 +884,7 @@ class ShuffleNetV2(nn.Module):
         self.conv1 = ConvBNAct(3, 16, 3, 1)
         cin = 16
         stages: list[nn.Module] = []
-        for n, cout in zip(repeats, channels[:3]):
+        for n, cout in zip(repeats, channels[:3], strict=False):
             units = [ShuffleUnit(cin, cout, 2)]
             units += [ShuffleUnit(cout, cout, 1) for _ in range(n - 1)]
             stages.append(nn.Sequential(*units))
@@ -1009,7 +1009,7 @@ class ConvNeXt(nn.Module):
         layers: list[nn.Module] = [
             nn.Sequential(nn.Conv2d(3, dims[0], 2, 2), LayerNorm2d(dims[0], eps=1e-6))
         ]
-        for i, (d, dim) in enumerate(zip(depths, dims)):
+        for i, (d, dim) in enumerate(zip(depths, dims, strict=False)):
             # layer scale 0.5 (not 1e-6) so the residual branch matters numerically
             layers.append(
                 nn.Sequential(*[CNBlock(dim, layer_scale=0.5) for _ in range(d)])

@@ -30,6 +30,9 @@ def zero_preserving(node: gs.Node, ctx: ChannelAnalysis) -> None:
     x = ctx.dim(node.inputs[0])
     if x is not None:
         ctx.pass_through(node, x)
+        if node.op == "Dropout" and len(node.outputs) > 1 and node.outputs[1].name:
+            # the mask has the input's shape: it carries the channels too (not zero where x is)
+            ctx.pass_through(node, x, pot=np.ones_like(x.pot), output=1)
 
 
 @register(*REVIVING)

@@ -79,6 +79,7 @@ def split(node: gs.Node, ctx: ChannelAnalysis) -> None:
     if not x.layout.plain:
         ctx.freeze(x, f"Split {node.name} cuts a flattened channel block")
         return
+    opset = ctx.graph.opset
     outs: list[Layout] = []
     for i, (lo, hi) in enumerate(_windows(sizes)):
         w = x.layout.window(lo, hi)
@@ -93,7 +94,10 @@ def split(node: gs.Node, ctx: ChannelAnalysis) -> None:
 
         def apply() -> None:
             node.attrs.pop("num_outputs", None)
-            apply_sizes()
+            if opset < 13:  # sizes are an attribute before opset 13, also when none was given
+                node.attrs["split"] = list(new)
+            else:
+                apply_sizes()
 
         return apply
 

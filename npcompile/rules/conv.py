@@ -54,11 +54,13 @@ def conv(node: gs.Node, ctx: ChannelAnalysis) -> None:
     if c_in_per_group == 1 and c_out % c_in == 0:
         _depthwise(node, ctx, x, w, bias, c_in, c_out // c_in)
         return
-    # Grouped convolution: channels are tied across groups, so they are not pruned (yet).
-    reason = f"grouped convolution {node.name} (group={groups}) ties channels of its groups"
-    ctx.freeze(x, reason)
+    # Grouped convolution: each of the ``groups`` blocks of inputs and outputs must keep an equal
+    # width, so both sides are pruned equally per block (positions may differ between blocks).
+    reason = f"grouped convolution {node.name} (group={groups}) reads channels not in one whole group"
+    if x is not None and ctx.require_blocks(x.layout, groups, reason):
+        ctx.add_site(node, 1, 1, x.layout, "in", pot=x.pot, blocks=groups)
     layout = _open_output(node, ctx, 0, c_out)
-    ctx.freeze(layout, reason)
+    ctx.require_blocks(layout, groups, f"grouped convolution {node.name}: {c_out} outputs in {groups} groups")
     ctx.set_dim(node.outputs[0], 1, layout, _row_pot(w, 0, bias, layout))
 
 

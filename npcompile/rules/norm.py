@@ -73,6 +73,9 @@ def layer_norm(node: gs.Node, ctx: ChannelAnalysis) -> None:
                       "removing channels changes its statistics")
         return
     ctx.pass_through(node, x, pot=x.pot + 1.0)
+    for i in (1, 2):  # Mean and InvStdDev keep the axes before ``axis``, the channel axis among them
+        if i < len(node.outputs) and node.outputs[i].name:
+            ctx.pass_through(node, x, pot=x.pot + 1.0, output=i)
 
 
 @register("GroupNormalization")

@@ -25,7 +25,7 @@ def pool(node: gs.Node, ctx: ChannelAnalysis) -> None:
     if node.op == "LRN":
         ctx.freeze(x, f"LRN {node.name} normalises across neighbouring channels")
         return
-    if len(node.outputs) > 1 and node.outputs[1].outputs:
+    if len(node.outputs) > 1 and (node.outputs[1].outputs or node.outputs[1] in ctx.graph.outputs):
         ctx.freeze(x, f"{node.op} {node.name}: its indices output encodes channel positions")
         return
     ctx.pass_through(node, x)
@@ -37,20 +37,36 @@ def resize(node: gs.Node, ctx: ChannelAnalysis) -> None:
     if x is None:
         return
     scales_idx = 1 if node.op == "Upsample" else 2
+    # Opset 18+ ``axes``: scales and sizes list only those axes; ``pos`` is the channel's entry.
+    axes = node.attrs.get("axes") if node.op == "Resize" else None
+    if axes is not None:
+        rank = ctx.rank(node.inputs[0])
+        if rank is None:
+            ctx.freeze(x, f"Resize {node.name}: unknown rank")
+            return
+        axes = [int(a) % rank for a in axes]
+        pos = axes.index(x.axis) if x.axis in axes else None
+    else:
+        pos = x.axis
     if scales_idx < len(node.inputs) and node.inputs[scales_idx].name:
         scales = ctx.const(node.inputs[scales_idx])
-        if scales is None or (scales.size and float(scales[x.axis]) != 1.0):
+        if scales is None or (scales.size and pos is not None and float(scales[pos]) != 1.0):
             ctx.freeze(x, f"{node.op} {node.name} may rescale the channel axis")
             return
-    if node.op == "Resize" and len(node.inputs) > 3 and node.inputs[3].name:
+    if node.op == "Resize" and len(node.inputs) > 3 and node.inputs[3].name and pos is not None:
         sizes = ctx.const(node.inputs[3])
         if sizes is None:
             ctx.freeze(x, f"Resize {node.name} has non-constant sizes")
             return
+        policy = node.attrs.get("keep_aspect_ratio_policy", "stretch")
+        policy = policy.decode() if isinstance(policy, bytes) else policy
+        if policy != "stretch":
+            ctx.freeze(x, f"Resize {node.name} keeps the aspect ratio over the channel axis")
+            return
 
-        def prepare(removed, find, node=node, x=x, sizes=sizes):
+        def prepare(removed, find, node=node, x=x, sizes=sizes, pos=pos):
             new = np.array(sizes, dtype=np.int64)
-            new[x.axis] = x.layout.kept_size(removed, find)
+            new[pos] = x.layout.kept_size(removed, find)
 
             def apply() -> None:
                 node.inputs[3] = gs.Constant(f"{node.inputs[3].name}_npc_{node.name}", new)

@@ -13,6 +13,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from npcompile.errors import UserError
 from npcompile.targets import get_target
 from npcompile.targets.base import BenchmarkOptions
 from npcompile.targets.tensorrt import (
@@ -21,9 +24,6 @@ from npcompile.targets.tensorrt import (
     profile_shapes,
     sparse_report,
 )
-from onnx import TensorProto, helper, numpy_helper
-
-from npcompile.errors import UserError
 
 
 def _has_trt_gpu() -> bool:
