@@ -117,7 +117,26 @@ def load_model(source: Any, example_inputs: Any = None) -> onnx.ModelProto:
     opset = default_opset(model)
     if opset < MIN_OPSET:
         model = _upgrade(model, opset)
-    return model
+    return normalize(model)
+
+
+_FOLDABLE = ("Constant", "ConstantOfShape", "Transpose", "Identity", "Cast", "Reshape", "Squeeze", "Unsqueeze")
+
+
+def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Weights computed by ``Constant``/``ConstantOfShape`` nodes or by layout ops on constants
+    become initializers (so parameters are counted and pruned alike); other models are returned
+    as they are."""
+    consts = {i.name for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type in ("Constant", "ConstantOfShape"):
+            consts.update(node.output)
+    needed = any(
+        node.op_type in _FOLDABLE and node.domain in ("", "ai.onnx")
+        and (node.op_type == "Constant" or all(i in consts for i in node.input if i))
+        for node in model.graph.node
+    )
+    return to_model(to_graph(model), model) if needed else model
 
 
 def _check(model: onnx.ModelProto) -> None:
@@ -162,20 +181,61 @@ def _constant_node_value(node: gs.Node) -> np.ndarray | None:
     return None
 
 
+def _fold_value(node: gs.Node) -> np.ndarray | None:
+    """The value of a node whose inputs are all constants, for the few ops exporters apply to
+    weights (a transposed Linear weight, a cast, a reshape, a filled shape); ``None`` otherwise."""
+    if node.op == "Constant":
+        return _constant_node_value(node)
+    if not node.inputs or not all(isinstance(t, gs.Constant) for t in node.inputs):
+        return None
+    x = node.inputs[0].values
+    if node.op == "ConstantOfShape":
+        fill = node.attrs.get("value")
+        fill = fill.values.reshape(-1)[:1] if isinstance(fill, gs.Constant) else np.zeros(1, np.float32)
+        return np.full([int(d) for d in x], fill[0], dtype=fill.dtype)
+    if node.op == "Transpose":
+        return np.transpose(x, node.attrs.get("perm"))
+    if node.op == "Identity":
+        return x
+    if node.op == "Cast":
+        return x.astype(onnx.helper.tensor_dtype_to_np_dtype(int(node.attrs["to"])))
+    if node.op == "Reshape":
+        shape = [int(d) for d in node.inputs[1].values]
+        shape = [x.shape[i] if d == 0 and not node.attrs.get("allowzero", 0) else d for i, d in enumerate(shape)]
+        return x.reshape(shape)
+    if node.op in ("Unsqueeze", "Squeeze"):
+        axes = node.attrs.get("axes") or ([int(a) for a in node.inputs[1].values] if len(node.inputs) > 1
+                                          else None)
+        if node.op == "Squeeze":
+            return np.squeeze(x, tuple(axes)) if axes else np.squeeze(x)
+        out = x
+        for a in sorted(int(a) % (x.ndim + len(axes)) for a in axes):
+            out = np.expand_dims(out, a)
+        return out
+    return None
+
+
 def to_graph(model: onnx.ModelProto) -> gs.Graph:
-    """Import a model as an onnx-graphsurgeon graph; ``Constant`` nodes become initializers."""
+    """Import a model as an onnx-graphsurgeon graph; ``Constant`` nodes, and ops applied to
+    constants only (ConstantOfShape, Transpose, Cast, Reshape, Squeeze, Unsqueeze, Identity), become
+    initializers."""
     graph = gs.import_onnx(model)
+    graph.toposort()
     outputs = {t.name for t in graph.outputs}
     for node in list(graph.nodes):
-        if node.op != "Constant" or (node.domain or "") not in ("", "ai.onnx") or len(node.outputs) != 1:
+        if (node.domain or "") not in ("", "ai.onnx") or len(node.outputs) != 1:
             continue
         out = node.outputs[0]
         if out.name in outputs:
             continue
-        value = _constant_node_value(node)
+        try:
+            value = _fold_value(node)
+        except (ValueError, TypeError, KeyError, IndexError):
+            value = None
         if value is None:
             continue
-        const = gs.Constant(out.name, np.asarray(value))
+        value = np.asarray(value)
+        const = gs.Constant(out.name, value if value.flags.c_contiguous else value.copy())
         for consumer in list(out.outputs):
             for i, t in enumerate(consumer.inputs):
                 if t is out:
@@ -191,7 +251,10 @@ def to_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     model = gs.export_onnx(graph, do_type_check=False)
     del model.opset_import[:]
     model.opset_import.extend(template.opset_import)
-    model.ir_version = template.ir_version
+    # IR < 4 wants every initializer listed as a graph input; folded weights are not, so such old
+    # models move to the oldest IR version their opsets allow.
+    min_ir = helper.find_min_ir_version_for(list(template.opset_import), ignore_unknown=True)
+    model.ir_version = max(template.ir_version, min_ir, 4)
     model.producer_name = "npcompile"
     from npcompile import __version__
 

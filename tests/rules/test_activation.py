@@ -98,3 +98,26 @@ def test_prelu_shared_slope():
     res = prune(g.model(out))
     assert res.removed(res.group(c)) == 2
     assert weight_of(res.model, g.node_of[a]).shape == (1,)
+
+
+def test_dropout_mask_graph_output():
+    """The mask output has the channel axis too: as a graph output it is part of the interface."""
+    g = G()
+    x = g.input("x", ["N", 3, 5, 5])
+    c = g.conv(x, 3, 8)
+    y, mask = g.op("Dropout", [c], n_out=2)
+    out = g.conv(g.op("Relu", [y]), 8, 4)
+    res = prune(g.model([out, mask]), expect_removed=False)
+    assert any("reaches graph output" in r for r in res.group(c).frozen)
+    assert res.outputs_after[1].shape == (2, 8, 5, 5)
+
+
+@pytest.mark.parametrize("exponent", [2.0, 0.5, -1.0])
+def test_pow(exponent):
+    """x**p with p > 0 keeps zero channels dead (x**-1 does not)."""
+    g = G()
+    make = (lambda g, c: g.op("Pow", [g.op("Relu", [c]), g.const(_f32(exponent))])) if exponent > 0 \
+        else (lambda g, c: g.op("Pow", [g.op("Sigmoid", [c]), g.const(_f32(exponent))]))
+    c, a, out = _between(g, make)
+    res = prune(g.model(out), expect_removed=exponent > 0)
+    assert res.group(c).prunable

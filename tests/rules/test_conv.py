@@ -55,30 +55,64 @@ def test_depthwise(mult):
     assert weight_of(res.model, g.node_of[c3]).shape == (4, 6 * mult, 1, 1)
 
 
-def test_grouped_conv_frozen():
+def _equal_per_block(res, grp, blocks=2):
+    mask = res.removal.get(grp.id)
+    return mask is None or len(set(mask.reshape(blocks, -1).sum(1).tolist())) == 1
+
+
+def _grouped_frozen_or_blocked(res, t, conv_name):
+    """A group around a grouped conv is either frozen (saying why) or pruned equally per block."""
+    grp = res.group(t)
+    if grp.frozen:
+        assert any(f"grouped convolution {conv_name}" in r for r in grp.frozen), grp.frozen
+        assert res.removed(grp) == 0
+    else:
+        assert getattr(grp, "blocks", 1) == 2 and _equal_per_block(res, grp)
+    return grp
+
+
+@pytest.mark.parametrize("ratio", [None, 0.5])
+def test_grouped_conv(ratio):
     g = G()
     x = g.input("x", ["N", 3, 6, 6])
     a = g.op("Relu", [g.conv(x, 3, 8)])
     b = g.conv(a, 8, 8)
     gc = g.conv(g.op("Relu", [b]), 8, 8, group=2)
     out = g.conv(g.op("Relu", [gc]), 8, 4, k=1)
-    res = prune(g.model(out))
-    reason = f"grouped convolution {g.node_of[gc]} (group=2) ties channels of its groups"
-    assert reason in res.group(b).frozen
-    assert reason in res.group(gc).frozen
-    # the group in front of the grouped conv still prunes
-    assert res.removed(res.group(a)) == 2
-    assert weight_of(res.model, g.node_of[gc]).shape == (8, 4, 3, 3)
-    assert _attr(res.model, g.node_of[gc], "group") == 2
+    res = prune(g.model(out), ratio=ratio)
+    name = g.node_of[gc]
+    gb = _grouped_frozen_or_blocked(res, b, name)
+    gg = _grouped_frozen_or_blocked(res, gc, name)
+    # the group in front of the grouped conv prunes regardless
+    assert res.removed(res.group(a)) == (2 if ratio is None else 4)
+    w = weight_of(res.model, name)
+    assert _attr(res.model, name, "group") == 2
+    assert w.shape[0] == 8 - res.removed(gg) and w.shape[0] % 2 == 0
+    assert w.shape[1] * 2 == 8 - res.removed(gb)
+    assert weight_of(res.model, g.node_of[out]).shape[1] == w.shape[0]
 
 
-def test_grouped_conv_alone_leaves_model_unchanged():
+def test_grouped_conv_on_graph_input():
     g = G()
     x = g.input("x", ["N", 4, 6, 6])
     gc = g.conv(x, 4, 8, group=2)
     out = g.conv(g.op("Relu", [gc]), 8, 4, k=1)
-    res = prune(g.model(out), expect_removed=False)
-    assert any("grouped convolution" in r for r in res.group(gc).frozen)
+    res = prune(g.model(out), expect_removed=None)
+    _grouped_frozen_or_blocked(res, gc, g.node_of[gc])
+    assert weight_of(res.model, g.node_of[gc]).shape[1] == 2  # the input is not a group
+
+
+def test_grouped_conv_reading_a_concat_freezes():
+    """The grouped conv's blocks do not line up with the concatenated groups: frozen, with why."""
+    g = G()
+    x = g.input("x", ["N", 3, 6, 6])
+    a, b = g.conv(x, 3, 4), g.conv(x, 3, 6)
+    cat = g.op("Relu", [g.op("Concat", [a, b], axis=1)])
+    gc = g.conv(cat, 10, 10, group=2)
+    out = g.conv(g.op("Relu", [gc]), 10, 4, k=1)
+    res = prune(g.model(out), expect_removed=None)
+    for t in (a, b):
+        assert any(f"grouped convolution {g.node_of[gc]}" in r for r in res.group(t).frozen)
 
 
 def test_conv_transpose():
@@ -105,3 +139,12 @@ def test_conv_transpose_1d():
     out = g.conv(g.op("Relu", [ct]), 8, 4, dims=1)
     res = prune(g.model(out))
     assert weight_of(res.model, g.node_of[ct]).shape == (6, 6, 3)
+
+
+def test_depthwise_on_graph_input_freezes():
+    g = G()
+    x = g.input("x", ["N", 8, 5, 5])
+    dw = g.conv(x, 8, 8, group=8)
+    out = g.conv(g.op("Relu", [dw]), 8, 4, k=1)
+    res = prune(g.model(out), expect_removed=False)
+    assert f"depthwise Conv {g.node_of[dw]} reads channels no group owns" in res.group(dw).frozen

@@ -182,3 +182,27 @@ def test_shared_constant_sliced_per_use():
         dead = (planted_k == 0) | (np.abs(w).reshape(8, -1).sum(1) == 0)
         assert np.array_equal(res.removal[grp.id], dead)
         assert np.array_equal(weight_of(res.model, g.node_of[y]).ravel(), planted_k[~dead])
+
+
+@pytest.mark.parametrize("to_4d", ["Reshape", "Unsqueeze"])
+def test_squeeze_excite_with_fully_connected_layers(to_4d):
+    """torchvision-style SE: GAP -> Flatten -> Gemm -> Relu -> Gemm -> Sigmoid -> [N,C,1,1] -> Mul."""
+    g = G()
+    x = g.input("x", ["N", 3, 6, 6])
+    c = g.conv(x, 3, 8)
+    a = g.op("Relu", [c])
+    f = g.op("Flatten", [g.op("GlobalAveragePool", [a])])
+    fc2 = g.gemm(g.op("Relu", [g.gemm(f, 8, 4)]), 4, 8)
+    s = g.op("Sigmoid", [fc2])
+    if to_4d == "Reshape":
+        s4 = g.op("Reshape", [s, g.ints([-1, 8, 1, 1])])
+    else:
+        s4 = g.op("Unsqueeze", [s, g.ints([2, 3])])
+    gated = g.op("Mul", [a, s4])
+    out = g.conv(gated, 8, 4)
+    res = prune(g.model(out))
+    grp = res.group(gated)
+    assert grp is res.group(c) is res.group(fc2) and res.removed(grp) == 2
+    assert weight_of(res.model, g.node_of[fc2]).shape == (6, 3)
+    if to_4d == "Reshape":
+        assert weight_of(res.model, g.node_of[s4], 1).tolist() == [-1, 6, 1, 1]

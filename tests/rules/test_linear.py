@@ -113,3 +113,27 @@ def test_reshape_computed_target(tail):
     out = g.gemm(g.op("Reshape", [c, shape]), 128, 5)
     res = prune(g.model(out))
     assert weight_of(res.model, g.node_of[out]).shape == (5, 6 * 16)
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_channels_last_flatten_gemm(trans_b):
+    """TF-style NHWC flatten: the Gemm weight holds H*W copies of the channel sequence."""
+    g = G()
+    c = _conv_features(g, "N")
+    t = g.op("Transpose", [c], perm=[0, 2, 3, 1])
+    out = g.gemm(g.op("Flatten", [t]), 16 * 8, 5, trans_b=trans_b)
+    res = prune(g.model(out))
+    mask = res.removal[res.group(c).id]
+    w0 = weight_of(res.planted, g.node_of[out])
+    w1 = weight_of(res.model, g.node_of[out])
+    keep = np.tile(~mask, 16)
+    assert np.array_equal(w1, w0[:, keep] if trans_b else w0[keep])
+
+
+def test_flatten_into_batch_axis_freezes():
+    g = G()
+    c = _conv_features(g, "N")
+    f = g.op("Flatten", [c], axis=2)  # [N*8, 16]
+    out = g.gemm(f, 16, 5)
+    res = prune(g.model(out), expect_removed=False)
+    assert any("merges the channel axis into the batch axis" in r for r in res.group(c).frozen)

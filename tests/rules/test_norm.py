@@ -97,3 +97,16 @@ def test_group_norm_freezes():
     assert reason in res.group(c).frozen
     assert res.removed(res.group(front)) == 2
     assert weight_of(res.model, g.node_of[c]).shape[0] == 8
+
+
+def test_layer_norm_mean_output_over_spatial_axes():
+    """LayerNorm over H, W also returns Mean and InvStdDev of shape [N, C, 1, 1]: they carry the
+    channel axis too (here as graph outputs, so the group must stay whole)."""
+    g = G(opset=17)
+    x = g.input("x", ["N", 3, 4, 4])
+    c = g.conv(x, 3, 8)
+    y, mean, inv = g.op("LayerNormalization", [c, g.weight(4, 4), g.weight(4, 4)], n_out=3, axis=2)
+    out = g.conv(g.op("Relu", [y]), 8, 4)
+    res = prune(g.model([out, mean, inv]), ratio=0.5, expect_removed=False)
+    assert any("reaches graph output" in r for r in res.group(c).frozen)
+    assert [o.shape for o in res.outputs_after] == [(2, 4, 4, 4), (2, 8, 1, 1), (2, 8, 1, 1)]

@@ -1,0 +1,77 @@
+"""The Python API: paths, ModelProto and torch.nn.Module inputs; inspect; onnx's shipped models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import npcompile
+from npcompile.errors import UserError
+from npcompile.verify import compare, probe_inputs
+
+ROOT = Path(__file__).resolve().parents[1]
+LENET = ROOT / "examples" / "lenet_mnist" / "model.onnx"
+LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+
+
+def test_compile_path_and_proto_agree(tmp_path: Path) -> None:
+    a = npcompile.compile(str(LENET), ratio=0.3, round_to=1, benchmark=False)
+    b = npcompile.compile(onnx.load(LENET), ratio=0.3, round_to=1, benchmark=False)
+    assert a.model.SerializeToString() == b.model.SerializeToString()
+    assert a.files == {}  # nothing written without an output directory
+    out = npcompile.compile(LENET, tmp_path / "o", ratio=0.3, benchmark=False)
+    assert set(out.files) == {"model.onnx", "report.json", "report.md"}
+
+
+def test_compile_torch_module_keeps_dynamic_batch() -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                              torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 4))
+    result = npcompile.compile(net, example_inputs=torch.randn(1, 3, 16, 16), ratio=0.5, round_to=1,
+                               benchmark=False)
+    dim0 = result.model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim0.dim_param and not dim0.HasField("dim_value")
+    assert result.report["summary"]["params_after"] < result.report["summary"]["params_before"]
+    widths = {g["name"]: (g["width_before"], g["width_after"]) for g in result.report["groups"]}
+    assert sorted(w for w in widths.values() if w[0] != w[1]) == [(16, 8), (16, 8)]
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"input": np.zeros((5, 3, 16, 16), np.float32)})[0].shape == (5, 4)
+
+
+def test_torch_module_without_example_inputs_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="example_inputs"):
+        npcompile.compile(torch.nn.Linear(3, 3), ratio=0.3)
+
+
+def test_unknown_keyword_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="unknown option"):
+        npcompile.compile(LENET, ratoi=0.3)
+
+
+def test_inspect_reports_groups_and_layers() -> None:
+    info = npcompile.inspect(LENET)
+    assert [g["width"] for g in info["groups"]] == [16, 32, 120, 84, 10]
+    assert info["stats"]["flops"] > 0
+    assert [layer["op"] for layer in info["stats"]["layers"]] == ["Conv", "Conv", "Gemm", "Gemm", "Gemm"]
+
+
+@pytest.mark.parametrize("path", sorted(LIGHT.glob("light_*.onnx")), ids=lambda p: p.stem)
+def test_onnx_light_models_inspect_and_prune(path: Path) -> None:
+    info = npcompile.inspect(path)
+    assert info["groups"]
+    assert all(g["frozen"] or g["prunable"] or g["width"] == 1 for g in info["groups"])
+    result = npcompile.compile(path, ratio=0.3, round_to=1, benchmark=False)
+    onnx.checker.check_model(result.model)
+    original = npcompile.model_io.load_model(path)  # upgraded from opset 9
+    probe = npcompile.shapes.probe_shapes(original)
+    v = compare(original, result.model, probe_inputs(original, probe, batch=1))
+    assert np.isfinite(v.max_abs_diff)
+    if any(g["prunable"] for g in info["groups"]):
+        assert result.report["summary"]["params_after"] < result.report["summary"]["params_before"]
