@@ -33,8 +33,8 @@ def plant_dead_channels(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]
         chosen = chosen.ravel()
         removed = {group.id: chosen}
         for site in group.sites:
-            if site.role == "in":
-                continue
+            if site.role == "in" or (site.node.op == "Div" and site.index == 1):
+                continue  # consumers keep their weights; a divisor stays non-zero
             const = site.node.inputs[site.index]
             values = np.array(const.values)
             keep = site.layout.keep_positions(removed, analysis.find)

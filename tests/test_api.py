@@ -11,7 +11,6 @@ import torch
 
 import npcompile
 from npcompile.errors import UserError
-from npcompile.verify import compare, probe_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 LENET = ROOT / "examples" / "lenet_mnist" / "model.onnx"
@@ -67,11 +66,9 @@ def test_onnx_light_models_inspect_and_prune(path: Path) -> None:
     info = npcompile.inspect(path)
     assert info["groups"]
     assert all(g["frozen"] or g["prunable"] or g["width"] == 1 for g in info["groups"])
+    # compile verifies: checker, and ONNX Runtime runs original and result with equal output shapes
     result = npcompile.compile(path, ratio=0.3, round_to=1, benchmark=False)
-    onnx.checker.check_model(result.model)
-    original = npcompile.model_io.load_model(path)  # upgraded from opset 9
-    probe = npcompile.shapes.probe_shapes(original)
-    v = compare(original, result.model, probe_inputs(original, probe, batch=1))
-    assert np.isfinite(v.max_abs_diff)
+    assert np.isfinite(result.report["summary"]["max_abs_diff"])
+    assert result.report["verification"]["outputs"][0]["shape"][0] == 2
     if any(g["prunable"] for g in info["groups"]):
         assert result.report["summary"]["params_after"] < result.report["summary"]["params_before"]
