@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 
 from npcompile import __version__
-from npcompile.errors import NpcompileError, UserError
+from npcompile.errors import GateError, NpcompileError, UserError
 
 __all__ = ["app", "main"]
 
@@ -99,22 +99,56 @@ def compile_cmd(
     warmup: Annotated[int, typer.Option(help="Warm-up runs before timing.")] = 10,
     extra_pass: Annotated[list[str] | None, typer.Option(
         "--pass", help="Extra pass to run after pruning, by name or module:Class (repeatable).")] = None,
+    pipeline: Annotated[Path | None, typer.Option(
+        help="Pipeline file (TOML): the passes to run, replacing --ratio/--threshold.")] = None,
+    plugin: Annotated[list[str] | None, typer.Option(
+        help="Load passes/targets from module:Name, a module, or a .py file (repeatable).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved pipeline and exit.")] = False,
+    max_accuracy_drop: Annotated[float | None, typer.Option(
+        help="Gate: fail (exit 1) if top-1 accuracy drops by more than PP points.")] = None,
+    min_speedup: Annotated[float | None, typer.Option(help="Gate: fail if the measured speedup is below X.")] = None,
+    max_size: Annotated[float | None, typer.Option(help="Gate: fail if model.onnx is larger than MB.")] = None,
+    min_param_reduction: Annotated[float | None, typer.Option(
+        help="Gate: fail if less than this fraction of parameters was removed.")] = None,
+    junit: Annotated[Path | None, typer.Option(help="Write the gates as a JUnit XML report.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what each pass does.")] = False,
 ) -> None:
     """Compile MODEL: remove channels, verify, build the target, write model + report to OUTPUT."""
     from npcompile.api import CompileOptions, compile
+    from npcompile.gates import Gates
     from npcompile.shapes import parse_input_shapes
 
     _setup_logging(quiet, verbose)
+    gates = Gates(max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup, max_size_mb=max_size,
+                  min_param_reduction=min_param_reduction)
     options = CompileOptions(criterion=criterion, ratio=ratio, threshold=threshold, round_to=round_to,
                              min_channels=min_channels, target=target, provider=provider, threads=threads,
                              input_shapes=parse_input_shapes(input_shape), seed=seed, tolerance=tolerance,
                              benchmark=benchmark, runs=runs, warmup=warmup,
-                             extra_passes=list(extra_pass or []))
-    result = compile(str(model), output, options)
+                             extra_passes=list(extra_pass or []), pipeline=str(pipeline) if pipeline else None,
+                             plugins=list(plugin or []), gates=gates, junit=str(junit) if junit else None)
+    if dry_run:
+        _dry_run(options)
+        return
+    try:
+        result = compile(str(model), output, options)
+    except GateError:
+        if not quiet:
+            typer.echo(f"wrote {output}/model.onnx, report.json, report.md (a gate failed)")
+        raise
     if not quiet:
         _print_summary(result.report, output)
+
+
+def _dry_run(options) -> None:
+    """Print the pipeline the options stand for, as a pipeline file, without running it."""
+    from npcompile.api import make_target, prepare, resolve_specs
+    from npcompile.pipeline_file import to_toml
+
+    prepare(options, {})
+    specs, _, _, _ = resolve_specs(options, make_target(options))
+    typer.echo(to_toml(specs), nl=False)
 
 
 def _print_summary(report: dict, output: Path) -> None:
@@ -187,10 +221,15 @@ def inspect_cmd(
 
 
 @app.command("passes")
-def passes_cmd() -> None:
-    """List the passes (built-in and plugins)."""
+def passes_cmd(
+    plugin: Annotated[list[str] | None, typer.Option(help="Also load these plugins (repeatable).")] = None,
+) -> None:
+    """List the passes (built-in, entry-point plugins and --plugin ones)."""
     from npcompile.pipeline import available_passes
+    from npcompile.plugins import load_plugin
 
+    for spec in plugin or []:
+        load_plugin(spec)
     for name, cls in available_passes().items():
         typer.echo(f"{name:16s} {cls.kind:9s} {cls.description}  [{cls.__module__}]")
 

@@ -45,7 +45,11 @@ def default_opset(model: onnx.ModelProto) -> int:
     return 0
 
 
-def _load_path(path: Path) -> onnx.ModelProto:
+def _uses_external_data(model: onnx.ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def _load_path(path: Path, info: dict[str, Any] | None = None) -> onnx.ModelProto:
     if not path.exists():
         raise UserError(f"model file not found: {path}")
     if path.is_dir():
@@ -58,6 +62,8 @@ def _load_path(path: Path) -> onnx.ModelProto:
         raise UserError(f"not a valid ONNX model: {path} ({type(e).__name__})") from None
     if not model.HasField("graph") or not model.graph.node:
         raise UserError(f"not a valid ONNX model (no graph or no nodes): {path}")
+    if info is not None:
+        info["external_data"] = _uses_external_data(model)
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     except (OSError, ValueError) as e:
@@ -98,17 +104,18 @@ def _torch_to_onnx(module: Any, example_inputs: Any) -> onnx.ModelProto:
         return onnx.load(path)
 
 
-def load_model(source: Any, example_inputs: Any = None) -> onnx.ModelProto:
+def load_model(source: Any, example_inputs: Any = None, info: dict[str, Any] | None = None) -> onnx.ModelProto:
     """Load a model from a path, a ``ModelProto`` or a ``torch.nn.Module``, checked and at opset ≥ 11.
 
     Raises :class:`UserError` for anything the user has to fix (missing file, corrupt protobuf,
-    checker failure, opset that cannot be upgraded).
+    checker failure, opset that cannot be upgraded). ``info``, when given, receives
+    ``external_data``: whether the file kept its weights outside.
     """
     if isinstance(source, onnx.ModelProto):
         model = onnx.ModelProto()
         model.CopyFrom(source)
     elif isinstance(source, (str, os.PathLike)):
-        model = _load_path(Path(source))
+        model = _load_path(Path(source), info)
     elif type(source).__module__.startswith("torch") or hasattr(source, "state_dict"):
         model = _torch_to_onnx(source, example_inputs)
     else:

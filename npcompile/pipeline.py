@@ -62,6 +62,8 @@ class Context:
         self.criterion: str | None = None
         #: one entry per applied removal: group name -> removed channel indices
         self.applied: list[dict[str, list[int]]] = []
+        #: extra report sections passes contribute (e.g. "accuracy", "search", "sensitivity")
+        self.report_extras: dict[str, Any] = {}
 
     @property
     def model(self) -> onnx.ModelProto:
@@ -70,6 +72,15 @@ class Context:
     def set_graph(self, graph: gs.Graph) -> None:
         """Replace the model by an edited graph (a rewrite pass calls this)."""
         self._model = to_model(graph, self.original)
+        self._graph = None
+        self._analysis = None
+        self._shapes = None
+        self.scores, self.removal = {}, {}
+
+    def set_model(self, model: onnx.ModelProto) -> None:
+        """Replace the model by a new ``ModelProto`` (a rewrite pass that edits the protobuf, such
+        as fine-tuning, calls this); drops cached graph, analysis, shapes, scores and removal."""
+        self._model = model
         self._graph = None
         self._analysis = None
         self._shapes = None

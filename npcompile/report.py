@@ -36,7 +36,8 @@ def build_report(*, options: Any, round_to: int, default_round_to: int, target: 
                  groups_before: list[tuple], removed: dict[str, list[int]], stats_before: ModelStats,
                  stats_after: ModelStats, verification: Any, records: list[dict[str, Any]],
                  latency: dict[str, Any], sizes: dict[str, int], timings: dict[str, float],
-                 artifact_info: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+                 artifact_info: dict[str, Any], notes: list[str], pipeline: list[Any] | None = None
+                 ) -> dict[str, Any]:
     """Assemble the report document (see ``docs`` in the README for the fields)."""
     mode = "lossless" if options.lossless else ("ratio" if options.ratio is not None else "threshold")
     groups = []
@@ -69,8 +70,9 @@ def build_report(*, options: Any, round_to: int, default_round_to: int, target: 
         "groups_frozen": len(frozen), "groups_pruned": sum(1 for v in removed.values() if v),
         "channels_removed": channels_removed,
     }
-    opts = {k: v for k, v in vars(options).items() if k != "input_shapes"}
+    opts = {k: v for k, v in vars(options).items() if k not in ("input_shapes", "gates")}
     opts["input_shapes"] = {k: list(v) for k, v in options.input_shapes.items()}
+    opts["gates"] = {k: v for k, v in vars(options.gates).items() if v is not None}
     return {
         "schema": REPORT_SCHEMA, "version": REPORT_VERSION, "npcompile": __version__,
         "mode": mode, "criterion": None if mode == "lossless" else options.criterion,
@@ -84,12 +86,17 @@ def build_report(*, options: Any, round_to: int, default_round_to: int, target: 
         "groups": groups,
         "frozen": frozen,
         "plan": {k: v for k, v in sorted(removed.items()) if v},
+        "pipeline": [{"name": p.name, "options": _plain(p.options)} for p in (pipeline or [])],
         "passes": records,
         "timings": timings,
         "notes": notes + ([] if mode != "lossless" else
                           ["no pruning option given: only lossless passes ran (dead-channel removal, "
                            "cleanup)"]),
     }
+
+
+def _plain(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v if isinstance(v, (int, float, str, bool, list, type(None))) else repr(v) for k, v in options.items()}
 
 
 def _pct(x: float | None) -> str:
@@ -149,6 +156,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report["frozen"]:
         lines += ["Frozen groups and why:", ""]
         lines += [f"- `{f['group']}`: {'; '.join(f['reasons'])}" for f in report["frozen"]]
+        lines.append("")
+    if report.get("gates"):
+        lines += ["## Gates", "", "| gate | result |", "|---|---|"]
+        lines += [f"| {g['name']} | {'pass' if g['passed'] else '**FAIL**'}: {g['message']} |" for g in report["gates"]]
         lines.append("")
     lines += ["## Passes", "", "| pass | seconds | changed | summary |", "|---|---:|---|---|"]
     for rec in report["passes"]:

@@ -18,5 +18,6 @@ class OnnxTarget(Target):
 
     def build(self, model: onnx.ModelProto, outdir: Path, name: str = "model") -> Artifact:
         path = Path(outdir) / f"{name}.onnx"
-        save_model(model, path)
+        if not path.exists():
+            save_model(model, path, external_data=self.options.get("external_data"))
         return Artifact(self.name, {"model": path})

@@ -69,6 +69,6 @@ def test_onnx_light_models_inspect_and_prune(path: Path) -> None:
     # compile verifies: checker, and ONNX Runtime runs original and result with equal output shapes
     result = npcompile.compile(path, ratio=0.3, round_to=1, benchmark=False)
     assert np.isfinite(result.report["summary"]["max_abs_diff"])
-    assert result.report["verification"]["outputs"][0]["shape"][0] == 2
+    assert result.report["verification"]["outputs"][0]["shape"][0] in (1, 2)  # batch fixed at 1, or probe 2
     if any(g["prunable"] for g in info["groups"]):
         assert result.report["summary"]["params_after"] < result.report["summary"]["params_before"]

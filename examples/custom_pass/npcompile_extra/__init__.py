@@ -1,0 +1,1 @@
+"""An example npcompile plugin package (see README.md)."""
