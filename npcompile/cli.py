@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -61,6 +62,8 @@ def _console():
 
 
 def _setup_logging(quiet: bool, verbose: bool) -> None:
+    if not verbose:  # library warnings (numpy, onnx) would break the one-line error contract
+        warnings.filterwarnings("ignore")
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.WARNING)
     if verbose:
         level = logging.INFO

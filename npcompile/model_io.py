@@ -124,7 +124,17 @@ def load_model(source: Any, example_inputs: Any = None, info: dict[str, Any] | N
     opset = default_opset(model)
     if opset < MIN_OPSET:
         model = _upgrade(model, opset)
+    _lower_ir(model)
     return normalize(model)
+
+
+def _lower_ir(model: onnx.ModelProto) -> None:
+    """Models written by a newer onnx than ONNX Runtime knows carry an IR version it refuses; the
+    IR version the model's opsets need is enough (nothing newer is used by opsets that old)."""
+    needed = max(helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True), 8)
+    if model.ir_version > 10 and model.ir_version > needed:
+        log.info("lowering IR version %d to %d for ONNX Runtime", model.ir_version, needed)
+        model.ir_version = needed
 
 
 _FOLDABLE = ("Constant", "ConstantOfShape", "Transpose", "Identity", "Cast", "Reshape", "Squeeze", "Unsqueeze")

@@ -40,8 +40,9 @@ def make_session(model: onnx.ModelProto | str, threads: int = 0, optimize: bool 
                  optimized_path: str | None = None, providers: list[str] | None = None):
     import onnxruntime as ort
 
+    ort.set_default_logger_severity(4)  # errors come back as exceptions; keep stderr to one line
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = 4
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
