@@ -66,8 +66,9 @@ def _load_path(path: Path, info: dict[str, Any] | None = None) -> onnx.ModelProt
         info["external_data"] = _uses_external_data(model)
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read the model's external data: {e}") from None
+    except Exception as e:  # OSError, ValueError, onnx's ValidationError for unsafe or missing files
+        msg = " ".join(str(e).split()) or type(e).__name__
+        raise UserError(f"cannot read the model's external data: {msg}") from None
     return model
 
 
