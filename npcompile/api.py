@@ -16,10 +16,12 @@ import onnx
 
 from npcompile.errors import GateError, UserError, VerificationError
 from npcompile.gates import Gates, check_gates, write_junit
+from npcompile.html_report import render_html
 from npcompile.metrics import model_stats
 from npcompile.model_io import atomic_write_bytes, load_model, save_model
 from npcompile.pipeline import Context, Pipeline, available_passes
 from npcompile.pipeline_file import PassSpec, instantiate, load_pipeline_file
+from npcompile.plots import render_plots
 from npcompile.plugins import load_plugin
 from npcompile.report import build_report, render_markdown
 from npcompile.shapes import probe_shapes
@@ -37,7 +39,8 @@ CRITERIA: dict[str, tuple[str, dict[str, Any]]] = {
     "l2": ("magnitude", {"p": 2}),
 }
 
-OUTPUT_FILES = ("model.onnx", "model.onnx.data", "model.ort.onnx", "model.engine", "report.json", "report.md")
+OUTPUT_FILES = ("model.onnx", "model.onnx.data", "model.ort.onnx", "model.engine", "report.json", "report.md",
+                "report.html", "widths.png", "latency.png", "sensitivity.png")
 
 
 @dataclass
@@ -63,6 +66,8 @@ class CompileOptions:
     plugins: list[str] = field(default_factory=list)
     gates: Gates = field(default_factory=Gates)
     junit: str | None = None
+    plots: bool = True  # PNG plots beside report.md (needs matplotlib)
+    html: bool = False  # also a single-file report.html
 
     def validate(self) -> None:
         criteria = _criteria()
@@ -251,8 +256,13 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
         gate_results = check_gates(options.gates, report)
         report["gates"] = [g.as_dict() for g in gate_results]
         if staging is not None:
+            images = render_plots(report) if options.plots else {}
+            for name, png in images.items():
+                atomic_write_bytes(staging / name, png)
             atomic_write_bytes(staging / "report.json", json.dumps(report, indent=2).encode())
-            atomic_write_bytes(staging / "report.md", render_markdown(report).encode())
+            atomic_write_bytes(staging / "report.md", render_markdown(report, list(images)).encode())
+            if options.html:
+                atomic_write_bytes(staging / "report.html", render_html(report, images).encode())
             for path in sorted(staging.iterdir()):
                 os.replace(path, outdir / path.name)
                 files[path.name] = outdir / path.name

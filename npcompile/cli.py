@@ -114,6 +114,8 @@ def compile_cmd(
     min_param_reduction: Annotated[float | None, typer.Option(
         help="Gate: fail if less than this fraction of parameters was removed.")] = None,
     junit: Annotated[Path | None, typer.Option(help="Write the gates as a JUnit XML report.")] = None,
+    plots: Annotated[bool, typer.Option(help="Draw plots beside report.md (needs matplotlib).")] = True,
+    html: Annotated[bool, typer.Option("--html", help="Also write a single-file report.html.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what each pass does.")] = False,
 ) -> None:
@@ -130,7 +132,8 @@ def compile_cmd(
                              input_shapes=parse_input_shapes(input_shape), seed=seed, tolerance=tolerance,
                              benchmark=benchmark, runs=runs, warmup=warmup,
                              extra_passes=list(extra_pass or []), pipeline=str(pipeline) if pipeline else None,
-                             plugins=list(plugin or []), gates=gates, junit=str(junit) if junit else None)
+                             plugins=list(plugin or []), gates=gates, junit=str(junit) if junit else None,
+                             plots=plots, html=html)
     if dry_run:
         _dry_run(options)
         return

@@ -115,8 +115,8 @@ def _num(x: float) -> str:
     return f"{x:g}"
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    """A human-readable summary of a report document."""
+def render_markdown(report: dict[str, Any], images: list[str] | tuple[str, ...] = ()) -> str:
+    """A human-readable summary of a report document; ``images`` names plot files beside it."""
     s = report["summary"]
     lines = [f"# npcompile report ({report['mode']})", ""]
     if report["mode"] == "lossless":
@@ -146,7 +146,12 @@ def render_markdown(report: dict[str, Any]) -> str:
                          f"{x['mean_ms']:.3f} |")
         lines += ["", f"Speedup {lat['speedup']:.2f}x: latency {_change(s['latency_reduction'])} for "
                       f"FLOPs {_change(s['flops_reduction'])}.", ""]
-    lines += ["## Layers", "", "| layer | op | in | out | params | FLOPs |", "|---|---|---:|---:|---:|---:|"]
+        if "latency.png" in images:
+            lines += ["![latency distributions](latency.png)", ""]
+    lines += ["## Layers", ""]
+    if "widths.png" in images:
+        lines += ["![per-layer widths](widths.png)", ""]
+    lines += ["| layer | op | in | out | params | FLOPs |", "|---|---|---:|---:|---:|---:|"]
     for row in report["layers"]:
         lines.append(f"| {row['name']} | {row['op']} | {row['in_before']}→{row['in_after']} | "
                      f"{row['out_before']}→{row['out_after']} | {_num(row['params_before'])}→"
@@ -157,6 +162,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["Frozen groups and why:", ""]
         lines += [f"- `{f['group']}`: {'; '.join(f['reasons'])}" for f in report["frozen"]]
         lines.append("")
+    if "sensitivity.png" in images:
+        lines += ["## Sensitivity", "", "![sensitivity curves](sensitivity.png)", ""]
     if report.get("gates"):
         lines += ["## Gates", "", "| gate | result |", "|---|---|"]
         lines += [f"| {g['name']} | {'pass' if g['passed'] else '**FAIL**'}: {g['message']} |" for g in report["gates"]]

@@ -37,6 +37,7 @@ class LatencyStats:
     p99_ms: float
     min_ms: float
     throughput: float  # samples per second at p50
+    samples_ms: list[float] | None = None  # every timed run, for distributions
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -47,7 +48,8 @@ class LatencyStats:
         p50 = float(np.percentile(ms, 50))
         return LatencyStats(len(ms), batch, float(ms.mean()), p50, float(np.percentile(ms, 90)),
                             float(np.percentile(ms, 99)), float(ms.min()),
-                            batch / (p50 / 1e3) if p50 > 0 else float("inf"))
+                            batch / (p50 / 1e3) if p50 > 0 else float("inf"),
+                            [round(float(x), 6) for x in ms])
 
 
 def measure(fn: Callable[[], Any], batch: int, options: BenchmarkOptions) -> LatencyStats:

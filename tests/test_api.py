@@ -23,7 +23,19 @@ def test_compile_path_and_proto_agree(tmp_path: Path) -> None:
     assert a.model.SerializeToString() == b.model.SerializeToString()
     assert a.files == {}  # nothing written without an output directory
     out = npcompile.compile(LENET, tmp_path / "o", ratio=0.3, benchmark=False)
-    assert set(out.files) == {"model.onnx", "report.json", "report.md"}
+    assert set(out.files) == {"model.onnx", "report.json", "report.md", "widths.png"}
+
+
+def test_html_report_and_plots(tmp_path: Path) -> None:
+    out = npcompile.compile(LENET, tmp_path / "o", ratio=0.5, round_to=1, target="onnxruntime", runs=5, warmup=1,
+                            html=True)
+    assert {"widths.png", "latency.png", "report.html"} <= set(out.files)
+    assert (tmp_path / "o" / "widths.png").read_bytes().startswith(b"\x89PNG")
+    page = (tmp_path / "o" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and "<table>" in page
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "](widths.png)" in md and "](latency.png)" in md
+    assert len(out.report["latency"]["after"]["samples_ms"]) == 5
 
 
 def test_compile_torch_module_keeps_dynamic_batch() -> None:
