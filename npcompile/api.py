@@ -37,7 +37,12 @@ CRITERIA: dict[str, tuple[str, dict[str, Any]]] = {
     "magnitude": ("magnitude", {"p": 1}),
     "l1": ("magnitude", {"p": 1}),
     "l2": ("magnitude", {"p": 2}),
+    "maxout": ("maxout", {}),
+    "apoz": ("apoz", {}),
+    "mean-abs": ("mean-abs", {}),
 }
+#: criteria measured on calibration data
+DATA_CRITERIA = ("maxout", "apoz", "mean-abs")
 
 OUTPUT_FILES = ("model.onnx", "model.onnx.data", "model.ort.onnx", "model.engine", "report.json", "report.md",
                 "report.html", "widths.png", "latency.png", "sensitivity.png")
@@ -57,7 +62,7 @@ class CompileOptions:
     threads: int = 0
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     seed: int = 0
-    tolerance: float = 1e-4
+    verify_tolerance: float = 1e-4  # largest relative output change where removal must be lossless
     benchmark: bool = True
     warmup: int = 10
     runs: int = 50
@@ -68,6 +73,31 @@ class CompileOptions:
     junit: str | None = None
     plots: bool = True  # PNG plots beside report.md (needs matplotlib)
     html: bool = False  # also a single-file report.html
+    # evaluation (accuracy before/after, search, budgets)
+    eval: str | None = None  # labelled (or unlabelled: fidelity) evaluation data, .npz
+    evaluator: str = "auto"  # auto, accuracy, top1, cosine, neg_mse, or module:function
+    top_k: int = 1
+    eval_batch_size: int = 256
+    # binary search and budgets
+    search: str | None = None  # "binary"
+    tolerance: float | None = None  # metric points the search may lose
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    target_flops: float | None = None  # keep this fraction of FLOPs
+    target_params: float | None = None  # keep this fraction of parameters
+    sensitivity: bool = False
+    # fine-tuning and iterative schedules
+    train: str | None = None
+    epochs: int = 1
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    batch_size: int = 64
+    steps: int = 1  # analyse -> select -> prune (-> fine-tune), repeated
+    # data-driven criteria (maxout, apoz, mean-abs)
+    calib: str | None = None
+    calib_batch_size: int = 256
+    maxout_per_unit: int = 1  # neurons removed from every maxout unit per step
+    maxout_units: int = 0  # whole maxout units removed per step
 
     def validate(self) -> None:
         criteria = _criteria()
@@ -87,15 +117,61 @@ class CompileOptions:
             raise UserError(f"--threads must be >= 0, got {self.threads}")
         if self.runs < 1 or self.warmup < 0:
             raise UserError("--runs must be >= 1 and --warmup >= 0")
-        if not 0.0 <= self.tolerance < 1.0:
-            raise UserError(f"--tolerance must be in [0, 1), got {self.tolerance}")
-        if self.pipeline is not None and (self.ratio is not None or self.threshold is not None):
-            raise UserError("--pipeline replaces --ratio/--threshold; give one or the other")
+        if not 0.0 <= self.verify_tolerance < 1.0:
+            raise UserError(f"--verify-tolerance must be in [0, 1), got {self.verify_tolerance}")
+        modes = [m for m, on in (("--ratio", self.ratio is not None), ("--threshold", self.threshold is not None),
+                                 ("--search", self.search is not None),
+                                 ("--target-flops/--target-params",
+                                  self.target_flops is not None or self.target_params is not None),
+                                 ("--pipeline", self.pipeline is not None)) if on]
+        if len(modes) > 1:
+            raise UserError(f"choose one way to select channels, not {' and '.join(modes)}")
+        if self.search is not None:
+            if self.search != "binary":
+                raise UserError(f"unknown --search {self.search!r}; the search is 'binary'")
+            if self.tolerance is None:
+                raise UserError("--search binary needs --tolerance (metric points it may lose)")
+        if self.tolerance is not None and not 0.0 <= self.tolerance <= 100.0:
+            raise UserError(f"--tolerance must be between 0 and 100 points, got {self.tolerance}")
+        for flag, v in (("--target-flops", self.target_flops), ("--target-params", self.target_params)):
+            if v is not None and not 0.0 < v < 1.0:
+                raise UserError(f"{flag} is the fraction to keep, in (0, 1); got {v}")
+        if self.steps < 1 or self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1 or self.top_k < 1:
+            raise UserError("--steps, --epochs, --batch-size, --eval-batch-size and --top-k must be >= 1")
+        if not self.lr > 0:
+            raise UserError(f"--lr must be > 0, got {self.lr}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise UserError(f"unknown --optimizer {self.optimizer!r}; choose adam or sgd")
+        if self.search and self.eval is None and ":" not in self.evaluator:
+            raise UserError("--search needs evaluation data (--eval DATA.npz) or --evaluator module:function")
+        if self.steps > 1 and self.mode not in ("ratio", "threshold", "maxout"):
+            raise UserError("--steps repeats a --ratio, --threshold or maxout schedule; give one of them")
+        if self.criterion in DATA_CRITERIA and self.calib is None and self.pipeline is None:
+            raise UserError(f"--criterion {self.criterion} needs calibration data: --calib DATA.npz")
+        if self.calib_batch_size < 1 or self.maxout_per_unit < 0 or self.maxout_units < 0:
+            raise UserError("--calib-batch-size must be >= 1; --maxout-per-unit and --maxout-units >= 0")
+        if self.mode == "maxout" and self.maxout_per_unit == 0 and self.maxout_units == 0:
+            raise UserError("maxout pruning with --maxout-per-unit 0 and --maxout-units 0 removes nothing")
         self.gates.validate()
 
     @property
+    def mode(self) -> str:
+        """lossless, ratio, threshold, search, budget or pipeline."""
+        if self.pipeline is not None:
+            return "pipeline"
+        if self.search is not None:
+            return "search"
+        if self.target_flops is not None or self.target_params is not None:
+            return "budget"
+        if self.ratio is not None:
+            return "ratio"
+        if self.threshold is not None:
+            return "threshold"
+        return "maxout" if self.criterion == "maxout" else "lossless"
+
+    @property
     def lossless(self) -> bool:
-        return self.ratio is None and self.threshold is None and self.pipeline is None
+        return self.mode == "lossless"
 
 
 @dataclass
@@ -118,15 +194,52 @@ def _criteria() -> dict[str, tuple[str, dict[str, Any]]]:
 def pipeline_specs(options: CompileOptions, round_to: int) -> list[PassSpec]:
     """The passes the option flags stand for."""
     specs: list[PassSpec] = []
+    finetune = [PassSpec("finetune", {"train": options.train, "epochs": options.epochs, "lr": options.lr,
+                                      "optimizer": options.optimizer, "batch_size": options.batch_size})
+                ] if options.train else []
     if options.lossless:
         specs += [PassSpec("dead-channels"), PassSpec("prune")]
     else:
         name, kw = _criteria()[options.criterion]
-        specs.append(PassSpec(name, dict(kw)))
-        sel = {"round_to": round_to, "min_channels": options.min_channels}
-        sel.update({"ratio": options.ratio} if options.ratio is not None else {"threshold": options.threshold})
-        specs.append(PassSpec("select", sel))
-        specs.append(PassSpec("prune"))
+        kw = dict(kw)
+        if options.criterion in DATA_CRITERIA:
+            kw.update({"calib": options.calib, "batch_size": options.calib_batch_size, "threads": options.threads})
+            if options.criterion == "maxout" and options.mode == "maxout" and options.maxout_units:
+                kw["units"] = True
+        criterion = PassSpec(name, kw)
+        common = {"round_to": round_to, "min_channels": options.min_channels}
+        if options.search == "binary":
+            specs += [criterion, PassSpec("binary-search", {"tolerance": options.tolerance, "evaluator": "evaluator",
+                                                            **common, "include": options.include or None,
+                                                            "exclude": options.exclude or None}),
+                      PassSpec("prune")]
+        elif options.target_flops is not None or options.target_params is not None:
+            if options.sensitivity:
+                specs.append(PassSpec("sensitivity", {"evaluator": "evaluator", **common}))
+            specs += [criterion, PassSpec("budget", {"target_flops": options.target_flops,
+                                                     "target_params": options.target_params,
+                                                     "evaluator": "evaluator" if options.eval else None, **common,
+                                                     "include": options.include or None,
+                                                     "exclude": options.exclude or None}),
+                      PassSpec("prune")]
+        elif options.mode == "maxout":
+            sel_spec = PassSpec("maxout-select", {"per_unit": options.maxout_per_unit, "units": options.maxout_units})
+            for _ in range(options.steps):
+                specs += [criterion, sel_spec, PassSpec("prune")] + finetune
+            finetune = []
+        else:
+            sel = dict(common)
+            if options.ratio is not None:
+                # per step, so that the widths left after all steps are (1 - ratio) of the original
+                sel["ratio"] = round(1.0 - (1.0 - options.ratio) ** (1.0 / options.steps), 6)
+            else:
+                sel["threshold"] = options.threshold
+            for _ in range(options.steps):
+                specs += [criterion, PassSpec("select", dict(sel)), PassSpec("prune")] + finetune
+            finetune = []
+        if options.sensitivity and options.search == "binary":
+            specs.insert(1, PassSpec("sensitivity", {"evaluator": "evaluator", **common}))
+    specs += finetune
     specs += [PassSpec(spec) for spec in options.extra_passes]
     specs.append(PassSpec("cleanup"))
     return specs
@@ -134,7 +247,7 @@ def pipeline_specs(options: CompileOptions, round_to: int) -> list[PassSpec]:
 
 def resolve_specs(options: CompileOptions, target: Target) -> tuple[list[PassSpec], Path | None, int, int]:
     """Specs (from the pipeline file or the flags), their base folder, rounding used and default."""
-    default_round = target.default_round_to() if options.ratio is not None else 1
+    default_round = target.default_round_to() if options.mode in ("ratio", "search", "budget") else 1
     round_to = options.round_to if options.round_to is not None else default_round
     if options.pipeline:
         specs, base = load_pipeline_file(options.pipeline)
@@ -205,7 +318,8 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
     load_s = time.perf_counter() - t0
     probe = probe_shapes(original, options.input_shapes)
     specs, base, round_to, default_round = resolve_specs(options, target)
-    passes = instantiate(specs, original, base)
+    evaluator = _make_evaluator(options, original)
+    passes = instantiate(specs, original, base, {"evaluator": evaluator})
     ctx = Context(original, probe, seed=options.seed)
     analysis = ctx.analysis
     groups_before = [(g.id, g.name, g.op, g.size, list(g.frozen), int(g.dead.sum()) if g.dead is not None
@@ -221,11 +335,18 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
     feeds = probe_inputs(original, probe, batch=2, seed=options.seed)
     verification = compare(original, compiled, feeds, options.threads)
     verify_s = time.perf_counter() - t0
-    exact = options.lossless or options.threshold == 0
-    if exact and verification.max_rel_diff > options.tolerance:
+    trained = any(p.kind == "rewrite" and p.name == "finetune" for p in passes)
+    # dead channels are removed exactly; maxout's "never wins" is a fact about the calibration data only
+    exact = (options.lossless or (options.threshold == 0 and options.criterion != "maxout")) and not trained
+    if exact and verification.max_rel_diff > options.verify_tolerance:
         raise VerificationError(
             f"removing dead channels changed the output by {verification.max_rel_diff:.3g} (relative), "
-            f"more than the tolerance {options.tolerance:g}")
+            f"more than the tolerance {options.verify_tolerance:g}")
+    if evaluator is not None:
+        ctx.report_extras["accuracy"] = {"metric": evaluator.name, "unit": getattr(evaluator, "unit", ""),
+                                         "evaluator": evaluator.describe(),
+                                         "before": float(evaluator.evaluate(original)),
+                                         "after": float(evaluator.evaluate(compiled))}
     stats_before = model_stats(original, probe, shapes_before)
     stats_after = model_stats(compiled, probe)
     files: dict[str, Path] = {}
@@ -277,6 +398,21 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
         more = f" (and {len(failed) - 1} more gate(s))" if len(failed) > 1 else ""
         raise GateError(f"gate failed: {failed[0].message}{more}")
     return CompileResult(compiled, report, files)
+
+
+def _make_evaluator(options: CompileOptions, model: onnx.ModelProto) -> Any:
+    """The evaluator the options ask for (``None`` without evaluation data or a callable)."""
+    from npcompile.evaluate import make_evaluator
+
+    if options.eval is None and ":" not in options.evaluator:
+        return None
+    dataset = None
+    if options.eval is not None:
+        from npcompile.data import load_data
+
+        dataset = load_data(options.eval, model, labels="optional", what="evaluation data")
+    return make_evaluator(options.evaluator, dataset=dataset, model=model, top_k=options.top_k,
+                          batch_size=options.eval_batch_size, threads=options.threads)
 
 
 def _benchmark(target: Target, original: onnx.ModelProto, artifact: Any, probe: dict[str, tuple[int, ...]],

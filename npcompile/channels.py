@@ -27,7 +27,7 @@ import onnx_graphsurgeon as gs
 from npcompile.layout import Layout, Piece
 from npcompile.rules import registry
 
-__all__ = ["ChannelDim", "Site", "Group", "ChannelAnalysis", "analyze", "Fixup"]
+__all__ = ["ChannelDim", "Site", "Group", "ChannelAnalysis", "analyze", "Fixup", "UnitLink"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,29 @@ class Fixup:
 
 
 @dataclass
+class UnitLink:
+    """Unit ``u`` of group ``units`` is block ``u`` (channels ``[u*k, (u+1)*k)``) of group
+    ``neurons``: a maxout unit and its ``k`` neurons (see :mod:`npcompile.rules.maxout`).
+
+    ``neurons`` is pruned by equal counts per unit (units keep one size, ``k`` shrinks); removing a
+    unit removes its ``k`` neurons, and a unit whose neurons all go is removed
+    (:meth:`ChannelAnalysis.close_removal`). ``tensor`` holds the neurons on ``axis`` in group
+    order (the maxout's input, where calibration measures which neuron wins); ``node`` is the
+    node that takes the maximum.
+    """
+
+    neurons: int
+    units: int
+    n_units: int
+    k: int
+    tensor: str
+    axis: int
+    node: str
+    #: the model's ``[.., units, k, ..]`` view of ``tensor`` (units on ``axis``), if it has one
+    split: str | None = None
+
+
+@dataclass
 class Group:
     """A set of channels pruned together; ``id`` is stable within one analysis."""
 
@@ -107,6 +130,7 @@ class ChannelAnalysis:
         self._parent: dict[int, int] = {}
         self._groups: dict[int, Group] = {}
         self.fixups: list[Fixup] = []
+        self.links: list[UnitLink] = []
         self.current: gs.Node | None = None
 
     # -- lookups rules use ------------------------------------------------------------------
@@ -199,6 +223,58 @@ class ChannelAnalysis:
             self.freeze(layout, reason)
             return False
         return True
+
+    def link_units(self, node: gs.Node, x: ChannelDim, tensor: str, k: int, reason: str,
+                   split: str | None = None) -> Layout | None:
+        """Open a group of units over the neurons on the channel axis of ``x`` (one whole group,
+        ``k`` consecutive neurons per unit: a maxout in ``node``) and return its layout; ``None``
+        (after freezing with ``reason``) when the neurons are not one whole group."""
+        size = x.layout.size
+        if k < 1 or size % k:
+            self.freeze(x, reason)
+            return None
+        n_units = size // k
+        if not self.require_blocks(x.layout, n_units, reason):
+            return None
+        neurons = x.layout.pieces[0].group
+        gid = len(self._parent)
+        self._parent[gid] = gid
+        self._groups[gid] = Group(gid, n_units, f"{self.group(neurons).name}:units", "Maxout",
+                                  members=[node.name])
+        self.links.append(UnitLink(neurons, gid, n_units, k, tensor, x.axis, node.name, split))
+        return Layout.of_group(gid, n_units)
+
+    def unit_links(self, group: int) -> list[UnitLink]:
+        """Links whose neurons are ``group`` (may lose whole blocks with their units)."""
+        root = self.find(group)
+        return [lk for lk in self.links if self.find(lk.neurons) == root]
+
+    def close_removal(self, removed: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+        """``removed`` (group -> mask) closed under the unit links: a removed unit takes its ``k``
+        neurons along, and a unit whose neurons all go is removed. Masks of the wrong size are
+        left for the rewrite to reject."""
+        out: dict[int, np.ndarray] = {}
+        for g, m in removed.items():
+            root, m = self.find(g), np.asarray(m, dtype=bool)
+            out[root] = out[root] | m if root in out and out[root].shape == m.shape else m.copy()
+        changed = True
+        while changed:
+            changed = False
+            for lk in self.links:
+                p, u = self.find(lk.neurons), self.find(lk.units)
+                mp, mu = out.get(p), out.get(u)
+                if (mp is not None and mp.shape != (lk.n_units * lk.k,)) or \
+                        (mu is not None and mu.shape != (lk.n_units,)):
+                    continue
+                units = np.zeros(lk.n_units, bool) if mu is None else mu
+                if mp is not None:
+                    units = units | mp.reshape(lk.n_units, lk.k).all(axis=1)
+                neurons = np.repeat(units, lk.k) | (False if mp is None else mp)
+                for gid, old, new in ((u, mu, units), (p, mp, neurons)):
+                    if new.any() and (old is None or not np.array_equal(old, new)):
+                        out[gid] = new
+                        changed = True
+        return out
 
     def freeze(self, what: Layout | ChannelDim | None, reason: str) -> None:
         """Freeze every group in ``what`` with ``reason``."""
@@ -306,6 +382,14 @@ def _sub_graph_inputs(node: gs.Node) -> list[str]:
 def _finish(ctx: ChannelAnalysis) -> None:
     for t in ctx.graph.outputs:
         ctx.freeze(ctx.dim(t), f"reaches graph output {t.name}")
+    for lk in ctx.links:
+        neurons, units = ctx.group(lk.neurons), ctx.group(lk.units)
+        if neurons.frozen:
+            ctx.freeze(Layout.of_group(units.id, units.size),
+                       f"maxout units of {lk.node}: their neurons are frozen ({neurons.frozen[0]})")
+        elif neurons.blocks != lk.n_units:
+            ctx.freeze(Layout.of_group(units.id, units.size),
+                       f"maxout units of {lk.node}: their neurons also fall into {neurons.blocks} blocks")
     for grp in ctx.groups:
         dead = np.ones(grp.size, bool)
         consumers = 0
@@ -319,6 +403,13 @@ def _finish(ctx: ChannelAnalysis) -> None:
                 off += len(piece)
             consumers += 1
         grp.dead = dead if consumers else np.zeros(grp.size, bool)
+    for lk in ctx.links:
+        # A zero neuron still takes part in its unit's maximum: it is dead only with its whole
+        # unit, when the unit is dead wherever it is consumed.
+        neurons, units = ctx.group(lk.neurons), ctx.group(lk.units)
+        has_consumers = any(s.role == "in" and s.pot is not None for s in neurons.sites)
+        unit_dead = np.repeat(units.dead, lk.k)
+        neurons.dead = neurons.dead & unit_dead if has_consumers else unit_dead
 
 
 def analyze(graph: gs.Graph, shapes: dict[str, tuple[int, ...]]) -> ChannelAnalysis:

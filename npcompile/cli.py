@@ -84,7 +84,9 @@ def compile_cmd(
     model: Annotated[Path, typer.Argument(help="ONNX model file.")],
     target: Annotated[str, typer.Option("--target", "-t", help="onnx, onnxruntime or tensorrt.")] = "onnx",
     output: Annotated[Path, typer.Option("--output", "-o", help="Output directory.")] = Path("npcompile-out"),
-    criterion: Annotated[str, typer.Option(help="Channel score: magnitude (L1), l1, l2.")] = "magnitude",
+    criterion: Annotated[str, typer.Option(
+        help="Channel score: magnitude (L1), l1, l2, maxout, apoz, mean-abs, or a plugin analysis pass.")
+    ] = "magnitude",
     ratio: Annotated[float | None, typer.Option(help="Fraction of every prunable group to remove.")] = None,
     threshold: Annotated[float | None, typer.Option(
         help="Remove channels scored <= T (0: exactly the dead channels).")] = None,
@@ -95,8 +97,33 @@ def compile_cmd(
     provider: Annotated[str, typer.Option(help="ONNX Runtime provider: cpu, cuda, tensorrt.")] = "cpu",
     threads: Annotated[int, typer.Option(help="Intra-op threads for ONNX Runtime (0: default).")] = 0,
     seed: Annotated[int, typer.Option(help="Seed for probe inputs.")] = 0,
-    tolerance: Annotated[float, typer.Option(
+    verify_tolerance: Annotated[float, typer.Option(
         help="Largest relative output change allowed where removal must be lossless.")] = 1e-4,
+    eval_data: Annotated[Path | None, typer.Option(
+        "--eval", help="Evaluation data (.npz, inputs + labels): accuracy before/after, search metric.")] = None,
+    evaluator: Annotated[str, typer.Option(
+        help="auto, accuracy, top1, cosine, neg_mse (fidelity), or module:function.")] = "auto",
+    top_k: Annotated[int, typer.Option("--top-k", help="Top-k accuracy.")] = 1,
+    search: Annotated[str | None, typer.Option(help="Per-layer search: binary (needs --tolerance).")] = None,
+    tolerance: Annotated[float | None, typer.Option(
+        help="Metric points the search may lose (e.g. 1 = one accuracy point).")] = None,
+    include: Annotated[list[str] | None, typer.Option(help="Only groups matching this pattern (repeatable).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(help="Never groups matching this pattern (repeatable).")] = None,
+    target_flops: Annotated[float | None, typer.Option(help="Budget: keep this fraction of FLOPs.")] = None,
+    target_params: Annotated[float | None, typer.Option(help="Budget: keep this fraction of parameters.")] = None,
+    sensitivity: Annotated[bool, typer.Option("--sensitivity", help="Measure per-layer sensitivity.")] = False,
+    train: Annotated[Path | None, typer.Option(help="Labelled training data (.npz): fine-tune after pruning.")] = None,
+    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs.")] = 1,
+    lr: Annotated[float, typer.Option(help="Fine-tuning learning rate.")] = 1e-3,
+    optimizer: Annotated[str, typer.Option(help="Fine-tuning optimizer: adam or sgd.")] = "adam",
+    batch_size: Annotated[int, typer.Option(help="Fine-tuning batch size.")] = 64,
+    steps: Annotated[int, typer.Option(help="Repeat analyse -> prune (-> fine-tune) N times.")] = 1,
+    calib: Annotated[Path | None, typer.Option(
+        help="Calibration data (.npz) for --criterion maxout, apoz, mean-abs.")] = None,
+    calib_batch_size: Annotated[int, typer.Option(help="Calibration batch size.")] = 256,
+    maxout_per_unit: Annotated[int, typer.Option(
+        help="Maxout: neurons removed from every unit per step (least relevant first).")] = 1,
+    maxout_units: Annotated[int, typer.Option(help="Maxout: whole units removed per step.")] = 0,
     benchmark: Annotated[bool, typer.Option(help="Measure latency before and after.")] = True,
     runs: Annotated[int, typer.Option(help="Timed runs per latency measurement.")] = 50,
     warmup: Annotated[int, typer.Option(help="Warm-up runs before timing.")] = 10,
@@ -129,11 +156,18 @@ def compile_cmd(
                   min_param_reduction=min_param_reduction)
     options = CompileOptions(criterion=criterion, ratio=ratio, threshold=threshold, round_to=round_to,
                              min_channels=min_channels, target=target, provider=provider, threads=threads,
-                             input_shapes=parse_input_shapes(input_shape), seed=seed, tolerance=tolerance,
+                             input_shapes=parse_input_shapes(input_shape), seed=seed, verify_tolerance=verify_tolerance,
                              benchmark=benchmark, runs=runs, warmup=warmup,
                              extra_passes=list(extra_pass or []), pipeline=str(pipeline) if pipeline else None,
                              plugins=list(plugin or []), gates=gates, junit=str(junit) if junit else None,
-                             plots=plots, html=html)
+                             plots=plots, html=html, eval=str(eval_data) if eval_data else None,
+                             evaluator=evaluator, top_k=top_k, search=search, tolerance=tolerance,
+                             include=list(include or []), exclude=list(exclude or []), target_flops=target_flops,
+                             target_params=target_params, sensitivity=sensitivity,
+                             train=str(train) if train else None, epochs=epochs, lr=lr, optimizer=optimizer,
+                             batch_size=batch_size, steps=steps, calib=str(calib) if calib else None,
+                             calib_batch_size=calib_batch_size, maxout_per_unit=maxout_per_unit,
+                             maxout_units=maxout_units)
     if dry_run:
         _dry_run(options)
         return
@@ -181,6 +215,9 @@ def _print_summary(report: dict, output: Path) -> None:
     console.print(f"groups: {s['groups_total']} ({s['groups_prunable']} prunable, {s['groups_frozen']} frozen, "
                   f"{s['groups_pruned']} pruned, {s['channels_removed']} channels removed) · "
                   f"round-to {report['rounding']['round_to']} · max output diff {s['max_rel_diff']:.2e} rel")
+    acc = report.get("accuracy")
+    if acc:
+        console.print(f"{acc['metric']}: {acc['before']:.4g} -> {acc['after']:.4g} {acc.get('unit', '')}")
     console.print(f"wrote {output}/model.onnx, report.json, report.md")
 
 

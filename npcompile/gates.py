@@ -58,8 +58,7 @@ def check_gates(gates: Gates, report: dict[str, Any]) -> list[GateResult]:
     out: list[GateResult] = []
     if gates.max_accuracy_drop is not None:
         acc = report.get("accuracy") or {}
-        drop = None if acc.get("before") is None or acc.get("after") is None else \
-            100.0 * (acc["before"] - acc["after"])
+        drop = None if acc.get("before") is None or acc.get("after") is None else acc["before"] - acc["after"]
         ok = drop is not None and drop <= gates.max_accuracy_drop
         msg = ("accuracy drop: no accuracy was measured (give --eval DATA.npz)" if drop is None else
                f"accuracy drop {drop:.2f} points {'<=' if ok else '>'} limit {gates.max_accuracy_drop:g}"

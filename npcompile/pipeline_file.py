@@ -78,6 +78,17 @@ def instantiate(specs: list[PassSpec], model: onnx.ModelProto, base: Path | None
         cls = get_pass(spec.name)
         opts = dict(spec.options)
         data_options: dict[str, str] = getattr(cls, "data_options", {})
+        if isinstance(opts.get("evaluator"), str):
+            value = opts["evaluator"]
+            if ":" in value:
+                from npcompile.evaluate import make_evaluator
+
+                opts["evaluator"] = make_evaluator(value)
+            elif objects.get("evaluator") is None:
+                raise UserError(f"pass {spec.name} needs an evaluator: give --eval DATA.npz (or --evaluator "
+                                "module:function)")
+            else:
+                opts["evaluator"] = objects["evaluator"]
         for key, labels in data_options.items():
             value = opts.get(key)
             if isinstance(value, str):

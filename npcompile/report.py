@@ -39,7 +39,7 @@ def build_report(*, options: Any, round_to: int, default_round_to: int, target: 
                  artifact_info: dict[str, Any], notes: list[str], pipeline: list[Any] | None = None
                  ) -> dict[str, Any]:
     """Assemble the report document (see ``docs`` in the README for the fields)."""
-    mode = "lossless" if options.lossless else ("ratio" if options.ratio is not None else "threshold")
+    mode = options.mode
     groups = []
     for _gid, name, op, size, frozen, dead in groups_before:
         gone = len(removed.get(name, []))
@@ -49,7 +49,7 @@ def build_report(*, options: Any, round_to: int, default_round_to: int, target: 
     channels_removed = sum(len(v) for v in removed.values())
     if options.round_to is not None:
         rounding_source = "user (--round-to)"
-    elif mode == "ratio":
+    elif mode in ("ratio", "search", "budget"):
         rounding_source = f"default of target {target.name}"
     else:
         rounding_source = "none (threshold and lossless modes keep exact selections)"
@@ -136,6 +136,15 @@ def render_markdown(report: dict[str, Any], images: list[str] | tuple[str, ...] 
         f"Verification: max output difference {s['max_abs_diff']:.3g} absolute, "
         f"{s['max_rel_diff']:.3g} relative.", "",
     ]
+    acc = report.get("accuracy")
+    if acc:
+        unit = f" {acc['unit']}" if acc.get("unit") else ""
+        lines += [f"**{acc['metric']}**: {acc['before']:.4g}{unit} before, {acc['after']:.4g}{unit} after "
+                  f"({acc['after'] - acc['before']:+.4g}).", ""]
+    for key, title in (("binary-search", "Binary search"), ("budget", "Budget"), ("finetune", "Fine-tuning")):
+        extra = report.get(key)
+        if isinstance(extra, dict) and extra.get("summary"):
+            lines += [f"{title}: {extra['summary']}", ""]
     lat = report.get("latency") or {}
     if lat:
         b, a = lat["before"], lat["after"]

@@ -31,7 +31,7 @@ class RewriteStats:
 
 def _validate(analysis: ChannelAnalysis, removed: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
     clean: dict[int, np.ndarray] = {}
-    for gid, mask in removed.items():
+    for gid, mask in analysis.close_removal(removed).items():
         root = analysis.find(gid)
         group = analysis.group(root)
         mask = np.asarray(mask, dtype=bool)
@@ -43,9 +43,14 @@ def _validate(analysis: ChannelAnalysis, removed: dict[int, np.ndarray]) -> dict
             raise ValueError(f"group {group.name} is frozen: {group.frozen[0]}")
         if mask.all():
             raise ValueError(f"group {group.name} would lose all of its {group.size} channels")
-        if group.blocks > 1 and len(set(mask.reshape(group.blocks, -1).sum(axis=1).tolist())) != 1:
-            raise ValueError(f"group {group.name} must lose the same number of channels in each of its "
-                             f"{group.blocks} blocks")
+        if group.blocks > 1:
+            counts = mask.reshape(group.blocks, -1).sum(axis=1)
+            if any(lk.n_units == group.blocks for lk in analysis.unit_links(root)):
+                # maxout neurons: whole units may go (with their unit, see close_removal)
+                counts = counts[counts < mask.size // group.blocks]
+            if len(set(counts.tolist())) > 1:
+                raise ValueError(f"group {group.name} must lose the same number of channels in each of its "
+                                 f"{group.blocks} blocks")
         clean[root] = mask
     return clean
 
@@ -66,7 +71,9 @@ def _take_blocked(values: np.ndarray, keep: np.ndarray, axis: int, blocks: int) 
 def apply_removal(graph: gs.Graph, analysis: ChannelAnalysis, removed: dict[int, np.ndarray]) -> RewriteStats:
     """Remove channels ``removed[group] == True`` from ``graph`` (which ``analysis`` describes).
 
-    Raises ``ValueError`` without touching the graph when the removal is not valid.
+    The removal is first closed under the analysis's unit links (a removed maxout unit takes its
+    neurons along; see :meth:`ChannelAnalysis.close_removal`). Raises ``ValueError`` without
+    touching the graph when the removal is not valid.
     """
     removed = _validate(analysis, removed)
     find = analysis.find

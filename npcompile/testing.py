@@ -31,17 +31,21 @@ def plant_dead_channels(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]
         for block in chosen:  # grouped convolutions: the same count in every block
             block[rng.choice(size, n, replace=False)] = True
         chosen = chosen.ravel()
-        removed = {group.id: chosen}
-        for site in group.sites:
-            if site.role == "in" or (site.node.op == "Div" and site.index == 1):
-                continue  # consumers keep their weights; a divisor stays non-zero
-            const = site.node.inputs[site.index]
-            values = np.array(const.values)
-            keep = site.layout.keep_positions(removed, analysis.find)
-            drop = np.setdiff1d(np.arange(values.shape[site.axis]), keep)
-            index = [slice(None)] * values.ndim
-            index[site.axis] = drop
-            planted += int(np.count_nonzero(values[tuple(index)]))
-            values[tuple(index)] = 0
-            const.values = values
+        # a maxout unit is zero when its neurons are: plant those too (closed under unit links)
+        removed = analysis.close_removal({group.id: chosen})
+        if any(analysis.group(g).frozen for g in removed):
+            continue
+        for gid in removed:
+            for site in analysis.group(gid).sites:
+                if site.role == "in" or (site.node.op == "Div" and site.index == 1):
+                    continue  # consumers keep their weights; a divisor stays non-zero
+                const = site.node.inputs[site.index]
+                values = np.array(const.values)
+                keep = site.layout.keep_positions(removed, analysis.find)
+                drop = np.setdiff1d(np.arange(values.shape[site.axis]), keep)
+                index = [slice(None)] * values.ndim
+                index[site.axis] = drop
+                planted += int(np.count_nonzero(values[tuple(index)]))
+                values[tuple(index)] = 0
+                const.values = values
     return to_model(graph, model), planted

@@ -17,8 +17,9 @@ __all__ = ["MagnitudePass", "group_magnitude"]
 _TINY = float(np.finfo(np.float64).tiny)
 
 
-def group_magnitude(analysis: ChannelAnalysis, group: Group, p: int = 1) -> np.ndarray:
-    """Per-channel ``L_p`` norm over every ``out`` site (producing weights and biases) of ``group``."""
+def _sums(analysis: ChannelAnalysis, group: Group, p: int) -> np.ndarray:
+    """Per channel: sum of ``|w|**p`` over the ``out`` sites of ``group``; a maxout unit adds the
+    sums of its neurons (the producing weights of a unit are those of its ``k`` neurons)."""
     acc = np.zeros(group.size)
     for site in group.sites_of("out"):
         per_slot = site.layout.slot_sums(site.node.inputs[site.index].values, site.axis, power=p)
@@ -27,6 +28,16 @@ def group_magnitude(analysis: ChannelAnalysis, group: Group, p: int = 1) -> np.n
             if piece.group is not None and analysis.find(piece.group) == group.id:
                 acc[piece.start : piece.stop] += per_slot[off : off + len(piece)]
             off += len(piece)
+    for lk in analysis.links:
+        if analysis.find(lk.units) == group.id and analysis.find(lk.neurons) != group.id:
+            acc += _sums(analysis, analysis.group(lk.neurons), p).reshape(lk.n_units, lk.k).sum(axis=1)
+    return acc
+
+
+def group_magnitude(analysis: ChannelAnalysis, group: Group, p: int = 1) -> np.ndarray:
+    """Per-channel ``L_p`` norm over every ``out`` site (producing weights and biases) of ``group``
+    (of a maxout unit: over those of its neurons)."""
+    acc = _sums(analysis, group, p)
     score = acc if p == 1 else np.sqrt(acc)
     dead = group.dead if group.dead is not None else np.zeros(group.size, bool)
     return np.where(dead, 0.0, np.maximum(score, _TINY))

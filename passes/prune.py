@@ -23,9 +23,10 @@ class PrunePass(Pass):
         if not ctx.removal:
             return PassResult(False, "nothing to remove")
         graph, analysis = ctx.graph, ctx.analysis
-        stats = apply_removal(graph, analysis, ctx.removal)
+        removal = analysis.close_removal(ctx.removal)  # maxout units take their neurons along
+        stats = apply_removal(graph, analysis, removal)
         ctx.applied.append({analysis.group(gid).name: [int(i) for i in mask.nonzero()[0]]
-                            for gid, mask in sorted(ctx.removal.items())})
+                            for gid, mask in sorted(removal.items()) if mask.any()})
         ctx.set_graph(graph)
         try:
             onnx.checker.check_model(ctx.model)

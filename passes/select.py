@@ -37,6 +37,7 @@ class SelectPass(Pass):
             removal = select_ratio(groups, ctx.scores, self.ratio, self.round_to, self.min_channels)
         else:
             removal = select_threshold(groups, ctx.scores, self.threshold, self.round_to, self.min_channels)
+        removal = ctx.analysis.close_removal(removal)  # a maxout unit takes its neurons along
         ctx.removal = removal
         n = int(sum(m.sum() for m in removal.values()))
         return PassResult(False, f"selected {n} channels in {len(removal)} groups",
@@ -69,6 +70,7 @@ class DeadChannelsPass(Pass):
                     mask[0] = False
                 if mask.any():
                     removal[g.id] = mask
+        removal = ctx.analysis.close_removal(removal)  # a dead maxout unit takes its neurons along
         ctx.removal = removal
         n = int(sum(m.sum() for m in removal.values()))
         return PassResult(False, f"selected {n} dead channels in {len(removal)} groups",

@@ -1,4 +1,5 @@
-"""Channel rules for broadcasting elementwise ops: Add, Sub, Mul, Div (and PRelu's slope).
+"""Channel rules for broadcasting elementwise ops: Add, Sub, Mul, Div, the variadic Max, Min, Sum and
+Mean (and PRelu's slope).
 
 Tracked inputs whose channels meet on the same output axis are *coupled*: residual sums and
 squeeze-excite gates make one group of all their producers. A constant operand with one value
@@ -80,6 +81,12 @@ def _prod(pots: list[np.ndarray]) -> np.ndarray:
 @register("Add", "Sub")
 def add(node: gs.Node, ctx: ChannelAnalysis) -> None:
     broadcast_op(node, ctx, _sum)
+
+
+@register("Max", "Min", "Sum", "Mean")
+def variadic(node: gs.Node, ctx: ChannelAnalysis) -> None:
+    # zero where every operand is zero (max(0, 0) = 0); a constant operand adds its own potential
+    broadcast_op(node, ctx, _sum, inputs=tuple(range(len(node.inputs))))
 
 
 @register("Mul")

@@ -1,4 +1,7 @@
-"""Channel rules for ops that work per channel over spatial axes: pooling, Resize, Pad."""
+"""Channel rules for ops that work per channel over spatial axes: pooling, Resize, Pad.
+
+A MaxPool over the channel axis itself (placed on a spatial axis) is a maxout
+(:mod:`npcompile.rules.maxout`)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from npcompile.rules.maxout import maxout_pool
 from npcompile.rules.registry import register
 
 if TYPE_CHECKING:
@@ -19,14 +23,16 @@ def pool(node: gs.Node, ctx: ChannelAnalysis) -> None:
     x = ctx.dim(node.inputs[0])
     if x is None:
         return
-    if x.axis != 1:
-        ctx.freeze(x, f"{node.op} {node.name} expects channels on axis 1")
-        return
     if node.op == "LRN":
         ctx.freeze(x, f"LRN {node.name} normalises across neighbouring channels")
         return
     if len(node.outputs) > 1 and (node.outputs[1].outputs or node.outputs[1] in ctx.graph.outputs):
         ctx.freeze(x, f"{node.op} {node.name}: its indices output encodes channel positions")
+        return
+    if x.axis != 1:
+        if node.op == "MaxPool" and maxout_pool(node, ctx, x):
+            return
+        ctx.freeze(x, f"{node.op} {node.name} expects channels on axis 1")
         return
     ctx.pass_through(node, x)
 

@@ -2,8 +2,9 @@
 Unsqueeze, Gather, Shape.
 
 A Reshape may keep the channel axis whole, merge it with its neighbours (a Flatten before a
-fully connected layer: ``C·H·W`` blocks), or undo such a merge. Any other Reshape of the channel
-axis (splitting channels into heads or shuffle groups) freezes the groups involved.
+fully connected layer: ``C·H·W`` blocks), or undo such a merge, or split it into maxout units
+that are then reduced by a maximum (:mod:`npcompile.rules.maxout`). Any other Reshape of the
+channel axis (splitting channels into heads or shuffle groups) freezes the groups involved.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
 from npcompile.layout import Layout
-from npcompile.rules.common import ints_of, normalize_axis
+from npcompile.rules.common import ints_of, normalize_axis, target_fixup
+from npcompile.rules.maxout import maxout_reshape
 from npcompile.rules.registry import register
 
 if TYPE_CHECKING:
@@ -65,53 +66,8 @@ def map_reshape(x: ChannelDim, s_in: tuple[int, ...], s_out: tuple[int, ...]) ->
 
 def _shape_fixup(node: gs.Node, ctx: ChannelAnalysis, out_axis: int, layout: Layout) -> bool:
     """Arrange for the Reshape target to follow the new width; False when it cannot."""
-    target = node.inputs[1]
-    value = ctx.const(target)
-    if value is not None:
-        v = int(value[out_axis])
-        if v == -1 or (v == 0 and not int(node.attrs.get("allowzero", 0))):
-            return True
-
-        def prepare(removed, find):
-            new = np.array(value, dtype=np.int64)
-            new[out_axis] = layout.kept_size(removed, find)
-
-            def apply() -> None:
-                node.inputs[1] = gs.Constant(f"{target.name}_npc_{node.name}", new)
-
-            return apply
-
-        ctx.add_fixup([layout], prepare, f"target shape of {node.name}")
-        return True
-    producer = target.inputs[0] if target.inputs else None
-    if producer is None or producer.op != "Concat":
-        return False
-    pos = 0
-    for i, part in enumerate(producer.inputs):
-        shape = ctx.shape(part)
-        if shape is None or len(shape) != 1:
-            return False
-        if pos <= out_axis < pos + shape[0]:
-            piece = ctx.const(part)
-            if piece is None:
-                return True  # computed at run time from the (pruned) tensors' shapes
-            local = out_axis - pos
-            if int(piece[local]) in (-1, 0):
-                return True
-
-            def prepare(removed, find, i=i, piece=piece, local=local, part=part):
-                new = np.array(piece, dtype=np.int64)
-                new[local] = layout.kept_size(removed, find)
-
-                def apply() -> None:
-                    producer.inputs[i] = gs.Constant(f"{part.name}_npc_{producer.name}_{i}", new)
-
-                return apply
-
-            ctx.add_fixup([layout], prepare, f"target shape of {node.name}")
-            return True
-        pos += shape[0]
-    return False
+    return target_fixup(node, ctx, [(out_axis, lambda removed, find: layout.kept_size(removed, find))],
+                        [layout])
 
 
 @register("Reshape")
@@ -125,6 +81,8 @@ def reshape(node: gs.Node, ctx: ChannelAnalysis) -> None:
         return
     mapped = map_reshape(x, s_in, s_out)
     if mapped is None:
+        if maxout_reshape(node, ctx, x, s_in, s_out):
+            return
         ctx.freeze(x, f"Reshape {node.name} splits the channel axis (attention heads or channel "
                       "shuffle)")
         return

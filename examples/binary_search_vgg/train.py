@@ -1,0 +1,194 @@
+"""Train a narrow VGG-16 (13 conv layers, BatchNorm) on Fashion-MNIST and export it to ONNX.
+
+Writes, into --out (default: a ``work/`` folder next to this script):
+  model.onnx  the trained model (opset 13, input "input" [N,1,32,32] float32 in [0,1],
+              output "logits" [N,10], dynamic batch; BatchNorm folded into the convolutions)
+  eval.npz    --eval-size test images (balanced over the 10 classes), keys "input"
+              (float32 [N,1,32,32]) and "labels" (int64 [N])
+  train.npz   --finetune-size training images for fine-tuning after pruning, same keys
+
+Data: the Debian package dataset-fashion-mnist (``apt-get install -y dataset-fashion-mnist``),
+idx files under /usr/share/datasets/fashion-mnist/ (or --data DIR). The 28x28 images are
+zero-padded to 32x32 so that the five 2x2 max-pools of VGG-16 give 1x1 at the end, as on CIFAR-10.
+
+Usage: python examples/binary_search_vgg/train.py [--quick] [--epochs N] [--out DIR]
+Requires: torch, onnx, numpy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+SEED = 0
+HERE = Path(__file__).resolve().parent
+DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
+INSTALL = "apt-get install -y dataset-fashion-mnist"
+FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+#: VGG-16's 13 convolutions ("M": 2x2 max-pool), at 1/4 (blocks 1-4) and 1/4 (block 5) of the original widths
+CFG = (16, 16, "M", 32, 32, "M", 64, 64, 64, "M", 128, 128, 128, "M", 128, 128, 128, "M")
+
+
+class DataMissing(RuntimeError):
+    """The Fashion-MNIST files are not there."""
+
+
+def data_dir(path: str | os.PathLike | None = None) -> Path:
+    """The folder holding the Fashion-MNIST idx files (``--data``, ``$FASHION_MNIST_DIR`` or the
+    Debian package's); :class:`DataMissing` naming the install command when a file is missing."""
+    root = Path(path or os.environ.get("FASHION_MNIST_DIR") or DATA_DIR)
+    missing = [f for pair in FILES.values() for f in pair if not (root / f).is_file()]
+    if missing:
+        raise DataMissing(f"Fashion-MNIST not found in {root} (missing {', '.join(missing)}); install it with "
+                          f"`{INSTALL}` (Debian/Ubuntu, as root) or pass --data DIR holding the idx .gz files")
+    return root
+
+
+def load_fashion_mnist(split: str, path: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Images (uint8 [N,28,28]) and labels (int64 [N]) of the ``train`` or ``test`` split."""
+    root = data_dir(path)
+    img_file, lab_file = FILES[split]
+    with gzip.open(root / img_file) as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(root / lab_file) as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
+    if len(images) != len(labels):
+        raise DataMissing(f"{root}: {len(images)} images but {len(labels)} labels in the {split} split")
+    return images, labels
+
+
+def to_input(images: np.ndarray) -> np.ndarray:
+    """uint8 [N,28,28] -> float32 [N,1,32,32] in [0,1] (2 pixels of zero padding on each side)."""
+    x = images.astype(np.float32) / 255.0
+    return np.pad(x, ((0, 0), (2, 2), (2, 2)))[:, None]
+
+
+def balanced(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` indices, (nearly) the same number per class, in random order."""
+    per = -(-n // 10)
+    idx = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per] for c in range(10)])
+    return rng.permutation(idx)[:n]
+
+
+class VGG(nn.Module):
+    def __init__(self, cfg=CFG, classes: int = 10, hidden: int = 128):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = 1
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(c_in, v, 3, padding=1, bias=False), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+                c_in = v
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(c_in, hidden), nn.ReLU(inplace=True),
+                                        nn.Dropout(0.5), nn.Linear(hidden, classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 500) -> float:
+    model.eval()
+    hits = 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            hits += int((model(torch.from_numpy(x[i:i + batch])).argmax(1).numpy() == y[i:i + batch]).sum())
+    return 100.0 * hits / len(x)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=HERE / "work", help="output folder (default: work/ here)")
+    ap.add_argument("--data", default=None, help=f"folder of the Fashion-MNIST idx .gz files (default {DATA_DIR})")
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--train-size", type=int, default=20000, help="training images used to train the model")
+    ap.add_argument("--finetune-size", type=int, default=10000, help="training images written to train.npz")
+    ap.add_argument("--eval-size", type=int, default=2000, help="test images written to eval.npz")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="tiny settings for CI (600 images, 1 epoch)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.epochs, args.train_size, args.finetune_size, args.eval_size = 1, 600, 300, 300
+
+    try:
+        xtr_u8, ytr_all = load_fashion_mnist("train", args.data)
+        xte_u8, yte_all = load_fashion_mnist("test", args.data)
+    except DataMissing as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    torch.manual_seed(SEED)
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(SEED)
+    tr = balanced(ytr_all, args.train_size, rng)
+    te = balanced(yte_all, args.eval_size, rng)
+    xtr, ytr = to_input(xtr_u8[tr]), ytr_all[tr]
+    xte, yte = to_input(xte_u8[te]), yte_all[te]
+    print(f"Fashion-MNIST: train {xtr.shape} (of {len(ytr_all)}), eval {xte.shape} (of {len(yte_all)} test)")
+
+    model = VGG()
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"VGG-16 (narrow): {n_params:,} parameters")
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=5e-4)
+    steps = args.epochs * -(-len(xtr) // args.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.2)
+    loss_fn = nn.CrossEntropyLoss()
+    xtr_t, ytr_t = torch.from_numpy(xtr), torch.from_numpy(ytr)
+    gen = torch.Generator().manual_seed(SEED)
+    t0 = time.time()
+    for epoch in range(args.epochs):
+        model.train()
+        perm = torch.randperm(len(xtr_t), generator=gen)
+        total = 0.0
+        for i in range(0, len(perm), args.batch_size):
+            b = perm[i:i + args.batch_size]
+            xb = xtr_t[b]
+            if epoch < args.epochs - 1:  # random horizontal flips (clothes are left-right symmetric)
+                flip = torch.rand(len(b), generator=gen) < 0.5
+                xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
+            opt.zero_grad()
+            loss = loss_fn(model(xb), ytr_t[b])
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(b)
+        print(f"epoch {epoch + 1:2d}/{args.epochs}  loss {total / len(perm):.4f}  "
+              f"eval acc {accuracy(model, xte, yte):.2f} %  ({time.time() - t0:.0f} s)", flush=True)
+    acc = accuracy(model, xte, yte)
+    print(f"training time {time.time() - t0:.1f} s; eval accuracy {acc:.2f} % on {len(yte)} test images")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    # dynamo=False (the TorchScript exporter) folds BatchNorm into the convolutions
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+    torch.onnx.export(model.eval(), torch.from_numpy(xte[:1]), str(args.out / "model.onnx"), dynamo=False,
+                      opset_version=13, input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    ft = balanced(ytr_all, args.finetune_size, np.random.default_rng(SEED + 1))
+    np.savez(args.out / "train.npz", input=to_input(xtr_u8[ft]), labels=ytr_all[ft])
+    np.savez(args.out / "eval.npz", input=xte, labels=yte)
+    for name in ("model.onnx", "eval.npz", "train.npz"):
+        p = args.out / name
+        print(f"wrote {p} ({p.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

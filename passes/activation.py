@@ -1,0 +1,123 @@
+"""Activation criteria: score channels by what their consumers read on calibration data.
+
+- ``apoz``: 1 - APoZ, the Average Percentage of Zeros (Hu et al. 2016): the share of exact zeros
+  of a channel (after ReLU) over every sample and position. A channel that is almost always zero
+  scores near 0.
+- ``mean-abs``: the mean absolute value of a channel over every sample and position.
+
+Both are measured on the tensors the group's consumers read (the data input of every Conv, Gemm
+or MatMul that takes the channels, and the input of a maxout over them), pooled over those
+tensors (each read tensor counted once). Higher is more important, as for magnitude. Channels
+that are provably zero wherever they are consumed score exactly 0 and every other channel scores
+above 0, so ``--threshold 0`` still removes exactly the dead channels.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from npcompile.calibrate import Calibrator, SlotStats, check_shapes, group_inputs, nonnegative, slots_to_group
+from npcompile.channels import ChannelAnalysis, Group
+from npcompile.data import Dataset
+from npcompile.errors import UserError
+from npcompile.pipeline import Context, Pass, PassResult, register_pass
+
+__all__ = ["ActivationPass", "ApozPass", "MeanAbsPass", "CRITERIA", "activation_scores", "tensor_rank"]
+
+CRITERIA = ("apoz", "mean_abs")
+_TINY = float(np.finfo(np.float64).tiny)
+
+
+def activation_scores(analysis: ChannelAnalysis, groups: list[Group], stats: dict[str, SlotStats],
+                      criterion: str) -> dict[int, np.ndarray]:
+    """Scores per channel of ``groups`` from per-tensor statistics (see the module docstring)."""
+    out: dict[int, np.ndarray] = {}
+    for g in groups:
+        count, zeros, abs_sum = np.zeros(g.size), np.zeros(g.size), np.zeros(g.size)
+        reads = group_inputs(analysis, g)
+        for name, _ in reads:
+            s = stats[name]
+            slots_to_group(analysis, g, s.layout, s.count.astype(np.float64), count)
+            slots_to_group(analysis, g, s.layout, s.zeros.astype(np.float64), zeros)
+            slots_to_group(analysis, g, s.layout, s.abs_sum, abs_sum)
+        if not reads or not (count > 0).all():
+            continue
+        score = 1.0 - zeros / count if criterion == "apoz" else abs_sum / count
+        dead = g.dead if g.dead is not None else np.zeros(g.size, bool)
+        out[g.id] = np.where(dead, 0.0, np.maximum(score, _TINY))
+    return out
+
+
+def tensor_rank(analysis: ChannelAnalysis, name: str) -> int | None:
+    shape = analysis.shapes.get(name)
+    return None if shape is None else len(shape)
+
+
+@register_pass
+class ActivationPass(Pass):
+    """Score channels by activation statistics on ``calib`` (``criterion``: apoz or mean_abs)."""
+
+    name = "activation"
+    kind = "analysis"
+    description = "activation statistics on calibration data: 1 - APoZ or mean |activation| (needs --calib)"
+    fixed: ClassVar[str | None] = None
+    data_options: ClassVar[dict[str, str]] = {"calib": "ignore"}
+
+    def __init__(self, calib: Dataset | None = None, criterion: str = "apoz", batch_size: int = 256,
+                 threads: int = 0) -> None:
+        criterion = (self.fixed or criterion).replace("-", "_")
+        if criterion not in CRITERIA:
+            raise UserError(f"activation criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
+        if batch_size < 1:
+            raise UserError(f"calibration batch size must be >= 1, got {batch_size}")
+        super().__init__(criterion=criterion, batch_size=batch_size)
+        self.calib, self.criterion, self.batch_size, self.threads = calib, criterion, batch_size, threads
+
+    def run(self, ctx: Context) -> PassResult:
+        if self.calib is None:
+            raise UserError(f"criterion {self.criterion.replace('_', '-')} needs calibration data (--calib DATA.npz)")
+        check_shapes(self.calib, ctx.probe)
+        analysis = ctx.analysis
+        groups = analysis.prunable_groups()
+        reads: dict[str, SlotStats] = {}
+        apoz = self.criterion == "apoz"
+        for g in groups:
+            for name, dim in group_inputs(analysis, g):
+                reads.setdefault(name, SlotStats(name, dim.axis, dim.layout, zeros=apoz, abs_sum=not apoz,
+                                                 shape=analysis.shapes.get(name),
+                                                 nonnegative=nonnegative(analysis, name)))
+        if reads:
+            cal = Calibrator(ctx.model, (), self.batch_size, accumulators=list(reads.values()),
+                             threads=self.threads)
+            run = cal.run(self.calib)
+            samples, seconds = run.samples, run.seconds
+        else:
+            samples, seconds = 0, 0.0
+        scores = activation_scores(analysis, groups, reads, self.criterion)
+        ctx.scores = scores
+        ctx.criterion = self.criterion.replace("_", "-")
+        dead = sum(int(g.dead.sum()) for g in groups if g.dead is not None and g.id in scores)
+        return PassResult(False, f"scored {len(scores)} groups by {ctx.criterion} on {samples} samples "
+                                 f"({len(reads)} tensors, {seconds:.2f} s)",
+                          {"groups": len(scores), "tensors": len(reads), "samples": samples,
+                           "dead_channels": dead, "seconds": seconds})
+
+
+@register_pass
+class ApozPass(ActivationPass):
+    """1 - APoZ (share of exact zeros) per channel on calibration data."""
+
+    name = "apoz"
+    description = "1 - APoZ: share of non-zero activations per channel on calibration data (needs --calib)"
+    fixed = "apoz"
+
+
+@register_pass
+class MeanAbsPass(ActivationPass):
+    """Mean |activation| per channel on calibration data."""
+
+    name = "mean-abs"
+    description = "mean |activation| per channel on calibration data (needs --calib)"
+    fixed = "mean_abs"

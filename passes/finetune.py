@@ -1,0 +1,318 @@
+"""Fine-tuning on the graph: retrain the current model with PyTorch, without its training code.
+
+The model is run by :class:`npcompile.torch_graph.GraphModule` (one torch function per ONNX op,
+its floating-point weights as parameters), trained on labelled data with cross-entropy, and the
+trained weights are written back into the ONNX model (same names, dtypes and structure).
+
+- **Loss.** ``cross_entropy`` treats the chosen output as logits; when that output comes straight
+  from a ``Softmax`` (``LogSoftmax``) node, the cross-entropy of those probabilities
+  (log-probabilities) is used instead, so classifiers exported with their softmax train
+  correctly. ``nll`` always takes the output as log-probabilities.
+- **Zeros stay zeros** (``keep_zeros=True``, the default): every weight that is exactly zero
+  before training is held at zero (a mask per parameter), so dead channels stay dead and
+  magnitude-sparsified weights stay sparse.
+- **BatchNormalization** keeps the graph's running statistics (``freeze_bn_stats=True``, the
+  default); ``False`` trains with batch statistics and writes the updated statistics back.
+- **Determinism.** Given ``seed`` (default: the compilation's seed), the shuffle, the torch RNG
+  and deterministic algorithms are fixed: the same data, options and thread count give a
+  byte-identical model. The global torch RNG state is restored afterwards.
+- **Checks.** Before training, the torch graph must reproduce ONNX Runtime's outputs on a few
+  training samples (otherwise the pass refuses to train an op whose semantics differ); after
+  training, the written-back model is run in ONNX Runtime and the difference is reported.
+
+``PassResult.data`` holds one record per epoch (mean loss, accuracy, samples, steps, seconds,
+samples/s) and totals. A progress bar is shown only when stderr is a terminal; otherwise each
+epoch is logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import onnx
+
+from npcompile.data import Dataset, load_data
+from npcompile.errors import UserError
+from npcompile.pipeline import Context, Pass, PassResult, register_pass
+
+__all__ = ["FinetunePass", "OPTIMIZERS", "LOSSES"]
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adam", "sgd")
+LOSSES = ("cross_entropy", "nll")
+#: samples the torch graph is checked on against ONNX Runtime before training
+CHECK_SAMPLES = 8
+CHECK_RTOL = 1e-3
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise UserError("fine-tuning needs PyTorch: pip install 'npcompile[torch]'") from None
+    return torch
+
+
+@register_pass
+class FinetunePass(Pass):
+    """Train the current model on labelled data (``train``: a :class:`Dataset` or an ``.npz``
+    path) and write the trained weights back into it."""
+
+    name = "finetune"
+    kind = "rewrite"
+    description = "retrain the model's weights with PyTorch on labelled data (needs --train and torch)"
+    #: options naming a data file, loaded by pipeline files (option -> labels mode of load_data)
+    data_options: ClassVar[dict[str, str]] = {"train": "required"}
+
+    def __init__(self, train: Dataset | str | Path | None = None, epochs: int = 1, lr: float = 1e-3,
+                 optimizer: str = "adam", batch_size: int = 64, seed: int | None = None, momentum: float = 0.9,
+                 weight_decay: float = 0.0, loss: str = "cross_entropy", steps: int | None = None,
+                 keep_zeros: bool = True, freeze_bn_stats: bool = True, output: int | str = 0,
+                 verify: bool = True) -> None:
+        optimizer = optimizer.lower()
+        loss = loss.lower().replace("-", "_")
+        if optimizer not in OPTIMIZERS:
+            raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+        if loss not in LOSSES:
+            raise UserError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+        if int(epochs) < 1:
+            raise UserError(f"epochs must be >= 1, got {epochs}")
+        if steps is not None and int(steps) < 1:
+            raise UserError(f"steps must be >= 1, got {steps}")
+        if int(batch_size) < 1:
+            raise UserError(f"batch size must be >= 1, got {batch_size}")
+        if not (float(lr) > 0 and math.isfinite(float(lr))):
+            raise UserError(f"learning rate must be > 0, got {lr}")
+        if float(weight_decay) < 0 or not 0 <= float(momentum) < 1:
+            raise UserError("weight decay must be >= 0 and momentum in [0, 1)")
+        super().__init__(epochs=int(epochs), lr=float(lr), optimizer=optimizer, batch_size=int(batch_size),
+                         seed=seed, momentum=float(momentum), weight_decay=float(weight_decay), loss=loss,
+                         steps=None if steps is None else int(steps), keep_zeros=bool(keep_zeros),
+                         freeze_bn_stats=bool(freeze_bn_stats), output=output)
+        self.train = train
+        self.epochs, self.lr, self.optimizer, self.batch_size = int(epochs), float(lr), optimizer, int(batch_size)
+        self.seed, self.momentum, self.weight_decay, self.loss = seed, float(momentum), float(weight_decay), loss
+        self.steps = None if steps is None else int(steps)
+        self.keep_zeros, self.freeze_bn_stats, self.output, self.verify = (bool(keep_zeros), bool(freeze_bn_stats),
+                                                                           output, verify)
+
+    # ------------------------------------------------------------------------------------------
+
+    def _data(self, model: onnx.ModelProto) -> Dataset:
+        if self.train is None:
+            raise UserError("fine-tuning needs labelled training data (--train DATA.npz)")
+        data = self.train
+        if not isinstance(data, Dataset):
+            data = load_data(data, model, labels="required", what="training data")
+        if data.labels is None:
+            raise UserError(f"training data {data.source or ''} has no 'labels' array".replace("  ", " "))
+        return data
+
+    def _output_index(self, names: list[str]) -> int:
+        if isinstance(self.output, str):
+            if self.output not in names:
+                raise UserError(f"fine-tuning output {self.output!r} is not a model output ({names})")
+            return names.index(self.output)
+        if not 0 <= int(self.output) < len(names):
+            raise UserError(f"fine-tuning output index {self.output} out of range ({len(names)} outputs)")
+        return int(self.output)
+
+    def run(self, ctx: Context) -> PassResult:
+        torch = _torch()
+        from npcompile.torch_graph import GraphModule
+
+        model = ctx.model
+        data = self._data(model)
+        seed = ctx.seed if self.seed is None else int(self.seed)
+        gm = GraphModule(model, freeze_bn_stats=self.freeze_bn_stats)
+        missing = [n for n in gm.input_names if n not in data.inputs]
+        if missing:
+            raise UserError(f"training data lacks model input(s) {missing}")
+        out_idx = self._output_index(gm.output_names)
+        producer = {o: n.op_type for n in model.graph.node for o in n.output}.get(gm.output_names[out_idx])
+        params = [p for _, p in gm.named_onnx_parameters()]
+        if not params:
+            raise UserError("nothing to fine-tune: the model has no floating-point weights")
+
+        n = len(data)
+        labels = np.asarray(data.labels, dtype=np.int64)
+        steps_per_epoch = math.ceil(n / self.batch_size)
+        total_steps = self.steps if self.steps is not None else self.epochs * steps_per_epoch
+        deterministic = torch.are_deterministic_algorithms_enabled()
+        warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            try:
+                check_before = self._check(gm, model, data, out_idx) if self.verify else None
+                masks = []
+                if self.keep_zeros:
+                    masks = [(p, p.detach() != 0) for p in params if bool((p.detach() == 0).any())]
+                kept = sum(int((~m).sum()) for _, m in masks)
+                opt = self._make_optimizer(torch, params)
+                epochs = self._train(torch, gm, data, labels, out_idx, producer, opt, masks, seed,
+                                     total_steps, steps_per_epoch)
+            finally:
+                torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        trained = gm.write_back(model)
+        after = self._check(gm, trained, data, out_idx) if self.verify else None
+        ctx.set_model(trained)
+
+        samples = sum(e["samples"] for e in epochs)
+        seconds = sum(e["seconds"] for e in epochs)
+        result = {
+            "epochs": epochs,
+            "steps": sum(e["steps"] for e in epochs),
+            "samples": samples,
+            "seconds": seconds,
+            "samples_per_s": samples / seconds if seconds > 0 else float("inf"),
+            "optimizer": self.optimizer,
+            "lr": self.lr,
+            "batch_size": self.batch_size,
+            "seed": seed,
+            "loss_function": self.loss,
+            "parameters": int(sum(p.numel() for p in params)),
+            "tensors": len(params),
+            "kept_zeros": kept,
+            "train_samples": n,
+            "check_before_max_abs_diff": check_before,
+            "ort_max_abs_diff": after,
+        }
+        extras = getattr(ctx, "report_extras", None)
+        if isinstance(extras, dict):
+            extras["finetune"] = {k: v for k, v in result.items() if k != "epochs"} | {
+                "loss_per_epoch": [e["loss"] for e in epochs]}
+        first, last = epochs[0]["loss"], epochs[-1]["loss"]
+        return PassResult(True, f"fine-tuned {result['steps']} steps ({len(epochs)} epoch(s)) on {n} samples: "
+                                f"loss {first:.4f} -> {last:.4f}, {result['samples_per_s']:.0f} samples/s", result)
+
+    # ------------------------------------------------------------------------------------------
+
+    def _make_optimizer(self, torch: Any, params: list) -> Any:
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    def _loss_fn(self, torch: Any, producer: str | None) -> Any:
+        F = torch.nn.functional
+        if self.loss == "nll" or producer == "LogSoftmax":
+            return F.nll_loss
+        if producer == "Softmax":
+            tiny = torch.finfo(torch.float32).tiny
+            return lambda p, y: F.nll_loss(torch.log(p.clamp_min(tiny)), y)
+        return F.cross_entropy
+
+    def _train(self, torch: Any, gm: Any, data: Dataset, labels: np.ndarray, out_idx: int, producer: str | None,
+               opt: Any, masks: list, seed: int, total_steps: int, steps_per_epoch: int) -> list[dict[str, Any]]:
+        loss_fn = self._loss_fn(torch, producer)
+        rng = np.random.default_rng(seed)
+        n = len(data)
+        n_out = len(gm.output_names)
+        gm.train()
+        records: list[dict[str, Any]] = []
+        done = 0
+        bar = _progress(total_steps)
+        with bar as progress:
+            epoch = 0
+            while done < total_steps:
+                epoch += 1
+                order = rng.permutation(n)
+                loss_sum, correct, seen, steps = 0.0, 0, 0, 0
+                t0 = time.perf_counter()
+                for start in range(0, n, self.batch_size):
+                    if done >= total_steps:
+                        break
+                    idx = order[start:start + self.batch_size]
+                    feeds = {k: torch.from_numpy(np.ascontiguousarray(v[idx])) for k, v in data.inputs.items()
+                             if k in gm.input_names}
+                    y = torch.from_numpy(labels[idx])
+                    out = gm(**feeds)
+                    if n_out > 1:
+                        out = out[out_idx]
+                    if start == 0 and epoch == 1:
+                        _check_labels(out, labels)
+                    loss = loss_fn(out, y)
+                    if not torch.isfinite(loss):
+                        raise UserError(f"fine-tuning diverged (loss {loss.item()}) at step {done + 1}; "
+                                        f"lower the learning rate (--lr)")
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    if masks:
+                        with torch.no_grad():
+                            for p, m in masks:
+                                p.mul_(m)
+                    b = len(idx)
+                    loss_sum += float(loss.detach()) * b
+                    if out.ndim >= 2:
+                        correct += int((out.detach().argmax(1) == y).sum())
+                    seen += b
+                    steps += 1
+                    done += 1
+                    if progress is not None:
+                        progress.update(progress.task_ids[0], advance=1,
+                                        description=f"fine-tuning epoch {epoch} loss {loss_sum / seen:.4f}")
+                dt = time.perf_counter() - t0
+                rec = {"epoch": epoch, "loss": loss_sum / seen, "accuracy": correct / seen, "samples": seen,
+                       "steps": steps, "seconds": dt, "samples_per_s": seen / dt if dt > 0 else float("inf")}
+                records.append(rec)
+                log.info("finetune epoch %d: loss %.4f, accuracy %.2f%%, %d steps, %.0f samples/s", epoch,
+                         rec["loss"], 100 * rec["accuracy"], steps, rec["samples_per_s"])
+        gm.eval()
+        return records
+
+    def _check(self, gm: Any, model: onnx.ModelProto, data: Dataset, out_idx: int) -> float:
+        """Max |torch - ONNX Runtime| on the first samples; refuses to go on when they disagree."""
+        torch = _torch()
+        from npcompile.verify import make_session
+
+        k = min(CHECK_SAMPLES, len(data))
+        feeds = {name: np.ascontiguousarray(v[:k]) for name, v in data.inputs.items() if name in gm.input_names}
+        sess = make_session(model)
+        ref = sess.run([gm.output_names[out_idx]], feeds)[0]
+        was_training = gm.training
+        gm.eval()
+        with torch.no_grad():
+            got = gm(**{name: torch.from_numpy(v) for name, v in feeds.items()})
+        gm.train(was_training)
+        got = (got[out_idx] if isinstance(got, tuple) else got).numpy()
+        if got.shape != ref.shape:
+            raise RuntimeError(f"the torch graph's output shape {list(got.shape)} differs from ONNX Runtime's "
+                               f"{list(ref.shape)}")
+        diff = float(np.abs(got.astype(np.float64) - ref).max()) if ref.size else 0.0
+        scale = max(1.0, float(np.abs(ref).max()) if ref.size else 0.0)
+        if not diff <= CHECK_RTOL * scale:
+            raise RuntimeError(f"the torch graph differs from ONNX Runtime by {diff:.3g} (max |output| "
+                               f"{scale:.3g}); refusing to fine-tune a different function")
+        return diff
+
+
+def _check_labels(out: Any, labels: np.ndarray) -> None:
+    if out.ndim < 2 or out.shape[0] == 0:
+        raise UserError(f"fine-tuning needs a class-score output [batch, classes, ...], the model gives "
+                        f"{list(out.shape)}")
+    classes = int(out.shape[1])
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= classes:
+        raise UserError(f"training labels range over [{lo}, {hi}] but the model has {classes} classes")
+
+
+def _progress(total: int) -> Any:
+    """A rich progress bar on an interactive stderr, else nothing."""
+    if not sys.stderr.isatty():
+        return contextlib.nullcontext(None)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+    progress.add_task("fine-tuning", total=total)
+    return progress

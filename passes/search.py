@@ -1,0 +1,471 @@
+"""Evaluation-driven selection: binary-search neuron pruning, sensitivity analysis, budgets.
+
+- ``binary-search`` (Zhang, Qin, Chan, ICONIP 2017): channels of each group are ranked by their
+  score (``ctx.scores``, e.g. magnitude); for each group in topological order a binary search finds
+  the largest number of lowest-ranked channels whose removal keeps the evaluated metric at or above
+  ``baseline - tolerance``; earlier groups keep their decision. About ``sum(log2(width))``
+  evaluations instead of one per channel.
+- ``sensitivity``: the metric of each group with a fraction of its channels removed, the others
+  intact: a table that says which layers tolerate pruning.
+- ``budget``: reach a FLOPs and/or parameter target (fraction of the model to keep) with the least
+  metric loss, guided by the sensitivity table (greedy, one rounding step at a time).
+
+All three evaluate removals on one masked ONNX Runtime session (:mod:`npcompile.masked`); widths
+move in multiples of ``round_to`` (grouped convolutions lose the same number per block) and never
+go below ``min_channels``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import heapq
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from npcompile.channels import Group
+from npcompile.cost import Cost, CostModel
+from npcompile.errors import UserError
+from npcompile.masked import RemovalEvaluator
+from npcompile.pipeline import Context, Pass, PassResult, register_pass
+
+__all__ = ["BinarySearchPass", "SensitivityPass", "BudgetPass", "removal_levels", "lowest_mask",
+           "search_groups", "DEFAULT_FRACTIONS"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+# -- shared helpers ----------------------------------------------------------------------------
+def removal_levels(group: Group, round_to: int = 1, min_channels: int = 1, max_fraction: float = 1.0) -> list[int]:
+    """Allowed numbers of channels to remove *per block*, ascending, starting at 0: the kept width
+    per block is the full width or a multiple of the per-block rounding, at least
+    ``ceil(min_channels / blocks)`` and 1, and at most ``max_fraction`` of the width goes."""
+    blocks = group.blocks
+    size = group.size // blocks
+    unit = max(1, round_to // math.gcd(round_to, blocks))
+    min_keep = max(1, math.ceil(min_channels / blocks))
+    most = math.floor(max_fraction * size + 1e-9)
+    keeps = [k for k in range(unit * ((size - 1) // unit), 0, -unit) if k >= min_keep and size - k <= most]
+    return [0] + [size - k for k in keeps]
+
+
+def lowest_mask(group: Group, scores: np.ndarray, per_block: int) -> np.ndarray:
+    """Boolean mask of the ``per_block`` lowest-scored channels of each block (ties: lower index)."""
+    size = group.size // group.blocks
+    mask = np.zeros((group.blocks, size), bool)
+    if per_block > 0:
+        s = np.asarray(scores).reshape(group.blocks, size)
+        for b in range(group.blocks):
+            mask[b, np.lexsort((np.arange(size), s[b]))[:per_block]] = True
+    return mask.ravel()
+
+
+def _patterns(value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [p.strip() for p in value.split(",") if p.strip()]
+    return [str(p) for p in value]
+
+
+def _matches(group: Group, patterns: list[str]) -> bool:
+    names = [group.name, *group.members]
+    return any(fnmatch.fnmatchcase(n, p) for p in patterns for n in names if n)
+
+
+def search_groups(ctx: Context, include: Sequence[str] | None, exclude: Sequence[str] | None) -> list[Group]:
+    """Prunable groups with scores, in topological order, filtered by fnmatch ``include`` /
+    ``exclude`` patterns on the group name (or the name of any node producing it)."""
+    inc, exc = _patterns(include), _patterns(exclude)
+    out = []
+    for g in ctx.analysis.prunable_groups():
+        if g.id not in ctx.scores:
+            continue
+        if inc and not _matches(g, inc):
+            continue
+        if exc and _matches(g, exc):
+            continue
+        out.append(g)
+    return out
+
+
+def _ensure_scores(ctx: Context) -> None:
+    """Rank by L1 magnitude when no analysis pass scored the channels."""
+    if ctx.scores:
+        return
+    from npcompile.passes.magnitude import group_magnitude
+
+    ctx.scores = {g.id: group_magnitude(ctx.analysis, g, 1) for g in ctx.analysis.prunable_groups()}
+    ctx.criterion = ctx.criterion or "magnitude-l1"
+    log.info("no channel scores: ranking by L1 magnitude")
+
+
+def _check_removal(groups: list[Group], scores: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """Half of every group (per block): what the masked model is checked against once."""
+    out = {}
+    for g in groups:
+        half = (g.size // g.blocks) // 2
+        if half:
+            out[g.id] = lowest_mask(g, scores[g.id], half)
+    return out
+
+
+def _evaluator_for(ctx: Context, evaluator: Any, groups: list[Group], threads: int,
+                   check: bool) -> RemovalEvaluator:
+    return RemovalEvaluator(ctx.model, ctx.analysis, evaluator, [g.id for g in groups], dict(ctx.probe), threads,
+                            _check_removal(groups, ctx.scores) if check else None)
+
+
+def _options_check(round_to: int, min_channels: int) -> None:
+    if round_to < 1:
+        raise UserError(f"--round-to must be >= 1, got {round_to}")
+    if min_channels < 1:
+        raise UserError(f"min_channels must be >= 1, got {min_channels}")
+
+
+def _describe(evaluator: Any) -> dict[str, Any]:
+    describe = getattr(evaluator, "describe", None)
+    return describe() if callable(describe) else {"name": _name(evaluator)}
+
+
+def _name(evaluator: Any) -> str:
+    return str(getattr(evaluator, "name", None) or type(evaluator).__name__)
+
+
+def _unit(evaluator: Any) -> str:
+    return str(getattr(evaluator, "unit", "") or "")
+
+
+# -- binary search -----------------------------------------------------------------------------
+@register_pass
+class BinarySearchPass(Pass):
+    """Per group, in topological order, binary-search the largest removal of lowest-ranked channels
+    that keeps the metric ``>= baseline - tolerance`` (Zhang, Qin, Chan 2017)."""
+
+    name = "binary-search"
+    kind = "select"
+    description = "per layer, binary-search the most low-ranked channels removable within a metric tolerance"
+
+    def __init__(self, tolerance: float, evaluator: Any, round_to: int = 1, min_channels: int = 1,
+                 include: str | Sequence[str] | None = None, exclude: str | Sequence[str] | None = None,
+                 threads: int = 0, check: bool = True) -> None:
+        if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
+            raise UserError(f"--tolerance must be a finite number >= 0, got {tolerance}")
+        if evaluator is None:
+            raise UserError("binary search needs an evaluator (evaluation data or --evaluator)")
+        _options_check(round_to, min_channels)
+        super().__init__(tolerance=tolerance, evaluator=_name(evaluator),
+                         round_to=round_to, min_channels=min_channels, include=_patterns(include) or None,
+                         exclude=_patterns(exclude) or None)
+        self.tolerance, self.evaluator = float(tolerance), evaluator
+        self.round_to, self.min_channels = round_to, min_channels
+        self.include, self.exclude = include, exclude
+        self.threads, self.check = threads, check
+
+    def run(self, ctx: Context) -> PassResult:
+        _ensure_scores(ctx)
+        groups = search_groups(ctx, self.include, self.exclude)
+        if not groups:
+            ctx.removal = {}
+            return PassResult(False, "no prunable groups to search",
+                              {"evaluations": 0, "probes": [], "groups": [], "evaluator": _describe(self.evaluator)})
+        ev = _evaluator_for(ctx, self.evaluator, groups, self.threads, self.check)
+        baseline = ev({})
+        floor = baseline - self.tolerance - 1e-9 * max(1.0, abs(baseline))
+        removal: dict[int, np.ndarray] = {}
+        probes: list[dict[str, Any]] = []
+        decisions: list[dict[str, Any]] = []
+        final = baseline
+        for g in groups:
+            counts = removal_levels(g, self.round_to, self.min_channels)
+            lo, hi = 0, len(counts) - 1
+            best = None
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                mask = lowest_mask(g, ctx.scores[g.id], counts[mid])
+                metric = ev({**removal, g.id: mask})
+                ok = metric >= floor
+                probes.append({"group": g.name, "removed": counts[mid] * g.blocks, "width": g.size,
+                               "metric": metric, "accepted": ok})
+                log.debug("%s: remove %d/%d -> %.6g (%s)", g.name, counts[mid] * g.blocks, g.size, metric,
+                          "ok" if ok else "too low")
+                if ok:
+                    lo, best = mid, metric
+                else:
+                    hi = mid - 1
+            removed = counts[lo] * g.blocks
+            if removed:
+                removal[g.id] = lowest_mask(g, ctx.scores[g.id], counts[lo])
+                final = best if best is not None else final
+            decisions.append({"group": g.name, "width": g.size, "removed": removed, "kept": g.size - removed})
+            log.info("%s: removes %d of %d channels", g.name, removed, g.size)
+        ctx.removal = removal
+        n = int(sum(m.sum() for m in removal.values()))
+        unit = _unit(self.evaluator)
+        summary = (f"removed {n} channels in {len(removal)} of {len(groups)} groups, {ev.evaluations} evaluations; "
+                   f"{_name(self.evaluator)} {baseline:.4g}{unit} -> {final:.4g}{unit}")
+        return PassResult(False, summary, {
+            "baseline": baseline, "final": final, "tolerance": self.tolerance, "probes": probes,
+            "evaluations": ev.evaluations, "groups": decisions, "channels": n,
+            "evaluator": _describe(self.evaluator), "fast_path": ev.fast, "check_diff": ev.check_diff})
+
+
+# -- sensitivity -------------------------------------------------------------------------------
+def _fraction_counts(g: Group, fractions: Sequence[float], round_to: int, min_channels: int) -> list[tuple[float, int]]:
+    """(fraction, channels removed per block) for each fraction: the largest allowed removal not
+    above ``floor(fraction * width)`` (as ``--ratio`` rounds)."""
+    levels = removal_levels(g, round_to, min_channels)
+    size = g.size // g.blocks
+    out = []
+    for f in fractions:
+        want = math.floor(f * size + 1e-9)
+        out.append((float(f), max(c for c in levels if c <= want)))
+    return out
+
+
+def _check_fractions(fractions: Sequence[float]) -> tuple[float, ...]:
+    fr = tuple(float(f) for f in fractions)
+    if not fr or any(not 0.0 < f < 1.0 for f in fr):
+        raise UserError(f"sensitivity fractions must lie in (0, 1), got {list(fr)}")
+    return tuple(sorted(set(fr)))
+
+
+def sensitivity_table(ctx: Context, ev: RemovalEvaluator, groups: list[Group], fractions: Sequence[float],
+                      round_to: int, min_channels: int, baseline: float) -> list[dict[str, Any]]:
+    """Per group, the metric with each fraction of its lowest-ranked channels removed (others intact)."""
+    table = []
+    for g in groups:
+        points = []
+        seen: dict[int, float] = {0: baseline}
+        for f, per_block in _fraction_counts(g, fractions, round_to, min_channels):
+            if per_block not in seen:
+                seen[per_block] = ev({g.id: lowest_mask(g, ctx.scores[g.id], per_block)})
+            points.append({"fraction": f, "removed": per_block * g.blocks, "metric": seen[per_block]})
+        table.append({"group": g.name, "group_id": g.id, "width": g.size, "points": points})
+        log.debug("sensitivity %s: %s", g.name, [(p["removed"], round(p["metric"], 4)) for p in points])
+    return table
+
+
+@register_pass
+class SensitivityPass(Pass):
+    """Metric per group with a fraction of its channels removed, every other group intact."""
+
+    name = "sensitivity"
+    kind = "analysis"
+    description = "metric of each layer pruned alone at several fractions (which layers tolerate pruning)"
+
+    def __init__(self, evaluator: Any, fractions: Sequence[float] = DEFAULT_FRACTIONS, round_to: int = 1,
+                 min_channels: int = 1, include: str | Sequence[str] | None = None,
+                 exclude: str | Sequence[str] | None = None, threads: int = 0, check: bool = True) -> None:
+        if evaluator is None:
+            raise UserError("sensitivity analysis needs an evaluator (evaluation data or --evaluator)")
+        _options_check(round_to, min_channels)
+        fr = _check_fractions(fractions)
+        super().__init__(evaluator=_name(evaluator), fractions=list(fr),
+                         round_to=round_to, min_channels=min_channels, include=_patterns(include) or None,
+                         exclude=_patterns(exclude) or None)
+        self.evaluator, self.fractions = evaluator, fr
+        self.round_to, self.min_channels = round_to, min_channels
+        self.include, self.exclude, self.threads, self.check = include, exclude, threads, check
+
+    def run(self, ctx: Context) -> PassResult:
+        _ensure_scores(ctx)
+        groups = search_groups(ctx, self.include, self.exclude)
+        if not groups:
+            result = PassResult(False, "no prunable groups", {"table": [], "evaluations": 0,
+                                                               "evaluator": _describe(self.evaluator)})
+            ctx.results[self.name] = result
+            return result
+        ev = _evaluator_for(ctx, self.evaluator, groups, self.threads, self.check)
+        baseline = ev({})
+        table = sensitivity_table(ctx, ev, groups, self.fractions, self.round_to, self.min_channels, baseline)
+        summary = f"{len(groups)} groups x {len(self.fractions)} fractions, {ev.evaluations} evaluations"
+        result = PassResult(False, summary, {
+            "baseline": baseline, "fractions": list(self.fractions), "table": table, "evaluations": ev.evaluations,
+            "evaluator": _describe(self.evaluator), "round_to": self.round_to, "fast_path": ev.fast})
+        ctx.results[self.name] = result  # the pipeline stores it too; a later budget pass reads it
+        return result
+
+
+# -- budget ------------------------------------------------------------------------------------
+def _loss_curve(levels: list[int], blocks: int, points: list[tuple[int, float]]) -> list[float]:
+    """Metric loss at each level (per-block count), linear between measured points (total counts)
+    and made non-decreasing; levels past the last measured point are left out."""
+    pts = sorted({0: 0.0, **dict(points)}.items())
+    xs = np.array([p[0] for p in pts], float)
+    ys = np.maximum.accumulate(np.maximum(np.array([p[1] for p in pts], float), 0.0))
+    out = []
+    for c in levels:
+        total = c * blocks
+        if total > xs[-1] + 1e-9:
+            break
+        out.append(float(np.interp(total, xs, ys)))
+    return out
+
+
+@register_pass
+class BudgetPass(Pass):
+    """Keep ``target_flops`` and/or ``target_params`` of the model (fractions: 0.5 keeps half) with the
+    least metric loss: greedily take the rounding step with the smallest loss per cost saved.
+
+    The loss of each step comes from the sensitivity table (the ``sensitivity`` pass's result when it
+    ran on this model, else measured here with ``evaluator``); without an evaluator, the share of
+    the group's score mass removed stands in for it (``magnitude`` guide). Groups lose at most
+    ``max_fraction`` of their width (with an evaluator: at most the largest measured fraction).
+    """
+
+    name = "budget"
+    kind = "select"
+    description = "reach a FLOPs/parameter target with the least metric loss (sensitivity-guided greedy)"
+
+    def __init__(self, target_flops: float | None = None, target_params: float | None = None, evaluator: Any = None,
+                 fractions: Sequence[float] = DEFAULT_FRACTIONS, round_to: int = 1, min_channels: int = 1,
+                 include: str | Sequence[str] | None = None, exclude: str | Sequence[str] | None = None,
+                 max_fraction: float = 0.9, threads: int = 0, check: bool = True) -> None:
+        if target_flops is None and target_params is None:
+            raise UserError("budget: give a FLOPs or parameter target (fraction of the model to keep)")
+        for what, t in (("FLOPs", target_flops), ("parameter", target_params)):
+            if t is not None and not (isinstance(t, (int, float)) and 0.0 < t <= 1.0):
+                raise UserError(f"budget: the {what} target is the fraction to keep, in (0, 1]; got {t}")
+        if not 0.0 < max_fraction < 1.0:
+            raise UserError(f"budget: max_fraction must be in (0, 1), got {max_fraction}")
+        _options_check(round_to, min_channels)
+        fr = _check_fractions(fractions)
+        super().__init__(target_flops=target_flops, target_params=target_params,
+                         evaluator=None if evaluator is None else _name(evaluator),
+                         fractions=list(fr), round_to=round_to, min_channels=min_channels,
+                         include=_patterns(include) or None, exclude=_patterns(exclude) or None,
+                         max_fraction=max_fraction)
+        self.targets = {"flops": target_flops, "params": target_params}
+        self.evaluator, self.fractions = evaluator, fr
+        self.round_to, self.min_channels, self.max_fraction = round_to, min_channels, max_fraction
+        self.include, self.exclude, self.threads, self.check = include, exclude, threads, check
+
+    # the loss of every allowed level of every group
+    def _losses(self, ctx: Context, groups: list[Group], ev: RemovalEvaluator | None
+                ) -> tuple[dict[int, list[int]], dict[int, list[float]], str, float | None]:
+        levels = {g.id: removal_levels(g, self.round_to, self.min_channels, self.max_fraction) for g in groups}
+        if ev is None:
+            losses = {}
+            for g in groups:
+                s = np.sort(np.asarray(ctx.scores[g.id], float).reshape(g.blocks, -1), axis=1)
+                total = max(float(s.sum()), 1e-30)
+                cum = np.concatenate([[0.0], np.cumsum(s.sum(axis=0))]) / total * 100.0
+                losses[g.id] = [float(cum[c]) for c in levels[g.id]]
+            return levels, losses, "magnitude", None
+        prior = ctx.results.get("sensitivity")
+        data = getattr(prior, "data", prior) if prior is not None else None
+        table = None
+        baseline = None
+        if isinstance(data, dict) and data.get("table"):
+            by_id = {row["group_id"]: row for row in data["table"]}
+            if all(g.id in by_id and by_id[g.id]["group"] == g.name for g in groups):
+                table, baseline = [by_id[g.id] for g in groups], float(data["baseline"])
+                log.info("budget: using the sensitivity table of the sensitivity pass")
+        if table is None:
+            baseline = ev({})
+            table = sensitivity_table(ctx, ev, groups, self.fractions, self.round_to, self.min_channels, baseline)
+        losses = {}
+        for g, row in zip(groups, table, strict=True):
+            pts = [(p["removed"], baseline - p["metric"]) for p in row["points"]]
+            losses[g.id] = _loss_curve(levels[g.id], g.blocks, pts)
+            levels[g.id] = levels[g.id][: len(losses[g.id])]
+        return levels, losses, "sensitivity", baseline
+
+    def run(self, ctx: Context) -> PassResult:
+        _ensure_scores(ctx)
+        groups = search_groups(ctx, self.include, self.exclude)
+        cm = CostModel(ctx.analysis, ctx.shapes)
+        base = cm.base
+        goal = {k: None if t is None else t * getattr(base, k) for k, t in self.targets.items()}
+        ev = _evaluator_for(ctx, self.evaluator, groups, self.threads, self.check) \
+            if self.evaluator is not None and groups else None
+        levels, losses, guide, baseline = self._losses(ctx, groups, ev)
+        by_id = {g.id: g for g in groups}
+        state = {g.id: 0 for g in groups}
+        version = {g.id: 0 for g in groups}
+        removal: dict[int, np.ndarray] = {}
+        current = base
+
+        def unmet() -> list[str]:
+            return [k for k, v in goal.items() if v is not None and getattr(current, k) > v + 1e-9]
+
+        def candidate(gid: int, open_targets: list[str]) -> tuple | None:
+            i = state[gid]
+            if i + 1 >= len(levels[gid]):
+                return None
+            g = by_id[gid]
+            mask = lowest_mask(g, ctx.scores[gid], levels[gid][i + 1])
+            saved = cm.step_saving(removal, {**removal, gid: mask}, gid)
+            weight = sum(getattr(saved, k) / max(getattr(base, k), 1) for k in open_targets)
+            if weight <= 0:
+                return None
+            dloss = losses[gid][i + 1] - losses[gid][i]
+            return (dloss / weight, -weight, gid, version[gid], mask, saved)
+
+        def rebuild(open_targets: list[str]) -> list[tuple]:
+            heap = [c for gid in state if (c := candidate(gid, open_targets)) is not None]
+            heapq.heapify(heap)
+            return heap
+
+        open_targets = unmet()
+        heap = rebuild(open_targets)
+        steps = 0
+        last_step = Cost(0, 0)
+        while open_targets and heap:
+            _, _, gid, ver, mask, saved = heapq.heappop(heap)
+            if ver != version[gid]:
+                continue
+            removal[gid] = mask
+            state[gid] += 1
+            current = current - saved
+            last_step = saved
+            steps += 1
+            now = unmet()
+            touched = {gid} | (cm.neighbours(gid) & state.keys())
+            for t in touched:
+                version[t] += 1
+            if now != open_targets:
+                open_targets = now
+                heap = rebuild(open_targets)
+                continue
+            for t in touched:
+                c = candidate(t, open_targets)
+                if c is not None:
+                    heapq.heappush(heap, c)
+        exact = cm.cost(removal)
+        if abs(exact.flops - current.flops) > 1 or exact.params != current.params:
+            log.warning("budget: cost drifted while stepping (%s vs %s)", current, exact)
+        current = exact
+        reached = not unmet()
+        if not reached:
+            log.warning("budget: target not reached (kept %s of FLOPs, %s of parameters at the most pruning allowed)",
+                        f"{current.flops / max(base.flops, 1):.3f}", f"{current.params / max(base.params, 1):.3f}")
+            ctx.notes.append("budget target not reached: every allowed step was taken")
+        ctx.removal = removal
+        final = ev(removal) if ev is not None else None
+        decisions = [{"group": g.name, "width": g.size, "removed": levels[g.id][state[g.id]] * g.blocks,
+                      "loss": losses[g.id][state[g.id]]} for g in groups]
+        n = int(sum(m.sum() for m in removal.values()))
+        kept_f = current.flops / max(base.flops, 1)
+        kept_p = current.params / max(base.params, 1)
+        summary = f"removed {n} channels in {len(removal)} groups: keeps {kept_f:.1%} of FLOPs, {kept_p:.1%} of params"
+        if final is not None and baseline is not None:
+            unit = _unit(self.evaluator)
+            summary += f"; {_name(self.evaluator)} {baseline:.4g}{unit} -> {final:.4g}{unit}"
+        if not reached:
+            summary += " (target not reached)"
+        return PassResult(False, summary, {
+            "target_flops": self.targets["flops"], "target_params": self.targets["params"],
+            "base": {"flops": base.flops, "params": base.params},
+            "result": {"flops": current.flops, "params": current.params},
+            "kept": {"flops": kept_f, "params": kept_p}, "reached": reached, "guide": guide, "steps": steps,
+            "last_step": {"flops": last_step.flops, "params": last_step.params}, "channels": n,
+            "groups": decisions, "baseline": baseline, "final": final,
+            "evaluations": ev.evaluations if ev is not None else 0,
+            "evaluator": _describe(self.evaluator) if self.evaluator is not None else None})
