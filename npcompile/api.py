@@ -24,7 +24,7 @@ from npcompile.pipeline_file import PassSpec, instantiate, load_pipeline_file
 from npcompile.plots import render_plots
 from npcompile.plugins import load_plugin
 from npcompile.report import build_report, render_markdown
-from npcompile.shapes import probe_shapes
+from npcompile.shapes import input_specs, probe_shapes
 from npcompile.targets import BenchmarkOptions, Target, get_target
 from npcompile.verify import compare, probe_inputs
 
@@ -66,6 +66,7 @@ class CompileOptions:
     benchmark: bool = True
     warmup: int = 10
     runs: int = 50
+    batch_sizes: list[int] = field(default_factory=list)  # also measure latency at these batch sizes
     extra_passes: list[str] = field(default_factory=list)
     pipeline: str | None = None  # a pipeline file replaces the passes the flags stand for
     plugins: list[str] = field(default_factory=list)
@@ -117,6 +118,8 @@ class CompileOptions:
             raise UserError(f"--threads must be >= 0, got {self.threads}")
         if self.runs < 1 or self.warmup < 0:
             raise UserError("--runs must be >= 1 and --warmup >= 0")
+        if any(b < 1 for b in self.batch_sizes):
+            raise UserError(f"--batch-sizes must be positive, got {self.batch_sizes}")
         if not 0.0 <= self.verify_tolerance < 1.0:
             raise UserError(f"--verify-tolerance must be in [0, 1), got {self.verify_tolerance}")
         modes = [m for m, on in (("--ratio", self.ratio is not None), ("--threshold", self.threshold is not None),
@@ -417,17 +420,28 @@ def _make_evaluator(options: CompileOptions, model: onnx.ModelProto) -> Any:
 
 def _benchmark(target: Target, original: onnx.ModelProto, artifact: Any, probe: dict[str, tuple[int, ...]],
                options: CompileOptions) -> dict[str, Any]:
-    feeds = probe_inputs(original, probe, batch=None, seed=options.seed)
+    """Latency of the original and the compiled model on the target, at the probe batch size and
+    at ``options.batch_sizes`` (dynamic-batch models only)."""
     bopts = BenchmarkOptions(warmup=options.warmup, runs=options.runs, threads=options.threads)
+    feeds = probe_inputs(original, probe, batch=None, seed=options.seed)
     after = target.benchmark(artifact, feeds, bopts)
     if after is None:
         return {}
     with tempfile.TemporaryDirectory(prefix="npcompile-base-") as tmp:
         base = target.build(original, Path(tmp), name="original")
         before = target.benchmark(base, feeds, bopts)
+        per_batch = []
+        dynamic = all(not spec.type.tensor_type.shape.dim[0].HasField("dim_value")
+                      for spec in input_specs(original) if spec.type.tensor_type.shape.dim)
+        for b in options.batch_sizes if dynamic else []:
+            fb = probe_inputs(original, probe, batch=b, seed=options.seed)
+            x, y = target.benchmark(base, fb, bopts), target.benchmark(artifact, fb, bopts)
+            per_batch.append({"batch": b, "before_p50_ms": x.p50_ms, "after_p50_ms": y.p50_ms,
+                              "speedup": x.p50_ms / y.p50_ms if y.p50_ms > 0 else None,
+                              "throughput_before": x.throughput, "throughput_after": y.throughput})
     return {"before": before.as_dict(), "after": after.as_dict(),
             "speedup": before.p50_ms / after.p50_ms if after.p50_ms > 0 else None,
-            "batch": after.batch, "threads": options.threads}
+            "batch": after.batch, "threads": options.threads, "batches": per_batch}
 
 
 def inspect(model: Any, input_shapes: dict[str, tuple[int, ...]] | None = None,

@@ -127,6 +127,8 @@ def compile_cmd(
     benchmark: Annotated[bool, typer.Option(help="Measure latency before and after.")] = True,
     runs: Annotated[int, typer.Option(help="Timed runs per latency measurement.")] = 50,
     warmup: Annotated[int, typer.Option(help="Warm-up runs before timing.")] = 10,
+    batch_sizes: Annotated[str | None, typer.Option(
+        help="Also measure latency at these batch sizes, e.g. 1,8,32 (dynamic-batch models).")] = None,
     extra_pass: Annotated[list[str] | None, typer.Option(
         "--pass", help="Extra pass to run after pruning, by name or module:Class (repeatable).")] = None,
     pipeline: Annotated[Path | None, typer.Option(
@@ -158,6 +160,7 @@ def compile_cmd(
                              min_channels=min_channels, target=target, provider=provider, threads=threads,
                              input_shapes=parse_input_shapes(input_shape), seed=seed, verify_tolerance=verify_tolerance,
                              benchmark=benchmark, runs=runs, warmup=warmup,
+                             batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
                              extra_passes=list(extra_pass or []), pipeline=str(pipeline) if pipeline else None,
                              plugins=list(plugin or []), gates=gates, junit=str(junit) if junit else None,
                              plots=plots, html=html, eval=str(eval_data) if eval_data else None,
@@ -179,6 +182,15 @@ def compile_cmd(
         raise
     if not quiet:
         _print_summary(result.report, output)
+
+
+def _int_list(text: str | None, flag: str) -> list[int]:
+    if not text:
+        return []
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise UserError(f"{flag} takes integers separated by commas, got {text!r}") from None
 
 
 def _dry_run(options) -> None:

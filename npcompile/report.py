@@ -46,6 +46,12 @@ def build_report(*, options: Any, round_to: int, default_round_to: int, target: 
         groups.append({"name": name, "op": op, "width_before": size, "width_after": size - gone,
                        "prunable": not frozen and size > 1, "frozen": frozen, "dead": dead})
     frozen = [{"group": g["name"], "reasons": g["frozen"]} for g in groups if g["frozen"]]
+    lanes = max(int(target.default_round_to()), 1)
+    width_flags = [{"group": g["name"], "width": g["width_after"], "multiple_of": lanes,
+                    "note": f"width {g['width_after']} is not a multiple of {lanes}, the width {target.name}'s "
+                            "kernels work in: part of the FLOPs saved may not turn into speed"}
+                   for g in groups if lanes > 1 and g["width_after"] != g["width_before"]
+                   and g["width_after"] % lanes]
     channels_removed = sum(len(v) for v in removed.values())
     if options.round_to is not None:
         rounding_source = "user (--round-to)"
@@ -85,6 +91,7 @@ def build_report(*, options: Any, round_to: int, default_round_to: int, target: 
         "layers": _layers(stats_before, stats_after),
         "groups": groups,
         "frozen": frozen,
+        "width_flags": width_flags,
         "plan": {k: v for k, v in sorted(removed.items()) if v},
         "pipeline": [{"name": p.name, "options": _plain(p.options)} for p in (pipeline or [])],
         "passes": records,
@@ -155,6 +162,11 @@ def render_markdown(report: dict[str, Any], images: list[str] | tuple[str, ...] 
                          f"{x['mean_ms']:.3f} |")
         lines += ["", f"Speedup {lat['speedup']:.2f}x: latency {_change(s['latency_reduction'])} for "
                       f"FLOPs {_change(s['flops_reduction'])}.", ""]
+        for row in lat.get("batches") or []:
+            lines.append(f"- batch {row['batch']}: {row['before_p50_ms']:.3f} ms → {row['after_p50_ms']:.3f} ms "
+                         f"(speedup {row['speedup']:.2f}x)")
+        if lat.get("batches"):
+            lines.append("")
         if "latency.png" in images:
             lines += ["![latency distributions](latency.png)", ""]
     lines += ["## Layers", ""]
@@ -170,6 +182,10 @@ def render_markdown(report: dict[str, Any], images: list[str] | tuple[str, ...] 
     if report["frozen"]:
         lines += ["Frozen groups and why:", ""]
         lines += [f"- `{f['group']}`: {'; '.join(f['reasons'])}" for f in report["frozen"]]
+        lines.append("")
+    if report.get("width_flags"):
+        lines += [f"Widths that may hurt {report['target']['name']}:", ""]
+        lines += [f"- `{f['group']}`: {f['note']}" for f in report["width_flags"]]
         lines.append("")
     if "sensitivity.png" in images:
         lines += ["## Sensitivity", "", "![sensitivity curves](sensitivity.png)", ""]

@@ -75,8 +75,12 @@ class OnnxRuntimeTarget(Target):
                                providers=[self.provider])
         if tmp.exists():
             os.replace(tmp, optimized)
+        import onnxruntime as ort
+
         return Artifact(self.name, {"model": src, "optimized": optimized}, session,
-                        {"provider": self.provider, "threads": self.threads})
+                        {"provider": self.provider, "threads": self.threads,
+                         "providers_available": ort.get_available_providers(),
+                         "vector_width": cpu_vector_width()[1], "onnxruntime": ort.__version__})
 
     def session(self, model: onnx.ModelProto):
         """A session for an in-memory model (used to measure the original)."""

@@ -84,3 +84,17 @@ def test_onnx_light_models_inspect_and_prune(path: Path) -> None:
     assert result.report["verification"]["outputs"][0]["shape"][0] in (1, 2)  # batch fixed at 1, or probe 2
     if any(g["prunable"] for g in info["groups"]):
         assert result.report["summary"]["params_after"] < result.report["summary"]["params_before"]
+
+
+def test_latency_at_several_batch_sizes_and_width_flags() -> None:
+    res = npcompile.compile(LENET, ratio=0.3, round_to=3, target="onnxruntime", runs=5, warmup=1,
+                            batch_sizes=[1, 4])
+    lat = res.report["latency"]
+    assert [row["batch"] for row in lat["batches"]] == [1, 4]
+    assert all(row["before_p50_ms"] > 0 and row["after_p50_ms"] > 0 for row in lat["batches"])
+    lanes = res.report["rounding"]["target_default"]
+    flagged = {f["group"] for f in res.report["width_flags"]}
+    for g in res.report["groups"]:
+        bad = g["width_after"] != g["width_before"] and g["width_after"] % lanes != 0
+        assert (g["name"] in flagged) == bad
+    assert "CPUExecutionProvider" in res.report["target"]["info"]["providers_available"]
