@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -99,6 +100,9 @@ class CompileOptions:
     calib_batch_size: int = 256
     maxout_per_unit: int = 1  # neurons removed from every maxout unit per step
     maxout_units: int = 0  # whole maxout units removed per step
+    # weight sparsity after channel pruning: a fraction (unstructured) or "2:4" (structured)
+    sparsity: float | str | None = None
+    sparsity_scope: str = "layer"  # layer or global (unstructured only)
 
     def validate(self) -> None:
         criteria = _criteria()
@@ -153,6 +157,14 @@ class CompileOptions:
             raise UserError(f"--criterion {self.criterion} needs calibration data: --calib DATA.npz")
         if self.calib_batch_size < 1 or self.maxout_per_unit < 0 or self.maxout_units < 0:
             raise UserError("--calib-batch-size must be >= 1; --maxout-per-unit and --maxout-units >= 0")
+        if self.sparsity is not None:
+            from npcompile.passes.sparsity import parse_sparsity
+
+            level = parse_sparsity(self.sparsity)
+            if self.sparsity_scope not in ("layer", "global"):
+                raise UserError(f"--sparsity-scope must be layer or global, got {self.sparsity_scope!r}")
+            if isinstance(level, tuple) and self.sparsity_scope == "global":
+                raise UserError("an N:M sparsity pattern is per layer; --sparsity-scope global is for fractions")
         if self.mode == "maxout" and self.maxout_per_unit == 0 and self.maxout_units == 0:
             raise UserError("maxout pruning with --maxout-per-unit 0 and --maxout-units 0 removes nothing")
         self.gates.validate()
@@ -170,11 +182,24 @@ class CompileOptions:
             return "ratio"
         if self.threshold is not None:
             return "threshold"
-        return "maxout" if self.criterion == "maxout" else "lossless"
+        if self.criterion == "maxout":
+            return "maxout"
+        return "sparsity" if self.sparsity is not None else "lossless"
 
     @property
     def lossless(self) -> bool:
-        return self.mode == "lossless"
+        """Only lossless channel passes (dead channels), possibly followed by weight sparsity."""
+        return self.mode in ("lossless", "sparsity")
+
+    @property
+    def nm_pattern(self) -> tuple[int, int] | None:
+        """The N:M sparsity pattern asked for, if any."""
+        if self.sparsity is None:
+            return None
+        from npcompile.passes.sparsity import parse_sparsity
+
+        level = parse_sparsity(self.sparsity)
+        return level if isinstance(level, tuple) else None
 
 
 @dataclass
@@ -242,6 +267,13 @@ def pipeline_specs(options: CompileOptions, round_to: int) -> list[PassSpec]:
             finetune = []
         if options.sensitivity and options.search == "binary":
             specs.insert(1, PassSpec("sensitivity", {"evaluator": "evaluator", **common}))
+    if options.sparsity is not None:
+        specs.append(PassSpec("sparsity", {"sparsity": str(options.sparsity), "scope": options.sparsity_scope}))
+        if options.nm_pattern is None:  # filters that became all zero are dead now: remove them losslessly
+            specs += [PassSpec("dead-channels"), PassSpec("prune")]
+        if options.train:  # fine-tuning keeps the zeros at zero
+            finetune = [PassSpec("finetune", {"train": options.train, "epochs": options.epochs, "lr": options.lr,
+                                              "optimizer": options.optimizer, "batch_size": options.batch_size})]
     specs += finetune
     specs += [PassSpec(spec) for spec in options.extra_passes]
     specs.append(PassSpec("cleanup"))
@@ -252,6 +284,9 @@ def resolve_specs(options: CompileOptions, target: Target) -> tuple[list[PassSpe
     """Specs (from the pipeline file or the flags), their base folder, rounding used and default."""
     default_round = target.default_round_to() if options.mode in ("ratio", "search", "budget") else 1
     round_to = options.round_to if options.round_to is not None else default_round
+    nm = options.nm_pattern
+    if nm is not None and options.mode not in ("lossless", "sparsity"):
+        round_to = math.lcm(round_to, nm[1])  # widths the N:M groups along input channels can use
     if options.pipeline:
         specs, base = load_pipeline_file(options.pipeline)
         return specs, base, round_to, default_round
@@ -268,6 +303,8 @@ def make_target(options: CompileOptions) -> Target:
     kwargs: dict[str, Any] = {}
     if options.target == "onnxruntime":
         kwargs = {"provider": options.provider, "threads": options.threads}
+    elif options.target == "tensorrt":
+        kwargs = {"sparse": options.nm_pattern == (2, 4)}
     return cls(**kwargs)
 
 
@@ -340,7 +377,8 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
     verify_s = time.perf_counter() - t0
     trained = any(p.kind == "rewrite" and p.name == "finetune" for p in passes)
     # dead channels are removed exactly; maxout's "never wins" is a fact about the calibration data only
-    exact = (options.lossless or (options.threshold == 0 and options.criterion != "maxout")) and not trained
+    exact = ((options.mode == "lossless" or (options.threshold == 0 and options.criterion != "maxout"))
+             and not trained and options.sparsity is None)
     if exact and verification.max_rel_diff > options.verify_tolerance:
         raise VerificationError(
             f"removing dead channels changed the output by {verification.max_rel_diff:.3g} (relative), "

@@ -124,6 +124,9 @@ def compile_cmd(
     maxout_per_unit: Annotated[int, typer.Option(
         help="Maxout: neurons removed from every unit per step (least relevant first).")] = 1,
     maxout_units: Annotated[int, typer.Option(help="Maxout: whole units removed per step.")] = 0,
+    sparsity: Annotated[str | None, typer.Option(
+        help="Weight sparsity after pruning: a fraction (0.8, 80%) or 2:4 (TensorRT's structured pattern).")] = None,
+    sparsity_scope: Annotated[str, typer.Option(help="Unstructured sparsity per layer or global.")] = "layer",
     benchmark: Annotated[bool, typer.Option(help="Measure latency before and after.")] = True,
     runs: Annotated[int, typer.Option(help="Timed runs per latency measurement.")] = 50,
     warmup: Annotated[int, typer.Option(help="Warm-up runs before timing.")] = 10,
@@ -170,7 +173,7 @@ def compile_cmd(
                              train=str(train) if train else None, epochs=epochs, lr=lr, optimizer=optimizer,
                              batch_size=batch_size, steps=steps, calib=str(calib) if calib else None,
                              calib_batch_size=calib_batch_size, maxout_per_unit=maxout_per_unit,
-                             maxout_units=maxout_units)
+                             maxout_units=maxout_units, sparsity=sparsity, sparsity_scope=sparsity_scope)
     if dry_run:
         _dry_run(options)
         return

@@ -59,6 +59,9 @@ def build_report(*, options: Any, round_to: int, default_round_to: int, target: 
         rounding_source = f"default of target {target.name}"
     else:
         rounding_source = "none (threshold and lossless modes keep exact selections)"
+    nm = getattr(options, "nm_pattern", None)
+    if nm is not None and mode not in ("lossless", "sparsity"):
+        rounding_source += f", made a multiple of {nm[1]} for the {nm[0]}:{nm[1]} sparsity pattern"
     speedup = latency.get("speedup") if latency else None
     flops_red = _ratio(stats_before.flops, stats_after.flops)
     summary = {
@@ -66,6 +69,7 @@ def build_report(*, options: Any, round_to: int, default_round_to: int, target: 
         "param_reduction": _ratio(stats_before.params, stats_after.params),
         "nonzero_params_before": stats_before.nonzero_params,
         "nonzero_params_after": stats_after.nonzero_params,
+        "nonzero_reduction": _ratio(stats_before.nonzero_params, stats_after.nonzero_params),
         "flops_before": stats_before.flops, "flops_after": stats_after.flops, "flops_reduction": flops_red,
         "size_before": sizes["before"], "size_after": sizes["after"],
         "max_abs_diff": verification.max_abs_diff, "max_rel_diff": verification.max_rel_diff,
@@ -135,6 +139,8 @@ def render_markdown(report: dict[str, Any], images: list[str] | tuple[str, ...] 
         "| | before | after | change |", "|---|---:|---:|---:|",
         f"| parameters | {_num(s['params_before'])} | {_num(s['params_after'])} | "
         f"{_change(s['param_reduction'])} |",
+        f"| non-zero parameters | {_num(s['nonzero_params_before'])} | {_num(s['nonzero_params_after'])} | "
+        f"{_change(s.get('nonzero_reduction'))} |",
         f"| FLOPs (batch 1) | {_num(s['flops_before'])} | {_num(s['flops_after'])} | "
         f"{_change(s['flops_reduction'])} |",
         f"| file size | {_num(s['size_before'])}B | {_num(s['size_after'])}B | "
@@ -148,7 +154,8 @@ def render_markdown(report: dict[str, Any], images: list[str] | tuple[str, ...] 
         unit = f" {acc['unit']}" if acc.get("unit") else ""
         lines += [f"**{acc['metric']}**: {acc['before']:.4g}{unit} before, {acc['after']:.4g}{unit} after "
                   f"({acc['after'] - acc['before']:+.4g}).", ""]
-    for key, title in (("binary-search", "Binary search"), ("budget", "Budget"), ("finetune", "Fine-tuning")):
+    for key, title in (("binary-search", "Binary search"), ("budget", "Budget"), ("finetune", "Fine-tuning"),
+                       ("sparsity", "Weight sparsity")):
         extra = report.get(key)
         if isinstance(extra, dict) and extra.get("summary"):
             lines += [f"{title}: {extra['summary']}", ""]
@@ -183,6 +190,17 @@ def render_markdown(report: dict[str, Any], images: list[str] | tuple[str, ...] 
         lines += ["Frozen groups and why:", ""]
         lines += [f"- `{f['group']}`: {'; '.join(f['reasons'])}" for f in report["frozen"]]
         lines.append("")
+    sp = report.get("sparsity")
+    if isinstance(sp, dict) and sp.get("layers"):
+        w = sp.get("weights") or {}
+        lines += ["## Weight sparsity", ""]
+        if w.get("zlib_bytes_before") is not None:
+            lines += [f"Weights compressed (zlib): {_num(w['zlib_bytes_before'])}B → {_num(w['zlib_bytes'])}B; "
+                      f"values + bitmask: {_num(w.get('bitmask_bytes', 0))}B.", ""]
+        lines += ["| layer | op | params | non-zero | sparsity |", "|---|---|---:|---:|---:|"]
+        lines += [f"| {x['name']} | {x['op']} | {_num(x['params'])} | {_num(x['nonzero'])} | "
+                  f"{100 * x['sparsity']:.1f} % |" for x in sp["layers"]]
+        lines += [""] + [f"- skipped `{x['name']}`: {x['reason']}" for x in sp.get("skipped", [])] + [""]
     if report.get("width_flags"):
         lines += [f"Widths that may hurt {report['target']['name']}:", ""]
         lines += [f"- `{f['group']}`: {f['note']}" for f in report["width_flags"]]

@@ -1,5 +1,15 @@
 """Built-in passes (installed as ``npcompile.passes``); importing this package registers them."""
 
-from npcompile.passes import activation, cleanup, finetune, magnitude, maxout, prune, search, select  # noqa: F401
+from npcompile.passes import (  # noqa: F401
+    activation,
+    cleanup,
+    finetune,
+    magnitude,
+    maxout,
+    prune,
+    search,
+    select,
+    sparsity,
+)
 
-__all__ = ["activation", "cleanup", "finetune", "magnitude", "maxout", "prune", "search", "select"]
+__all__ = ["activation", "cleanup", "finetune", "magnitude", "maxout", "prune", "search", "select", "sparsity"]

@@ -98,3 +98,15 @@ def test_latency_at_several_batch_sizes_and_width_flags() -> None:
         bad = g["width_after"] != g["width_before"] and g["width_after"] % lanes != 0
         assert (g["name"] in flagged) == bad
     assert "CPUExecutionProvider" in res.report["target"]["info"]["providers_available"]
+
+
+def test_sparsity_after_pruning_is_wired() -> None:
+    res = npcompile.compile(LENET, ratio=0.3, sparsity="2:4", benchmark=False)
+    r = res.report
+    assert r["rounding"]["round_to"] % 4 == 0 and "2:4" in r["rounding"]["source"]
+    assert [p["name"] for p in r["passes"]][-2:] == ["sparsity", "cleanup"]
+    assert r["summary"]["nonzero_params_after"] < r["summary"]["params_after"]
+    assert r["sparsity"]["pattern"] == "2:4" or "2:4" in str(r["sparsity"]["summary"])
+    lossy = npcompile.compile(LENET, sparsity=0.5, benchmark=False)  # no pruning option: dead channels + sparsity
+    assert lossy.report["mode"] == "sparsity"
+    assert lossy.report["summary"]["nonzero_reduction"] > 0.45
