@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
 from npcompile.channels import Group
 from npcompile.errors import UserError
 
-__all__ = ["select_ratio", "select_threshold", "rounded_keep"]
+__all__ = ["select_ratio", "select_threshold", "rounded_keep", "name_patterns"]
+
+
+def name_patterns(value: str | Sequence[str] | None) -> list[str]:
+    """fnmatch patterns given as a list or a comma-separated string (include/exclude options)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [p.strip() for p in value.split(",") if p.strip()]
+    return [str(p) for p in value]
 
 
 def rounded_keep(n: int, keep: int, round_to: int, min_channels: int = 1) -> int:

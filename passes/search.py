@@ -31,6 +31,7 @@ from npcompile.cost import Cost, CostModel
 from npcompile.errors import UserError
 from npcompile.masked import RemovalEvaluator
 from npcompile.pipeline import Context, Pass, PassResult, register_pass
+from npcompile.select import name_patterns
 
 __all__ = ["BinarySearchPass", "SensitivityPass", "BudgetPass", "removal_levels", "lowest_mask",
            "search_groups", "DEFAULT_FRACTIONS"]
@@ -65,14 +66,6 @@ def lowest_mask(group: Group, scores: np.ndarray, per_block: int) -> np.ndarray:
     return mask.ravel()
 
 
-def _patterns(value: str | Sequence[str] | None) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [p.strip() for p in value.split(",") if p.strip()]
-    return [str(p) for p in value]
-
-
 def _matches(group: Group, patterns: list[str]) -> bool:
     names = [group.name, *group.members]
     return any(fnmatch.fnmatchcase(n, p) for p in patterns for n in names if n)
@@ -81,7 +74,7 @@ def _matches(group: Group, patterns: list[str]) -> bool:
 def search_groups(ctx: Context, include: Sequence[str] | None, exclude: Sequence[str] | None) -> list[Group]:
     """Prunable groups with scores, in topological order, filtered by fnmatch ``include`` /
     ``exclude`` patterns on the group name (or the name of any node producing it)."""
-    inc, exc = _patterns(include), _patterns(exclude)
+    inc, exc = name_patterns(include), name_patterns(exclude)
     out = []
     for g in ctx.analysis.prunable_groups():
         if g.id not in ctx.scores:
@@ -160,8 +153,8 @@ class BinarySearchPass(Pass):
             raise UserError("binary search needs an evaluator (evaluation data or --evaluator)")
         _options_check(round_to, min_channels)
         super().__init__(tolerance=tolerance, evaluator=_name(evaluator),
-                         round_to=round_to, min_channels=min_channels, include=_patterns(include) or None,
-                         exclude=_patterns(exclude) or None)
+                         round_to=round_to, min_channels=min_channels, include=name_patterns(include) or None,
+                         exclude=name_patterns(exclude) or None)
         self.tolerance, self.evaluator = float(tolerance), evaluator
         self.round_to, self.min_channels = round_to, min_channels
         self.include, self.exclude = include, exclude
@@ -267,8 +260,8 @@ class SensitivityPass(Pass):
         _options_check(round_to, min_channels)
         fr = _check_fractions(fractions)
         super().__init__(evaluator=_name(evaluator), fractions=list(fr),
-                         round_to=round_to, min_channels=min_channels, include=_patterns(include) or None,
-                         exclude=_patterns(exclude) or None)
+                         round_to=round_to, min_channels=min_channels, include=name_patterns(include) or None,
+                         exclude=name_patterns(exclude) or None)
         self.evaluator, self.fractions = evaluator, fr
         self.round_to, self.min_channels = round_to, min_channels
         self.include, self.exclude, self.threads, self.check = include, exclude, threads, check
@@ -339,7 +332,7 @@ class BudgetPass(Pass):
         super().__init__(target_flops=target_flops, target_params=target_params,
                          evaluator=None if evaluator is None else _name(evaluator),
                          fractions=list(fr), round_to=round_to, min_channels=min_channels,
-                         include=_patterns(include) or None, exclude=_patterns(exclude) or None,
+                         include=name_patterns(include) or None, exclude=name_patterns(exclude) or None,
                          max_fraction=max_fraction)
         self.targets = {"flops": target_flops, "params": target_params}
         self.evaluator, self.fractions = evaluator, fr

@@ -53,6 +53,7 @@ import onnx
 
 from npcompile.errors import UserError
 from npcompile.pipeline import Context, Pass, PassResult, register_pass
+from npcompile.select import name_patterns
 from npcompile.weights import (
     WeightSlot,
     bitmask_bytes,
@@ -99,14 +100,6 @@ def parse_sparsity(value: float | str) -> float | tuple[int, int]:
     return level
 
 
-def _patterns(value: str | Sequence[str] | None) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [p.strip() for p in value.split(",") if p.strip()]
-    return [str(p) for p in value]
-
-
 def _matches(slot: WeightSlot, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(n, p) for p in patterns for n in (*slot.nodes, slot.tensor) if n)
 
@@ -136,7 +129,7 @@ class SparsityPass(Pass):
             raise UserError(f"max_layer_sparsity must be in (0, 1] (or None), got {max_layer_sparsity}")
         if zlib_level is not None and not 0 <= int(zlib_level) <= 9:
             raise UserError(f"zlib_level must be between 0 and 9 (or None), got {zlib_level}")
-        inc, exc = _patterns(include), _patterns(exclude)
+        inc, exc = name_patterns(include), name_patterns(exclude)
         super().__init__(sparsity=sparsity if isinstance(sparsity, str) else float(sparsity), scope=scope,
                          include=inc or None, exclude=exc or None, min_size=int(min_size),
                          max_layer_sparsity=None if max_layer_sparsity is None else float(max_layer_sparsity),
