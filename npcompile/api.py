@@ -367,6 +367,10 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
     shapes_before = ctx.shapes
     records = Pipeline(passes).run(ctx)
     compiled = ctx.model
+    for name in ("binary-search", "sensitivity", "budget", "maxout", "maxout-select"):
+        result = ctx.results.get(name)
+        if result is not None and result.data and name not in ctx.report_extras:
+            ctx.report_extras[name] = {"summary": result.summary, **result.data}
     removed: dict[str, list[int]] = {}
     for applied in ctx.applied:
         for name, idx in applied.items():

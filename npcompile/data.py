@@ -90,8 +90,8 @@ def load_data(path: str | os.PathLike, model: onnx.ModelProto, labels: str = "op
         a = arrays[spec.name]
         want = onnx.helper.tensor_dtype_to_np_dtype(spec.type.tensor_type.elem_type)
         if a.dtype != want:
-            if np.issubdtype(want, np.floating) and np.issubdtype(a.dtype, np.number):
-                a = a.astype(want)
+            if np.issubdtype(want, np.floating) and np.issubdtype(a.dtype, np.floating):
+                a = a.astype(want)  # float64 data for a float32 model: same values, narrower
             else:
                 raise UserError(f"{what} file {p}: input {spec.name} has dtype {a.dtype}, the model wants {want}")
         dims = list(spec.type.tensor_type.shape.dim)

@@ -338,7 +338,10 @@ class CallableEvaluator(Evaluator):
             if not isinstance(model, onnx.ModelProto):
                 raise TypeError(f"{self.name} needs a model; got a runner without one ({type(target).__name__})")
         self.calls += 1
-        value = self.fn(model)
+        try:
+            value = self.fn(model)
+        except Exception as e:  # the user's code failed: a user error, reported on one line
+            raise UserError(f"evaluator {self.spec} raised {type(e).__name__}: {e}".splitlines()[0]) from e
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise UserError(f"evaluator {self.spec} returned {type(value).__name__}, not a float")
         value = float(value)
