@@ -87,6 +87,7 @@ class CompileOptions:
     exclude: list[str] = field(default_factory=list)
     target_flops: float | None = None  # keep this fraction of FLOPs
     target_params: float | None = None  # keep this fraction of parameters
+    target_latency: float | None = None  # reach this fraction of the original latency, measured on the target
     sensitivity: bool = False
     # fine-tuning and iterative schedules
     train: str | None = None
@@ -130,6 +131,7 @@ class CompileOptions:
                                  ("--search", self.search is not None),
                                  ("--target-flops/--target-params",
                                   self.target_flops is not None or self.target_params is not None),
+                                 ("--target-latency", self.target_latency is not None),
                                  ("--pipeline", self.pipeline is not None)) if on]
         if len(modes) > 1:
             raise UserError(f"choose one way to select channels, not {' and '.join(modes)}")
@@ -140,7 +142,8 @@ class CompileOptions:
                 raise UserError("--search binary needs --tolerance (metric points it may lose)")
         if self.tolerance is not None and not 0.0 <= self.tolerance <= 100.0:
             raise UserError(f"--tolerance must be between 0 and 100 points, got {self.tolerance}")
-        for flag, v in (("--target-flops", self.target_flops), ("--target-params", self.target_params)):
+        for flag, v in (("--target-flops", self.target_flops), ("--target-params", self.target_params),
+                        ("--target-latency", self.target_latency)):
             if v is not None and not 0.0 < v < 1.0:
                 raise UserError(f"{flag} is the fraction to keep, in (0, 1); got {v}")
         if self.steps < 1 or self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1 or self.top_k < 1:
@@ -176,7 +179,7 @@ class CompileOptions:
             return "pipeline"
         if self.search is not None:
             return "search"
-        if self.target_flops is not None or self.target_params is not None:
+        if self.target_flops is not None or self.target_params is not None or self.target_latency is not None:
             return "budget"
         if self.ratio is not None:
             return "ratio"
@@ -240,6 +243,14 @@ def pipeline_specs(options: CompileOptions, round_to: int) -> list[PassSpec]:
             specs += [criterion, PassSpec("binary-search", {"tolerance": options.tolerance, "evaluator": "evaluator",
                                                             **common, "include": options.include or None,
                                                             "exclude": options.exclude or None}),
+                      PassSpec("prune")]
+        elif options.target_latency is not None:
+            specs += [criterion, PassSpec("latency-budget", {"target_latency": options.target_latency,
+                                                             "evaluator": "evaluator" if options.eval else None,
+                                                             "measure": "measure", **common,
+                                                             "include": options.include or None,
+                                                             "exclude": options.exclude or None,
+                                                             "threads": options.threads}),
                       PassSpec("prune")]
         elif options.target_flops is not None or options.target_params is not None:
             if options.sensitivity:
@@ -359,7 +370,7 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
     probe = probe_shapes(original, options.input_shapes)
     specs, base, round_to, default_round = resolve_specs(options, target)
     evaluator = _make_evaluator(options, original)
-    passes = instantiate(specs, original, base, {"evaluator": evaluator})
+    passes = instantiate(specs, original, base, {"evaluator": evaluator, "measure": _latency_measure(target, options)})
     ctx = Context(original, probe, seed=options.seed)
     analysis = ctx.analysis
     groups_before = [(g.id, g.name, g.op, g.size, list(g.frozen), int(g.dead.sum()) if g.dead is not None
@@ -443,6 +454,23 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
         more = f" (and {len(failed) - 1} more gate(s))" if len(failed) > 1 else ""
         raise GateError(f"gate failed: {failed[0].message}{more}")
     return CompileResult(compiled, report, files)
+
+
+def _latency_measure(target: Target, options: CompileOptions) -> Any:
+    """p50 milliseconds of a model on the compilation's target (ONNX Runtime on the CPU where the
+    target measures nothing, like ``onnx``)."""
+    bopts = BenchmarkOptions(warmup=3, runs=max(10, options.runs // 2), threads=options.threads)
+
+    def measure(model: onnx.ModelProto, feeds: dict) -> float:
+        with tempfile.TemporaryDirectory(prefix="npcompile-lat-") as tmp:
+            stats = target.benchmark(target.build(model, Path(tmp), name="probe"), feeds, bopts)
+        if stats is None:
+            from npcompile.passes.latency import ort_latency
+
+            return ort_latency(options.threads, bopts.runs, bopts.warmup)(model, feeds)
+        return stats.p50_ms
+
+    return measure
 
 
 def _make_evaluator(options: CompileOptions, model: onnx.ModelProto) -> Any:

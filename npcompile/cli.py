@@ -64,9 +64,7 @@ def _console():
 def _setup_logging(quiet: bool, verbose: bool) -> None:
     if not verbose:  # library warnings (numpy, onnx) would break the one-line error contract
         warnings.filterwarnings("ignore")
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.WARNING)
-    if verbose:
-        level = logging.INFO
+    level = logging.ERROR if quiet else (logging.INFO if verbose else logging.WARNING)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
@@ -111,6 +109,8 @@ def compile_cmd(
     exclude: Annotated[list[str] | None, typer.Option(help="Never groups matching this pattern (repeatable).")] = None,
     target_flops: Annotated[float | None, typer.Option(help="Budget: keep this fraction of FLOPs.")] = None,
     target_params: Annotated[float | None, typer.Option(help="Budget: keep this fraction of parameters.")] = None,
+    target_latency: Annotated[float | None, typer.Option(
+        help="Budget: reach this fraction of the original latency, measured on the target.")] = None,
     sensitivity: Annotated[bool, typer.Option("--sensitivity", help="Measure per-layer sensitivity.")] = False,
     train: Annotated[Path | None, typer.Option(help="Labelled training data (.npz): fine-tune after pruning.")] = None,
     epochs: Annotated[int, typer.Option(help="Fine-tuning epochs.")] = 1,
@@ -169,7 +169,7 @@ def compile_cmd(
                              plots=plots, html=html, eval=str(eval_data) if eval_data else None,
                              evaluator=evaluator, top_k=top_k, search=search, tolerance=tolerance,
                              include=list(include or []), exclude=list(exclude or []), target_flops=target_flops,
-                             target_params=target_params, sensitivity=sensitivity,
+                             target_params=target_params, target_latency=target_latency, sensitivity=sensitivity,
                              train=str(train) if train else None, epochs=epochs, lr=lr, optimizer=optimizer,
                              batch_size=batch_size, steps=steps, calib=str(calib) if calib else None,
                              calib_batch_size=calib_batch_size, maxout_per_unit=maxout_per_unit,

@@ -89,6 +89,8 @@ def instantiate(specs: list[PassSpec], model: onnx.ModelProto, base: Path | None
                                 "module:function)")
             else:
                 opts["evaluator"] = objects["evaluator"]
+        if opts.get("measure") == "measure":
+            opts["measure"] = objects.get("measure")
         for key, labels in data_options.items():
             value = opts.get(key)
             if isinstance(value, str):

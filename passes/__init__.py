@@ -4,6 +4,7 @@ from npcompile.passes import (  # noqa: F401
     activation,
     cleanup,
     finetune,
+    latency,
     magnitude,
     maxout,
     prune,
@@ -12,4 +13,5 @@ from npcompile.passes import (  # noqa: F401
     sparsity,
 )
 
-__all__ = ["activation", "cleanup", "finetune", "magnitude", "maxout", "prune", "search", "select", "sparsity"]
+__all__ = ["activation", "cleanup", "finetune", "latency", "magnitude", "maxout", "prune", "search", "select",
+           "sparsity"]

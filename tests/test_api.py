@@ -110,3 +110,12 @@ def test_sparsity_after_pruning_is_wired() -> None:
     lossy = npcompile.compile(LENET, sparsity=0.5, benchmark=False)  # no pruning option: dead channels + sparsity
     assert lossy.report["mode"] == "sparsity"
     assert lossy.report["summary"]["nonzero_reduction"] > 0.45
+
+
+def test_target_latency_budget_probes_and_selects() -> None:
+    res = npcompile.compile(LENET, target_latency=0.7, target="onnxruntime", runs=5, warmup=1, benchmark=False)
+    lb = res.report["latency-budget"]
+    assert len(lb["probes"]) == 6 and lb["original_ms"] > 0
+    assert all(0 < p["flops_fraction"] < 1 for p in lb["probes"])
+    assert res.report["mode"] == "budget"
+    assert res.report["summary"]["flops_after"] < res.report["summary"]["flops_before"]
