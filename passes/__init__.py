@@ -8,10 +8,11 @@ from npcompile.passes import (  # noqa: F401
     magnitude,
     maxout,
     prune,
+    reconstruct,
     search,
     select,
     sparsity,
 )
 
-__all__ = ["activation", "cleanup", "finetune", "latency", "magnitude", "maxout", "prune", "search", "select",
-           "sparsity"]
+__all__ = ["activation", "cleanup", "finetune", "latency", "magnitude", "maxout", "prune", "reconstruct", "search",
+           "select", "sparsity"]

@@ -6,6 +6,8 @@ Writes, into --out (default: a ``work/`` folder next to this script):
   eval.npz    --eval-size test images (balanced over the 10 classes), keys "input"
               (float32 [N,1,32,32]) and "labels" (int64 [N])
   train.npz   --finetune-size training images for fine-tuning after pruning, same keys
+  val.npz     --val-size held-out training images (never trained on), same keys: what the
+              binary search evaluates, so that the test images in eval.npz only measure
 
 Data: the Debian package dataset-fashion-mnist (``apt-get install -y dataset-fashion-mnist``),
 idx files under /usr/share/datasets/fashion-mnist/ (or --data DIR). The 28x28 images are
@@ -26,8 +28,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn as nn
+
+# OpenMP threads that sleep instead of spinning when they wait: on a shared 2-core machine spinning
+# threads fight other processes for the cores and training gets several times slower
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
 
 SEED = 0
 HERE = Path(__file__).resolve().parent
@@ -76,11 +82,13 @@ def to_input(images: np.ndarray) -> np.ndarray:
     return np.pad(x, ((0, 0), (2, 2), (2, 2)))[:, None]
 
 
-def balanced(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` indices, (nearly) the same number per class, in random order."""
-    per = -(-n // 10)
-    idx = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per] for c in range(10)])
-    return rng.permutation(idx)[:n]
+def balanced_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """All indices in a random order in which every prefix holds (nearly) as many of each class."""
+    rank = np.empty(len(labels))
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rank[rng.permutation(idx)] = np.arange(len(idx))
+    return np.lexsort((rng.random(len(labels)), rank))
 
 
 class VGG(nn.Module):
@@ -102,6 +110,18 @@ class VGG(nn.Module):
         return self.classifier(self.features(x))
 
 
+def shrink_channels(bns: list[nn.BatchNorm2d], step: float) -> None:
+    """Proximal step of a group lasso on every channel's (scale, shift): the pair moves ``step``
+    towards 0 and stops there. A channel at 0 outputs exactly 0, and its weights after BatchNorm
+    folding are 0 too, so its magnitude ranks it last."""
+    with torch.no_grad():
+        for bn in bns:
+            norm = torch.sqrt(bn.weight**2 + bn.bias**2)
+            keep = torch.clamp(1 - step / norm.clamp_min(1e-12), min=0)
+            bn.weight.mul_(keep)
+            bn.bias.mul_(keep)
+
+
 def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 500) -> float:
     model.eval()
     hits = 0
@@ -121,11 +141,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-size", type=int, default=2000, help="test images written to eval.npz")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--sparsity", type=float, default=0.5,
+                    help="group-lasso strength on each channel's BatchNorm (scale, shift) pair, applied as a "
+                         "proximal step of lr * sparsity after every update; 0 turns it off")
+    ap.add_argument("--val-size", type=int, default=2000,
+                    help="held-out training images written to val.npz (what the search evaluates)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="tiny settings for CI (600 images, 1 epoch)")
+    ap.add_argument("--quick", action="store_true", help="tiny settings for CI (1000 images, 2 epochs)")
     args = ap.parse_args(argv)
     if args.quick:
-        args.epochs, args.train_size, args.finetune_size, args.eval_size = 1, 600, 300, 300
+        args.epochs, args.batch_size, args.train_size = 2, 32, 1000
+        args.finetune_size, args.val_size, args.eval_size = 300, 300, 300
 
     try:
         xtr_u8, ytr_all = load_fashion_mnist("train", args.data)
@@ -137,8 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(SEED)
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(SEED)
-    tr = balanced(ytr_all, args.train_size, rng)
-    te = balanced(yte_all, args.eval_size, rng)
+    order = balanced_order(ytr_all, rng)
+    if args.val_size + max(args.train_size, args.finetune_size) > len(order):
+        ap.error(f"--val-size + --train-size/--finetune-size exceed the {len(order)} training images")
+    va = order[:args.val_size]  # held out: never trained on
+    tr = order[args.val_size:args.val_size + args.train_size]
+    ft = order[args.val_size:args.val_size + args.finetune_size]  # fine-tuning reuses training images
+    te = balanced_order(yte_all, rng)[:args.eval_size]
     xtr, ytr = to_input(xtr_u8[tr]), ytr_all[tr]
     xte, yte = to_input(xte_u8[te]), yte_all[te]
     print(f"Fashion-MNIST: train {xtr.shape} (of {len(ytr_all)}), eval {xte.shape} (of {len(yte_all)} test)")
@@ -150,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.epochs * -(-len(xtr) // args.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.2)
     loss_fn = nn.CrossEntropyLoss()
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     xtr_t, ytr_t = torch.from_numpy(xtr), torch.from_numpy(ytr)
     gen = torch.Generator().manual_seed(SEED)
     t0 = time.time()
@@ -167,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             loss = loss_fn(model(xb), ytr_t[b])
             loss.backward()
             opt.step()
+            if args.sparsity > 0:
+                shrink_channels(bns, opt.param_groups[0]["lr"] * args.sparsity)
             sched.step()
             total += loss.item() * len(b)
         print(f"epoch {epoch + 1:2d}/{args.epochs}  loss {total / len(perm):.4f}  "
@@ -181,10 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.onnx.export(model.eval(), torch.from_numpy(xte[:1]), str(args.out / "model.onnx"), dynamo=False,
                       opset_version=13, input_names=["input"], output_names=["logits"],
                       dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    ft = balanced(ytr_all, args.finetune_size, np.random.default_rng(SEED + 1))
     np.savez(args.out / "train.npz", input=to_input(xtr_u8[ft]), labels=ytr_all[ft])
+    np.savez(args.out / "val.npz", input=to_input(xtr_u8[va]), labels=ytr_all[va])
     np.savez(args.out / "eval.npz", input=xte, labels=yte)
-    for name in ("model.onnx", "eval.npz", "train.npz"):
+    for name in ("model.onnx", "train.npz", "val.npz", "eval.npz"):
         p = args.out / name
         print(f"wrote {p} ({p.stat().st_size / 2**20:.1f} MiB)")
     return 0
