@@ -101,6 +101,11 @@ class CompileOptions:
     calib_batch_size: int = 256
     maxout_per_unit: int = 1  # neurons removed from every maxout unit per step
     maxout_units: int = 0  # whole maxout units removed per step
+    # training-free recovery (needs --calib)
+    reconstruct: bool = False  # refit consumers by least squares instead of plain deletion
+    reconstruct_select: bool = False  # choose channels by the reconstruction error they cause
+    bias_compensation: bool = False  # fold removed channels' mean contribution into consumer biases
+    bn_recalibrate: bool = False  # re-estimate BatchNormalization statistics after pruning
     # weight sparsity after channel pruning: a fraction (unstructured) or "2:4" (structured)
     sparsity: float | str | None = None
     sparsity_scope: str = "layer"  # layer or global (unstructured only)
@@ -158,6 +163,14 @@ class CompileOptions:
             raise UserError("--steps repeats a --ratio, --threshold or maxout schedule; give one of them")
         if self.criterion in DATA_CRITERIA and self.calib is None and self.pipeline is None:
             raise UserError(f"--criterion {self.criterion} needs calibration data: --calib DATA.npz")
+        recovery = [f for f, on in (("--reconstruct", self.reconstruct), ("--reconstruct-select",
+                                                                            self.reconstruct_select),
+                                     ("--bias-compensation", self.bias_compensation),
+                                     ("--bn-recalibrate", self.bn_recalibrate)) if on]
+        if recovery and self.calib is None:
+            raise UserError(f"{recovery[0]} needs calibration data: --calib DATA.npz")
+        if self.reconstruct and self.bias_compensation:
+            raise UserError("--reconstruct already refits biases; give it or --bias-compensation, not both")
         if self.calib_batch_size < 1 or self.maxout_per_unit < 0 or self.maxout_units < 0:
             raise UserError("--calib-batch-size must be >= 1; --maxout-per-unit and --maxout-units >= 0")
         if self.sparsity is not None:
@@ -222,9 +235,25 @@ def _criteria() -> dict[str, tuple[str, dict[str, Any]]]:
     return out
 
 
+def _removal_specs(options: CompileOptions) -> list[PassSpec]:
+    """What removes the selected channels: plain deletion, or a training-free recovery pass."""
+    calib = {"calib": options.calib}
+    specs = [PassSpec("reconstruct-select", dict(calib))] if options.reconstruct_select else []
+    if options.reconstruct:
+        specs.append(PassSpec("reconstruct", dict(calib)))
+    elif options.bias_compensation:
+        specs.append(PassSpec("bias-compensate", dict(calib)))
+    else:
+        specs.append(PassSpec("prune"))
+    if options.bn_recalibrate:
+        specs.append(PassSpec("bn-recalibrate", dict(calib)))
+    return specs
+
+
 def pipeline_specs(options: CompileOptions, round_to: int) -> list[PassSpec]:
     """The passes the option flags stand for."""
     specs: list[PassSpec] = []
+    remove = _removal_specs(options)
     finetune = [PassSpec("finetune", {"train": options.train, "epochs": options.epochs, "lr": options.lr,
                                       "optimizer": options.optimizer, "batch_size": options.batch_size})
                 ] if options.train else []
@@ -243,7 +272,7 @@ def pipeline_specs(options: CompileOptions, round_to: int) -> list[PassSpec]:
             specs += [criterion, PassSpec("binary-search", {"tolerance": options.tolerance, "evaluator": "evaluator",
                                                             **common, "include": options.include or None,
                                                             "exclude": options.exclude or None}),
-                      PassSpec("prune")]
+                      *remove]
         elif options.target_latency is not None:
             specs += [criterion, PassSpec("latency-budget", {"target_latency": options.target_latency,
                                                              "evaluator": "evaluator" if options.eval else None,
@@ -251,7 +280,7 @@ def pipeline_specs(options: CompileOptions, round_to: int) -> list[PassSpec]:
                                                              "include": options.include or None,
                                                              "exclude": options.exclude or None,
                                                              "threads": options.threads}),
-                      PassSpec("prune")]
+                      *remove]
         elif options.target_flops is not None or options.target_params is not None:
             if options.sensitivity:
                 specs.append(PassSpec("sensitivity", {"evaluator": "evaluator", **common}))
@@ -260,11 +289,11 @@ def pipeline_specs(options: CompileOptions, round_to: int) -> list[PassSpec]:
                                                      "evaluator": "evaluator" if options.eval else None, **common,
                                                      "include": options.include or None,
                                                      "exclude": options.exclude or None}),
-                      PassSpec("prune")]
+                      *remove]
         elif options.mode == "maxout":
             sel_spec = PassSpec("maxout-select", {"per_unit": options.maxout_per_unit, "units": options.maxout_units})
             for _ in range(options.steps):
-                specs += [criterion, sel_spec, PassSpec("prune")] + finetune
+                specs += [criterion, sel_spec, *remove] + finetune
             finetune = []
         else:
             sel = dict(common)
@@ -274,7 +303,7 @@ def pipeline_specs(options: CompileOptions, round_to: int) -> list[PassSpec]:
             else:
                 sel["threshold"] = options.threshold
             for _ in range(options.steps):
-                specs += [criterion, PassSpec("select", dict(sel)), PassSpec("prune")] + finetune
+                specs += [criterion, PassSpec("select", dict(sel)), *remove] + finetune
             finetune = []
         if options.sensitivity and options.search == "binary":
             specs.insert(1, PassSpec("sensitivity", {"evaluator": "evaluator", **common}))

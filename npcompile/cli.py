@@ -124,6 +124,14 @@ def compile_cmd(
     maxout_per_unit: Annotated[int, typer.Option(
         help="Maxout: neurons removed from every unit per step (least relevant first).")] = 1,
     maxout_units: Annotated[int, typer.Option(help="Maxout: whole units removed per step.")] = 0,
+    reconstruct: Annotated[bool, typer.Option(
+        "--reconstruct", help="Refit consumer layers by least squares on --calib data (no training).")] = False,
+    reconstruct_select: Annotated[bool, typer.Option(
+        "--reconstruct-select", help="Choose channels by the reconstruction error they cause.")] = False,
+    bias_compensation: Annotated[bool, typer.Option(
+        "--bias-compensation", help="Fold removed channels' mean contribution into the next biases.")] = False,
+    bn_recalibrate: Annotated[bool, typer.Option(
+        "--bn-recalibrate", help="Re-estimate BatchNorm statistics on --calib data after pruning.")] = False,
     sparsity: Annotated[str | None, typer.Option(
         help="Weight sparsity after pruning: a fraction (0.8, 80%) or 2:4 (TensorRT's structured pattern).")] = None,
     sparsity_scope: Annotated[str, typer.Option(help="Unstructured sparsity per layer or global.")] = "layer",
@@ -173,7 +181,9 @@ def compile_cmd(
                              train=str(train) if train else None, epochs=epochs, lr=lr, optimizer=optimizer,
                              batch_size=batch_size, steps=steps, calib=str(calib) if calib else None,
                              calib_batch_size=calib_batch_size, maxout_per_unit=maxout_per_unit,
-                             maxout_units=maxout_units, sparsity=sparsity, sparsity_scope=sparsity_scope)
+                             maxout_units=maxout_units, sparsity=sparsity, sparsity_scope=sparsity_scope,
+                             reconstruct=reconstruct, reconstruct_select=reconstruct_select,
+                             bias_compensation=bias_compensation, bn_recalibrate=bn_recalibrate)
     if dry_run:
         _dry_run(options)
         return

@@ -119,3 +119,17 @@ def test_target_latency_budget_probes_and_selects() -> None:
     assert all(0 < p["flops_fraction"] < 1 for p in lb["probes"])
     assert res.report["mode"] == "budget"
     assert res.report["summary"]["flops_after"] < res.report["summary"]["flops_before"]
+
+
+def test_training_free_reconstruction_recovers_accuracy() -> None:
+    ex = LENET.parent
+    common = {"ratio": 0.5, "round_to": 1, "eval": str(ex / "eval.npz"), "benchmark": False, "plots": False}
+    plain = npcompile.compile(LENET, **common).report["accuracy"]
+    rec = npcompile.compile(LENET, reconstruct=True, calib=str(ex / "calib.npz"), **common).report
+    lost = plain["before"] - plain["after"]
+    assert lost > 0
+    assert rec["accuracy"]["after"] >= plain["after"] + lost / 2  # at least half of the loss recovered
+    assert [p["name"] for p in rec["passes"]] == ["magnitude", "select", "reconstruct", "cleanup"]
+    assert rec["reconstruction"]["layers"]
+    with pytest.raises(UserError, match="calib"):
+        npcompile.compile(LENET, ratio=0.5, reconstruct=True)
