@@ -297,6 +297,8 @@ def pipeline_specs(options: CompileOptions, round_to: int) -> list[PassSpec]:
             finetune = []
         else:
             sel = dict(common)
+            if options.include or options.exclude:
+                sel.update({"include": options.include or None, "exclude": options.exclude or None})
             if options.ratio is not None:
                 # per step, so that the widths left after all steps are (1 - ratio) of the original
                 sel["ratio"] = round(1.0 - (1.0 - options.ratio) ** (1.0 / options.steps), 6)
@@ -411,7 +413,7 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
         result = ctx.results.get(name)
         if result is not None and result.data and name not in ctx.report_extras:
             ctx.report_extras[name] = {"summary": result.summary, **result.data}
-    removed: dict[str, list[int]] = {}
+    removed: dict[str, list[int]] = {}  # channels removed per group, counted over all steps
     for applied in ctx.applied:
         for name, idx in applied.items():
             removed.setdefault(name, []).extend(idx)
@@ -459,6 +461,10 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
             artifact_info=artifact.info or {}, notes=ctx.notes, pipeline=specs,
         )
         report.update({k: v for k, v in ctx.report_extras.items() if k not in report})
+        # the plan per step: indices refer to the model each step received
+        report["plan"] = [{k: v for k, v in sorted(step.items()) if v} for step in ctx.applied]
+        if ctx.criterion and report.get("criterion") != ctx.criterion:
+            report["criterion"] = ctx.criterion
         gate_results = check_gates(options.gates, report)
         report["gates"] = [g.as_dict() for g in gate_results]
         if staging is not None:

@@ -223,7 +223,7 @@ def _print_summary(report: dict, output: Path) -> None:
 
     s = report["summary"]
     console = _console()
-    if report["mode"] == "lossless":
+    if any("only lossless passes ran" in n for n in report.get("notes", [])):
         console.print("no pruning option given: applied lossless passes only (dead-channel removal, cleanup)")
     table = Table(title=f"npcompile → {report['target']['name']} ({report['mode']})")
     for col in ("", "before", "after", "change"):

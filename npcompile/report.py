@@ -100,7 +100,7 @@ def build_report(*, options: Any, round_to: int, default_round_to: int, target: 
         "pipeline": [{"name": p.name, "options": _plain(p.options)} for p in (pipeline or [])],
         "passes": records,
         "timings": timings,
-        "notes": notes + ([] if mode != "lossless" else
+        "notes": notes + ([] if mode != "lossless" or getattr(options, "train", None) else
                           ["no pruning option given: only lossless passes ran (dead-channel removal, "
                            "cleanup)"]),
     }
@@ -130,7 +130,7 @@ def render_markdown(report: dict[str, Any], images: list[str] | tuple[str, ...] 
     """A human-readable summary of a report document; ``images`` names plot files beside it."""
     s = report["summary"]
     lines = [f"# npcompile report ({report['mode']})", ""]
-    if report["mode"] == "lossless":
+    if any("only lossless passes ran" in n for n in report.get("notes", [])):
         lines += ["No pruning option was given: only lossless passes ran (dead-channel removal, cleanup).", ""]
     r = report["rounding"]
     lines += [

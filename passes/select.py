@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fnmatch
+from typing import Any
+
 import numpy as np
 
 from npcompile.errors import UserError
 from npcompile.pipeline import Context, Pass, PassResult, register_pass
-from npcompile.select import select_ratio, select_threshold
+from npcompile.select import name_patterns, select_ratio, select_threshold
 
 __all__ = ["SelectPass", "DeadChannelsPass"]
 
@@ -20,19 +23,20 @@ class SelectPass(Pass):
     description = "choose channels to remove by ratio or threshold, widths rounded to round_to"
 
     def __init__(self, ratio: float | None = None, threshold: float | None = None, round_to: int = 1,
-                 min_channels: int = 1) -> None:
+                 min_channels: int = 1, include: Any = None, exclude: Any = None) -> None:
         if (ratio is None) == (threshold is None):
             raise UserError("select: give exactly one of ratio and threshold")
         if round_to < 1:
             raise UserError(f"--round-to must be >= 1, got {round_to}")
         super().__init__(ratio=ratio, threshold=threshold, round_to=round_to, min_channels=min_channels)
         self.ratio, self.threshold, self.round_to, self.min_channels = ratio, threshold, round_to, min_channels
+        self.include, self.exclude = name_patterns(include), name_patterns(exclude)
 
     def run(self, ctx: Context) -> PassResult:
         if not ctx.scores:
             ctx.removal = {}
             return PassResult(False, "no scores: nothing selected")
-        groups = ctx.analysis.prunable_groups()
+        groups = [g for g in ctx.analysis.prunable_groups() if self._wanted(g)]
         if self.ratio is not None:
             removal = select_ratio(groups, ctx.scores, self.ratio, self.round_to, self.min_channels)
         else:
@@ -42,6 +46,12 @@ class SelectPass(Pass):
         n = int(sum(m.sum() for m in removal.values()))
         return PassResult(False, f"selected {n} channels in {len(removal)} groups",
                           {"channels": n, "groups": len(removal)})
+
+
+    def _wanted(self, group: Any) -> bool:
+        names = [group.name, *group.members]
+        hit = lambda pats: any(fnmatch.fnmatchcase(n, p) for p in pats for n in names if n)  # noqa: E731
+        return (not self.include or hit(self.include)) and not (self.exclude and hit(self.exclude))
 
 
 @register_pass

@@ -133,3 +133,13 @@ def test_training_free_reconstruction_recovers_accuracy() -> None:
     assert rec["reconstruction"]["layers"]
     with pytest.raises(UserError, match="calib"):
         npcompile.compile(LENET, ratio=0.5, reconstruct=True)
+
+
+def test_include_exclude_apply_to_ratio_selection() -> None:
+    res = npcompile.compile(LENET, ratio=0.5, round_to=1, include=["*features*"], benchmark=False, plots=False)
+    changed = {g["name"] for g in res.report["groups"] if g["width_after"] != g["width_before"]}
+    assert changed and all("features" in n for n in changed)
+    assert isinstance(res.report["plan"], list) and len(res.report["plan"]) == 1
+    res = npcompile.compile(LENET, ratio=0.5, round_to=1, exclude=["*features*"], benchmark=False, plots=False)
+    changed = {g["name"] for g in res.report["groups"] if g["width_after"] != g["width_before"]}
+    assert changed and not any("features" in n for n in changed)
