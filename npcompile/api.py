@@ -169,6 +169,8 @@ class CompileOptions:
                                      ("--bn-recalibrate", self.bn_recalibrate)) if on]
         if recovery and self.calib is None:
             raise UserError(f"{recovery[0]} needs calibration data: --calib DATA.npz")
+        if recovery and self.lossless:
+            raise UserError(f"{recovery[0]} recovers from pruning: give --ratio, --threshold, --search or a budget")
         if self.reconstruct and self.bias_compensation:
             raise UserError("--reconstruct already refits biases; give it or --bias-compensation, not both")
         if self.calib_batch_size < 1 or self.maxout_per_unit < 0 or self.maxout_units < 0:
@@ -237,7 +239,7 @@ def _criteria() -> dict[str, tuple[str, dict[str, Any]]]:
 
 def _removal_specs(options: CompileOptions) -> list[PassSpec]:
     """What removes the selected channels: plain deletion, or a training-free recovery pass."""
-    calib = {"calib": options.calib}
+    calib = {"calib": options.calib, "batch_size": options.calib_batch_size, "threads": options.threads}
     specs = [PassSpec("reconstruct-select", dict(calib))] if options.reconstruct_select else []
     if options.reconstruct:
         specs.append(PassSpec("reconstruct", dict(calib)))
@@ -423,8 +425,9 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
     verify_s = time.perf_counter() - t0
     trained = any(p.kind == "rewrite" and p.name == "finetune" for p in passes)
     # dead channels are removed exactly; maxout's "never wins" is a fact about the calibration data only
+    recovery = options.reconstruct or options.reconstruct_select or options.bias_compensation or options.bn_recalibrate
     exact = ((options.mode == "lossless" or (options.threshold == 0 and options.criterion != "maxout"))
-             and not trained and options.sparsity is None)
+             and not trained and options.sparsity is None and not recovery)
     if exact and verification.max_rel_diff > options.verify_tolerance:
         raise VerificationError(
             f"removing dead channels changed the output by {verification.max_rel_diff:.3g} (relative), "

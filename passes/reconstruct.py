@@ -26,8 +26,10 @@
   padding included, times the consumer's weights) to the consumer's bias: exact where the removed
   channel is constant (and padding does not interfere).
 - ``bn-recalibrate`` (rewrite; after pruning): re-estimates the running mean and (population)
-  variance of every inference-mode BatchNormalization from its input on the calibration data
-  (Chan's parallel merge of per-batch moments).
+  variance (``variance=false``: the mean only) of every inference-mode BatchNormalization (or of
+  ``nodes``) from its input on the calibration data (Chan's parallel merge of per-batch moments),
+  in waves: a BatchNorm is measured after every BatchNorm before it has its new statistics, so
+  each ends up holding the statistics of its input in the returned model.
 
 Each adds to ``ctx.report_extras["reconstruction"]`` (the report's ``reconstruction`` section):
 ``layers`` (per refit layer: relative squared error of its outputs on the calibration data with
@@ -107,7 +109,7 @@ def _common(batch_size: int, positions: int, ridge: float) -> None:
         raise UserError(f"ridge must be >= 0, got {ridge}")
 
 
-def _prune(ctx: Context) -> tuple[gs.Graph, Any, dict[int, np.ndarray], list[Layer]]:
+def _plan(ctx: Context) -> tuple[gs.Graph, Any, dict[int, np.ndarray], list[Layer]]:
     """Layers reading removed channels (reference values), then apply the removal to ctx.graph."""
     graph, analysis = ctx.graph, ctx.analysis
     removal = analysis.close_removal(ctx.removal)
@@ -175,7 +177,7 @@ class ReconstructPass(Pass):
             return PassResult(False, "nothing to remove")
         t_start = time.perf_counter()
         reference = ctx.model
-        graph, analysis, removal, layers = _prune(ctx)
+        graph, analysis, removal, layers = _plan(ctx)
         if self.scope == "downstream":
             layers = layers + downstream_layers(analysis, removal, layers)
         for layer in layers:
@@ -277,7 +279,7 @@ class BiasCompensatePass(Pass):
             return PassResult(False, "nothing to remove")
         t0 = time.perf_counter()
         reference = ctx.model
-        graph, analysis, removal, layers = _prune(ctx)
+        graph, analysis, removal, layers = _plan(ctx)
         accs: list[MeanStats] = []
         for layer in layers:
             if layer.skip:
