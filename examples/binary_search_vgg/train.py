@@ -3,17 +3,21 @@
 Writes, into --out (default: a ``work/`` folder next to this script):
   model.onnx  the trained model (opset 13, input "input" [N,1,32,32] float32 in [0,1],
               output "logits" [N,10], dynamic batch; BatchNorm folded into the convolutions)
-  eval.npz    --eval-size test images (balanced over the 10 classes), keys "input"
-              (float32 [N,1,32,32]) and "labels" (int64 [N])
-  train.npz   --finetune-size training images for fine-tuning after pruning, same keys
+  train.npz   --finetune-size training images (a part of those the model was trained on) for
+              fine-tuning after pruning, keys "input" (float32 [N,1,32,32]) and "labels" (int64 [N])
   val.npz     --val-size held-out training images (never trained on), same keys: what the
-              binary search evaluates, so that the test images in eval.npz only measure
+              binary search evaluates, so that the test images only measure the result
+  eval.npz    --eval-size test images, same keys: the accuracies run.py reports
+All subsets are balanced over the 10 classes (seed 0).
 
 Data: the Debian package dataset-fashion-mnist (``apt-get install -y dataset-fashion-mnist``),
 idx files under /usr/share/datasets/fashion-mnist/ (or --data DIR). The 28x28 images are
 zero-padded to 32x32 so that the five 2x2 max-pools of VGG-16 give 1x1 at the end, as on CIFAR-10.
 
-Usage: python examples/binary_search_vgg/train.py [--quick] [--epochs N] [--out DIR]
+Training adds a group-lasso proximal step on each channel's BatchNorm (scale, shift) after every
+update (--sparsity; "network slimming"), so that channels the data does not need go to zero.
+
+Usage: python examples/binary_search_vgg/train.py [--quick] [--epochs N] [--sparsity S] [--out DIR]
 Requires: torch, onnx, numpy.
 """
 
@@ -44,7 +48,7 @@ FILES = {
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-#: VGG-16's 13 convolutions ("M": 2x2 max-pool), at 1/4 (blocks 1-4) and 1/4 (block 5) of the original widths
+#: VGG-16's 13 convolutions ("M": 2x2 max-pool) at a quarter of the original widths (64-128-256-512-512)
 CFG = (16, 16, "M", 32, 32, "M", 64, 64, 64, "M", 128, 128, 128, "M", 128, 128, 128, "M")
 
 
