@@ -22,6 +22,7 @@ import onnx_graphsurgeon as gs
 
 from npcompile.channels import ChannelAnalysis, analyze
 from npcompile.errors import NpcompileError, PassError, UserError
+from npcompile.loading import import_class
 from npcompile.model_io import to_graph, to_model
 from npcompile.shapes import static_shapes
 
@@ -164,14 +165,7 @@ def get_pass(spec: str) -> type[Pass]:
     if spec in _PASSES:
         return _PASSES[spec]
     if ":" in spec:
-        mod, _, attr = spec.partition(":")
-        try:
-            cls = getattr(importlib.import_module(mod), attr)
-        except Exception as e:
-            raise UserError(f"cannot load pass {spec}: {type(e).__name__}: {e}") from None
-        if not (isinstance(cls, type) and issubclass(cls, Pass)):
-            raise UserError(f"{spec} is not an npcompile Pass")
-        return cls
+        return import_class(spec, Pass, "pass")
     raise UserError(f"unknown pass {spec!r}; available: {', '.join(sorted(_PASSES))}")
 
 

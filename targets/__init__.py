@@ -3,11 +3,11 @@ from the entry-point group ``npcompile.targets``."""
 
 from __future__ import annotations
 
-import importlib
 import logging
 from importlib import metadata
 
 from npcompile.errors import UserError
+from npcompile.loading import import_class
 from npcompile.targets.base import Artifact, BenchmarkOptions, LatencyStats, Target
 
 __all__ = ["Target", "Artifact", "BenchmarkOptions", "LatencyStats", "get_target", "available_targets",
@@ -34,14 +34,7 @@ def register_target(cls: type[Target]) -> type[Target]:
 
 
 def _load(spec: str) -> type[Target]:
-    mod, _, attr = spec.partition(":")
-    try:
-        cls = getattr(importlib.import_module(mod), attr)
-    except Exception as e:
-        raise UserError(f"cannot load target {spec}: {type(e).__name__}: {e}") from None
-    if not (isinstance(cls, type) and issubclass(cls, Target)):
-        raise UserError(f"{spec} is not an npcompile Target")
-    return cls
+    return import_class(spec, Target, "target")
 
 
 def available_targets() -> dict[str, str]:
