@@ -91,7 +91,7 @@ class CompileOptions:
     sensitivity: bool = False
     # fine-tuning and iterative schedules
     train: str | None = None
-    epochs: int = 1
+    epochs: int | None = None  # None: enough epochs for ~3000 steps (passes/finetune.py), at most 10
     lr: float = 1e-3
     optimizer: str = "adam"
     batch_size: int = 64
@@ -109,6 +109,7 @@ class CompileOptions:
     # weight sparsity after channel pruning: a fraction (unstructured) or "2:4" (structured)
     sparsity: float | str | None = None
     sparsity_scope: str = "layer"  # layer or global (unstructured only)
+    sparsity_steps: int = 1  # reach an unstructured level in this many prune (-> fine-tune) steps
 
     def validate(self) -> None:
         criteria = _criteria()
@@ -151,7 +152,8 @@ class CompileOptions:
                         ("--target-latency", self.target_latency)):
             if v is not None and not 0.0 < v < 1.0:
                 raise UserError(f"{flag} is the fraction to keep, in (0, 1); got {v}")
-        if self.steps < 1 or self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1 or self.top_k < 1:
+        if (self.steps < 1 or (self.epochs is not None and self.epochs < 1) or self.batch_size < 1
+                or self.eval_batch_size < 1 or self.top_k < 1):
             raise UserError("--steps, --epochs, --batch-size, --eval-batch-size and --top-k must be >= 1")
         if not self.lr > 0:
             raise UserError(f"--lr must be > 0, got {self.lr}")
@@ -183,6 +185,10 @@ class CompileOptions:
                 raise UserError(f"--sparsity-scope must be layer or global, got {self.sparsity_scope!r}")
             if isinstance(level, tuple) and self.sparsity_scope == "global":
                 raise UserError("an N:M sparsity pattern is per layer; --sparsity-scope global is for fractions")
+            if isinstance(level, tuple) and self.sparsity_steps != 1:
+                raise UserError("--sparsity-steps is for a sparsity fraction; an N:M pattern is applied at once")
+        if self.sparsity_steps < 1:
+            raise UserError(f"--sparsity-steps must be >= 1, got {self.sparsity_steps}")
         if self.mode == "maxout" and self.maxout_per_unit == 0 and self.maxout_units == 0:
             raise UserError("maxout pruning with --maxout-per-unit 0 and --maxout-units 0 removes nothing")
         self.gates.validate()
@@ -252,13 +258,40 @@ def _removal_specs(options: CompileOptions) -> list[PassSpec]:
     return specs
 
 
+def _finetune_specs(options: CompileOptions) -> list[PassSpec]:
+    """The fine-tuning pass the flags ask for (none without --train)."""
+    if not options.train:
+        return []
+    kw: dict[str, Any] = {"train": options.train, "epochs": options.epochs, "lr": options.lr,
+                          "optimizer": options.optimizer, "batch_size": options.batch_size}
+    if options.threads:
+        kw["threads"] = options.threads
+    return [PassSpec("finetune", kw)]
+
+
+def _sparsity_specs(options: CompileOptions) -> list[PassSpec]:
+    """Weight sparsity after channel pruning. With ``--sparsity-steps N`` an unstructured level S is
+    reached gradually: step i keeps ``(1 - S) ** (i / N)`` of the weights (the same share of the
+    remaining ones each step), each step fine-tuned when ``--train`` is given (zeros stay zero)."""
+    from npcompile.passes.sparsity import parse_sparsity
+
+    level = parse_sparsity(str(options.sparsity))
+    steps = options.sparsity_steps if isinstance(level, float) else 1
+    specs: list[PassSpec] = []
+    for i in range(1, steps + 1):
+        step_level = str(options.sparsity) if i == steps else str(round(1.0 - (1.0 - level) ** (i / steps), 6))
+        specs.append(PassSpec("sparsity", {"sparsity": step_level, "scope": options.sparsity_scope}))
+        if options.nm_pattern is None:  # filters that became all zero are dead now: remove them losslessly
+            specs += [PassSpec("dead-channels"), PassSpec("prune")]
+        specs += _finetune_specs(options)  # fine-tuning keeps the zeros at zero
+    return specs
+
+
 def pipeline_specs(options: CompileOptions, round_to: int) -> list[PassSpec]:
     """The passes the option flags stand for."""
     specs: list[PassSpec] = []
     remove = _removal_specs(options)
-    finetune = [PassSpec("finetune", {"train": options.train, "epochs": options.epochs, "lr": options.lr,
-                                      "optimizer": options.optimizer, "batch_size": options.batch_size})
-                ] if options.train else []
+    finetune = _finetune_specs(options)
     if options.lossless:
         specs += [PassSpec("dead-channels"), PassSpec("prune")]
     else:
@@ -312,12 +345,8 @@ def pipeline_specs(options: CompileOptions, round_to: int) -> list[PassSpec]:
         if options.sensitivity and options.search == "binary":
             specs.insert(1, PassSpec("sensitivity", {"evaluator": "evaluator", **common}))
     if options.sparsity is not None:
-        specs.append(PassSpec("sparsity", {"sparsity": str(options.sparsity), "scope": options.sparsity_scope}))
-        if options.nm_pattern is None:  # filters that became all zero are dead now: remove them losslessly
-            specs += [PassSpec("dead-channels"), PassSpec("prune")]
-        if options.train:  # fine-tuning keeps the zeros at zero
-            finetune = [PassSpec("finetune", {"train": options.train, "epochs": options.epochs, "lr": options.lr,
-                                              "optimizer": options.optimizer, "batch_size": options.batch_size})]
+        specs += _sparsity_specs(options)
+        finetune = []
     specs += finetune
     specs += [PassSpec(spec) for spec in options.extra_passes]
     specs.append(PassSpec("cleanup"))

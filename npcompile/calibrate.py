@@ -128,7 +128,8 @@ class WinCounts:
     Ties go to the lowest index among the tied maxima (``np.argmax``, ONNX ``ArgMax`` with
     ``select_last_index=0``, ``torch.max(dim)``), so each unit has exactly one winner per sample
     and position and a unit's counts sum to the number of (sample, position) pairs. Prepared in
-    a calibrator, the session computes the winners (ArgMax) and only their indices leave it.
+    a calibrator, the session computes the winners (ArgMax) and only their indices leave it, cast
+    to one byte each when ``k`` fits (an eighth of ArgMax's int64 output to copy and count).
     """
 
     def __init__(self, tensor: str, axis: int, k: int, units: int | None = None, split: str | None = None,
@@ -150,6 +151,8 @@ class WinCounts:
         else:
             r = b.split_channels(self.tensor, self.axis, [self.units, self.k])  # a copy: [.., units, k, rest]
             self._out = b.node("ArgMax", [r], axis=self.axis + 1, keepdims=0)
+        if self.k <= 255:
+            self._out = b.node("Cast", [self._out], to=onnx.TensorProto.UINT8)
         return [self._out]
 
     def _add(self, counts: np.ndarray, positions: int) -> None:
@@ -157,6 +160,12 @@ class WinCounts:
         self.positions += positions
 
     def update(self, values: dict[str, np.ndarray]) -> None:
+        if self._out is not None and values[self._out].dtype == np.uint8:
+            win = values[self._out]  # 0..k-1 per unit, units on ``axis``
+            others = tuple(i for i in range(win.ndim) if i != self.axis)
+            counts = np.stack([np.count_nonzero(win == j, axis=others) for j in range(self.k)], axis=1)
+            self._add(counts.reshape(-1).astype(np.int64), win.size // self.units)
+            return
         if self._out is not None:
             win = values[self._out]  # 0..k-1 per unit (units on ``axis``): to neuron indices u*k + j
             offsets = (np.arange(self.units, dtype=win.dtype) * self.k).reshape(self.units,

@@ -113,7 +113,8 @@ def compile_cmd(
         help="Budget: reach this fraction of the original latency, measured on the target.")] = None,
     sensitivity: Annotated[bool, typer.Option("--sensitivity", help="Measure per-layer sensitivity.")] = False,
     train: Annotated[Path | None, typer.Option(help="Labelled training data (.npz): fine-tune after pruning.")] = None,
-    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs.")] = 1,
+    epochs: Annotated[int | None, typer.Option(
+        help="Fine-tuning epochs per fine-tuning pass [default: enough for about 3000 steps, at most 10].")] = None,
     lr: Annotated[float, typer.Option(help="Fine-tuning learning rate.")] = 1e-3,
     optimizer: Annotated[str, typer.Option(help="Fine-tuning optimizer: adam or sgd.")] = "adam",
     batch_size: Annotated[int, typer.Option(help="Fine-tuning batch size.")] = 64,
@@ -135,6 +136,8 @@ def compile_cmd(
     sparsity: Annotated[str | None, typer.Option(
         help="Weight sparsity after pruning: a fraction (0.8, 80%) or 2:4 (TensorRT's structured pattern).")] = None,
     sparsity_scope: Annotated[str, typer.Option(help="Unstructured sparsity per layer or global.")] = "layer",
+    sparsity_steps: Annotated[int, typer.Option(
+        help="Reach the --sparsity fraction gradually, in N prune (-> fine-tune) steps.")] = 1,
     benchmark: Annotated[bool, typer.Option(help="Measure latency before and after.")] = True,
     runs: Annotated[int, typer.Option(help="Timed runs per latency measurement.")] = 50,
     warmup: Annotated[int, typer.Option(help="Warm-up runs before timing.")] = 10,
@@ -182,6 +185,7 @@ def compile_cmd(
                              batch_size=batch_size, steps=steps, calib=str(calib) if calib else None,
                              calib_batch_size=calib_batch_size, maxout_per_unit=maxout_per_unit,
                              maxout_units=maxout_units, sparsity=sparsity, sparsity_scope=sparsity_scope,
+                             sparsity_steps=sparsity_steps,
                              reconstruct=reconstruct, reconstruct_select=reconstruct_select,
                              bias_compensation=bias_compensation, bn_recalibrate=bn_recalibrate)
     if dry_run:

@@ -65,6 +65,9 @@ class Context:
         self.applied: list[dict[str, list[int]]] = []
         #: extra report sections passes contribute (e.g. "accuracy", "search", "sensitivity")
         self.report_extras: dict[str, Any] = {}
+        #: values a pass computes once and reuses in later steps (e.g. the original model's
+        #: outputs on the training data, for distillation); kept across model changes
+        self.cache: dict[Any, Any] = {}
 
     @property
     def model(self) -> onnx.ModelProto:

@@ -8,11 +8,28 @@ trained weights are written back into the ONNX model (same names, dtypes and str
   from a ``Softmax`` (``LogSoftmax``) node, the cross-entropy of those probabilities
   (log-probabilities) is used instead, so classifiers exported with their softmax train
   correctly. ``nll`` always takes the output as log-probabilities.
+- **Distillation from the original model** (``distill``, default 0.5): the loss is
+  ``(1 - distill) * cross_entropy(labels) + distill * T² * KL(teacher_T || student_T)`` with the
+  *original* (unpruned) model as teacher and both distributions softened by temperature
+  ``T = temperature`` (default 2). The pruned network is pulled back towards the function it
+  replaced rather than only towards the labels, which recovers more with a small training set.
+  The teacher's outputs are computed once with ONNX Runtime (kept in ``Context.cache`` for the
+  later steps of a schedule) or, above :data:`TEACHER_CACHE_BYTES`, per batch. ``distill=0``
+  trains on the labels alone.
 - **Zeros stay zeros** (``keep_zeros=True``, the default): every weight that is exactly zero
   before training is held at zero (a mask per parameter), so dead channels stay dead and
   magnitude-sparsified weights stay sparse.
 - **BatchNormalization** keeps the graph's running statistics (``freeze_bn_stats=True``, the
   default); ``False`` trains with batch statistics and writes the updated statistics back.
+- **How long.** ``epochs=None`` (the default) trains for enough epochs to make at least
+  :data:`AUTO_MIN_STEPS` optimizer steps, between 1 and :data:`AUTO_MAX_EPOCHS` epochs: one epoch of
+  a small dataset is too few steps to recover a pruned network, and large datasets need only one or
+  two passes for recovery. ``steps`` sets the number of optimizer steps instead.
+- **Learning-rate schedule.** ``schedule="cosine"`` (the default) decays the learning rate from
+  ``lr`` to zero over the run (half a cosine); recovery ends in a low-loss basin instead of where
+  the last large step left it. ``"constant"`` keeps ``lr``.
+- **Threads.** ``threads`` > 0 sets PyTorch's intra-op threads for the run (restored afterwards);
+  0 leaves PyTorch's setting.
 - **Determinism.** Given ``seed`` (default: the compilation's seed), the shuffle, the torch RNG
   and deterministic algorithms are fixed: the same data, options and thread count give a
   byte-identical model. The global torch RNG state is restored afterwards.
@@ -21,7 +38,7 @@ trained weights are written back into the ONNX model (same names, dtypes and str
   training, the written-back model is run in ONNX Runtime and the difference is reported.
 
 ``PassResult.data`` holds one record per epoch (mean loss, accuracy, samples, steps, seconds,
-samples/s) and totals. A progress bar is shown only when stderr is a terminal; otherwise each
+samples/s, learning rate at its end) and totals. A progress bar is shown only when stderr is a terminal; otherwise each
 epoch is logged.
 """
 
@@ -42,11 +59,18 @@ from npcompile.data import Dataset, load_data
 from npcompile.errors import UserError
 from npcompile.pipeline import Context, Pass, PassResult, register_pass
 
-__all__ = ["FinetunePass", "OPTIMIZERS", "LOSSES"]
+__all__ = ["FinetunePass", "OPTIMIZERS", "LOSSES", "SCHEDULES", "auto_epochs"]
 
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("cosine", "constant")
+#: teacher outputs larger than this are computed per batch instead of once
+TEACHER_CACHE_BYTES = 512 * 2**20
+#: with ``epochs=None``: train at least this many optimizer steps ...
+AUTO_MIN_STEPS = 3000
+#: ... in at most this many epochs (and at least one)
+AUTO_MAX_EPOCHS = 10
 LOSSES = ("cross_entropy", "nll")
 #: samples the torch graph is checked on against ONNX Runtime before training
 CHECK_SAMPLES = 8
@@ -72,19 +96,29 @@ class FinetunePass(Pass):
     #: options naming a data file, loaded by pipeline files (option -> labels mode of load_data)
     data_options: ClassVar[dict[str, str]] = {"train": "required"}
 
-    def __init__(self, train: Dataset | str | Path | None = None, epochs: int = 1, lr: float = 1e-3,
+    def __init__(self, train: Dataset | str | Path | None = None, epochs: int | None = None, lr: float = 1e-3,
                  optimizer: str = "adam", batch_size: int = 64, seed: int | None = None, momentum: float = 0.9,
                  weight_decay: float = 0.0, loss: str = "cross_entropy", steps: int | None = None,
                  keep_zeros: bool = True, freeze_bn_stats: bool = True, output: int | str = 0,
+                 schedule: str = "cosine", threads: int = 0, distill: float = 0.5, temperature: float = 2.0,
                  verify: bool = True) -> None:
         optimizer = optimizer.lower()
         loss = loss.lower().replace("-", "_")
+        schedule = schedule.lower()
         if optimizer not in OPTIMIZERS:
             raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
         if loss not in LOSSES:
             raise UserError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
-        if int(epochs) < 1:
+        if schedule not in SCHEDULES:
+            raise UserError(f"learning-rate schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+        if epochs is not None and int(epochs) < 1:
             raise UserError(f"epochs must be >= 1, got {epochs}")
+        if int(threads) < 0:
+            raise UserError(f"threads must be >= 0, got {threads}")
+        if not 0.0 <= float(distill) <= 1.0:
+            raise UserError(f"distillation weight must be in [0, 1], got {distill}")
+        if not (float(temperature) > 0 and math.isfinite(float(temperature))):
+            raise UserError(f"distillation temperature must be > 0, got {temperature}")
         if steps is not None and int(steps) < 1:
             raise UserError(f"steps must be >= 1, got {steps}")
         if int(batch_size) < 1:
@@ -93,12 +127,16 @@ class FinetunePass(Pass):
             raise UserError(f"learning rate must be > 0, got {lr}")
         if float(weight_decay) < 0 or not 0 <= float(momentum) < 1:
             raise UserError("weight decay must be >= 0 and momentum in [0, 1)")
-        super().__init__(epochs=int(epochs), lr=float(lr), optimizer=optimizer, batch_size=int(batch_size),
+        epochs = None if epochs is None else int(epochs)
+        super().__init__(epochs=epochs, lr=float(lr), optimizer=optimizer, batch_size=int(batch_size),
                          seed=seed, momentum=float(momentum), weight_decay=float(weight_decay), loss=loss,
                          steps=None if steps is None else int(steps), keep_zeros=bool(keep_zeros),
-                         freeze_bn_stats=bool(freeze_bn_stats), output=output)
+                         freeze_bn_stats=bool(freeze_bn_stats), output=output, schedule=schedule,
+                         threads=int(threads), distill=float(distill), temperature=float(temperature))
         self.train = train
-        self.epochs, self.lr, self.optimizer, self.batch_size = int(epochs), float(lr), optimizer, int(batch_size)
+        self.schedule, self.threads = schedule, int(threads)
+        self.distill, self.temperature = float(distill), float(temperature)
+        self.epochs, self.lr, self.optimizer, self.batch_size = epochs, float(lr), optimizer, int(batch_size)
         self.seed, self.momentum, self.weight_decay, self.loss = seed, float(momentum), float(weight_decay), loss
         self.steps = None if steps is None else int(steps)
         self.keep_zeros, self.freeze_bn_stats, self.output, self.verify = (bool(keep_zeros), bool(freeze_bn_stats),
@@ -145,9 +183,15 @@ class FinetunePass(Pass):
         n = len(data)
         labels = np.asarray(data.labels, dtype=np.int64)
         steps_per_epoch = math.ceil(n / self.batch_size)
-        total_steps = self.steps if self.steps is not None else self.epochs * steps_per_epoch
+        epochs_planned = self.epochs if self.epochs is not None else auto_epochs(steps_per_epoch)
+        total_steps = epochs_planned * steps_per_epoch
+        if self.steps is not None:
+            total_steps = self.steps
         deterministic = torch.are_deterministic_algorithms_enabled()
         warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+        threads_before = torch.get_num_threads()
+        if self.threads > 0:
+            torch.set_num_threads(self.threads)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -158,10 +202,13 @@ class FinetunePass(Pass):
                     masks = [(p, p.detach() != 0) for p in params if bool((p.detach() == 0).any())]
                 kept = sum(int((~m).sum()) for _, m in masks)
                 opt = self._make_optimizer(torch, params)
+                teacher = (_Teacher(ctx, data, gm.output_names[out_idx], self.threads)
+                           if self.distill > 0 else None)
                 epochs = self._train(torch, gm, data, labels, out_idx, producer, opt, masks, seed,
-                                     total_steps, steps_per_epoch)
+                                     total_steps, steps_per_epoch, teacher)
             finally:
                 torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+                torch.set_num_threads(threads_before)
         trained = gm.write_back(model)
         after = self._check(gm, trained, data, out_idx) if self.verify else None
         ctx.set_model(trained)
@@ -176,9 +223,15 @@ class FinetunePass(Pass):
             "samples_per_s": samples / seconds if seconds > 0 else float("inf"),
             "optimizer": self.optimizer,
             "lr": self.lr,
+            "schedule": self.schedule,
+            "epochs_requested": "auto" if self.epochs is None else self.epochs,
+            "threads": self.threads or threads_before,
             "batch_size": self.batch_size,
             "seed": seed,
             "loss_function": self.loss,
+            "distill": self.distill,
+            "temperature": self.temperature,
+            "teacher_accuracy": teacher.accuracy(labels) if teacher is not None else None,
             "parameters": int(sum(p.numel() for p in params)),
             "tensors": len(params),
             "kept_zeros": kept,
@@ -211,8 +264,15 @@ class FinetunePass(Pass):
         return F.cross_entropy
 
     def _train(self, torch: Any, gm: Any, data: Dataset, labels: np.ndarray, out_idx: int, producer: str | None,
-               opt: Any, masks: list, seed: int, total_steps: int, steps_per_epoch: int) -> list[dict[str, Any]]:
+               opt: Any, masks: list, seed: int, total_steps: int, steps_per_epoch: int,
+               teacher: _Teacher | None) -> list[dict[str, Any]]:
         loss_fn = self._loss_fn(torch, producer)
+        F = torch.nn.functional
+        alpha, T = self.distill, self.temperature
+        scheduler = None
+        if self.schedule == "cosine":
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps)))
         rng = np.random.default_rng(seed)
         n = len(data)
         n_out = len(gm.output_names)
@@ -240,12 +300,19 @@ class FinetunePass(Pass):
                     if start == 0 and epoch == 1:
                         _check_labels(out, labels)
                     loss = loss_fn(out, y)
+                    if teacher is not None:
+                        log_pt = F.log_softmax(torch.from_numpy(teacher(idx)) / T, dim=1)
+                        log_ps = F.log_softmax(_as_logits(torch, out, producer) / T, dim=1)
+                        kd = (log_pt.exp() * (log_pt - log_ps)).sum(1).mean() * (T * T)
+                        loss = (1.0 - alpha) * loss + alpha * kd
                     if not torch.isfinite(loss):
                         raise UserError(f"fine-tuning diverged (loss {loss.item()}) at step {done + 1}; "
                                         f"lower the learning rate (--lr)")
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
+                    if scheduler is not None:
+                        scheduler.step()
                     if masks:
                         with torch.no_grad():
                             for p, m in masks:
@@ -262,7 +329,8 @@ class FinetunePass(Pass):
                                         description=f"fine-tuning epoch {epoch} loss {loss_sum / seen:.4f}")
                 dt = time.perf_counter() - t0
                 rec = {"epoch": epoch, "loss": loss_sum / seen, "accuracy": correct / seen, "samples": seen,
-                       "steps": steps, "seconds": dt, "samples_per_s": seen / dt if dt > 0 else float("inf")}
+                       "steps": steps, "seconds": dt, "samples_per_s": seen / dt if dt > 0 else float("inf"),
+                       "lr_end": float(opt.param_groups[0]["lr"])}
                 records.append(rec)
                 log.info("finetune epoch %d: loss %.4f, accuracy %.2f%%, %d steps, %.0f samples/s", epoch,
                          rec["loss"], 100 * rec["accuracy"], steps, rec["samples_per_s"])
@@ -293,6 +361,72 @@ class FinetunePass(Pass):
             raise RuntimeError(f"the torch graph differs from ONNX Runtime by {diff:.3g} (max |output| "
                                f"{scale:.3g}); refusing to fine-tune a different function")
         return diff
+
+
+def _as_logits(torch: Any, out: Any, producer: str | None) -> Any:
+    """Scores whose softmax is the model's distribution: probabilities from a ``Softmax`` node are
+    turned into log-probabilities; anything else already is (up to a constant per sample)."""
+    if producer == "Softmax":
+        return torch.log(out.clamp_min(torch.finfo(out.dtype).tiny))
+    return out
+
+
+class _Teacher:
+    """The original model's output on the training samples, as scores (see :func:`_as_logits`).
+
+    Computed once with ONNX Runtime and kept in ``ctx.cache`` (later steps of a schedule reuse it),
+    or per batch when all of it would exceed :data:`TEACHER_CACHE_BYTES`.
+    """
+
+    BATCH = 256
+
+    def __init__(self, ctx: Context, data: Dataset, output: str, threads: int) -> None:
+        from npcompile.verify import make_session
+
+        model = ctx.original
+        self.output = output
+        self.producer = {o: n.op_type for n in model.graph.node for o in n.output}.get(output)
+        self.inputs = {k: v for k, v in data.inputs.items()
+                       if k in {i.name for i in model.graph.input}}
+        key = ("finetune-teacher", data.source or id(data), len(data), output)
+        self.all: np.ndarray | None = ctx.cache.get(key)
+        if self.all is not None:
+            return
+        self.session = make_session(model, threads=threads)
+        first = self._run(np.arange(min(1, len(data))))
+        if first.nbytes * len(data) <= TEACHER_CACHE_BYTES:
+            self.all = np.concatenate([self._run(np.arange(i, min(i + self.BATCH, len(data))))
+                                       for i in range(0, len(data), self.BATCH)])
+            ctx.cache[key] = self.all
+            self.session = None
+
+    def _run(self, idx: np.ndarray) -> np.ndarray:
+        out = self.session.run([self.output], {k: np.ascontiguousarray(v[idx]) for k, v in self.inputs.items()})[0]
+        out = out.astype(np.float32, copy=False)
+        if self.producer == "Softmax":
+            out = np.log(np.maximum(out, np.finfo(np.float32).tiny))
+        return out
+
+    def accuracy(self, labels: np.ndarray) -> float | None:
+        """Top-1 accuracy of the teacher on the training labels (None when computed per batch)."""
+        if self.all is None or self.all.ndim < 2 or len(self.all) == 0:
+            return None
+        acc = float(np.mean(self.all.argmax(1) == labels.reshape(len(labels), *self.all.shape[2:])))
+        if acc < 2.0 / self.all.shape[1]:
+            log.warning("the original model scores %.1f %% on the training labels: distilling from it "
+                        "(distill > 0) pulls towards a poor model", 100 * acc)
+        return acc
+
+    def __call__(self, idx: np.ndarray) -> np.ndarray:
+        if self.all is not None:
+            return np.ascontiguousarray(self.all[idx])
+        return self._run(idx)
+
+
+def auto_epochs(steps_per_epoch: int) -> int:
+    """Epochs trained with ``epochs=None``: enough for :data:`AUTO_MIN_STEPS` steps, within
+    ``[1, AUTO_MAX_EPOCHS]``."""
+    return max(1, min(AUTO_MAX_EPOCHS, math.ceil(AUTO_MIN_STEPS / max(1, steps_per_epoch))))
 
 
 def _check_labels(out: Any, labels: np.ndarray) -> None:

@@ -76,10 +76,11 @@ def test_quick_example_prints_table_and_prunes(quick: Path) -> None:
               str(rows_json)])
     out = r.stdout
     assert "MNIST" in out and "test accuracy" in out and "removed" in out, out
-    for label in ("maxout neurons, 3 steps", "maxout neurons + units, 2 steps", "+ conv filters (APoZ)"):
+    for label in ("maxout neurons, 3 steps", "maxout neurons + units, 2 steps", "+ conv filters (APoZ)",
+                  "maxout neurons + weight sparsity"):
         assert label in out, out
     rows = json.loads(rows_json.read_text())
-    assert len(rows) == 3
+    assert len(rows) == 4
     original = onnx.load(quick / "mnist-quick" / "model.onnx")
     assert _maxout_units_k(original) == (UNITS, K)
     n0 = _params(original)
@@ -94,11 +95,19 @@ def test_quick_example_prints_table_and_prunes(quick: Path) -> None:
         assert k < K  # the maxout reshape was rewritten
         y = make_session(model).run(None, {"input": x})[0]
         assert y.shape == (5, 10) and np.isfinite(y).all()
-    neurons, units, conv = rows
+    neurons, units, conv, sparse = rows
     assert neurons["maxout_after"] == [UNITS, 1]  # 3 steps: k 4 -> 1
     assert units["maxout_after"] == [UNITS // 2, 2]  # 2 steps and 16 units per step
     assert conv["params_after"] < units["params_after"]  # conv filters removed on top
     assert neurons["params_after"] / n0 < 0.34
+    # neuron pruning (k 4 -> 2) followed by 92 % global weight sparsity: >= 95 % of non-zeros removed
+    assert sparse["maxout_after"] == [UNITS, 2]
+    assert sparse["nonzero_after"] < sparse["params_after"]
+    assert 1 - sparse["nonzero_after"] / n0 >= 0.95
+    sparse_model = onnx.load(sparse["model"])
+    nonzero = sum(int(np.count_nonzero(numpy_helper.to_array(t))) for t in sparse_model.graph.initializer
+                  if t.data_type == onnx.TensorProto.FLOAT)
+    assert nonzero == sparse["nonzero_after"]
     conv_model = onnx.load(conv["model"])
     widths = [numpy_helper.to_array(t).shape[0] for t in conv_model.graph.initializer
               if t.name.endswith("weight") and len(t.dims) == 4]

