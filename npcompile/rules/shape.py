@@ -163,4 +163,54 @@ def gather(node: gs.Node, ctx: ChannelAnalysis) -> None:
 
 @register("Shape", "Size")
 def shape_of(node: gs.Node, ctx: ChannelAnalysis) -> None:
-    """Reading a shape does not depend on channel values; the shape follows the pruned width."""
+    """Reading a shape does not depend on channel values; the shape follows the pruned width —
+    which is right where it feeds shape computations inside the graph (Reshape targets, ...), but
+    changes the model's result where the shape itself (or a value computed from it) is a graph
+    output: then the channels are frozen."""
+    x = ctx.dim(node.inputs[0])
+    if x is None:
+        return
+    if node.op == "Shape":
+        start, end = int(node.attrs.get("start", 0)), node.attrs.get("end")
+        rank = ctx.rank(node.inputs[0])
+        lo = normalize_axis(start, rank) if start < 0 else min(start, rank)
+        hi = rank if end is None else (normalize_axis(int(end), rank) if int(end) < 0 else min(int(end), rank))
+        if not lo <= x.axis < hi:
+            return  # the channel axis is not part of this shape
+    reached = _reaches_output(node.outputs[0], {t.name for t in ctx.graph.outputs})
+    if reached is not None:
+        ctx.freeze(x, f"{node.op} {node.name or node.outputs[0].name} of the channel axis reaches graph output {reached}")
+
+
+#: ops that compute values from a shape tensor read at these inputs (None: any input); a shape
+#: value entering any other op (a Reshape target, ConstantOfShape, Slice bounds, ...) is consumed
+#: as a shape there, which follows the pruned width by construction
+_SHAPE_ARITHMETIC: dict[str, tuple[int, ...] | None] = {
+    **{op: None for op in ("Concat", "Add", "Sub", "Mul", "Div", "Mod", "Min", "Max", "Equal", "Less", "Greater",
+                           "LessOrEqual", "GreaterOrEqual", "And", "Or", "Range", "Sum")},
+    **{op: (0,) for op in ("Gather", "Slice", "Squeeze", "Unsqueeze", "Cast", "Identity", "Neg", "Abs", "Not",
+                           "Floor", "Ceil", "Sqrt", "Reciprocal", "ReduceProd", "ReduceSum", "ReduceMax",
+                           "ReduceMin", "Flatten", "Reshape", "Expand", "Tile", "CastLike")},
+    "Where": (1, 2),
+}
+
+
+def _reaches_output(tensor: gs.Variable, outputs: set[str]) -> str | None:
+    """The first graph output whose value is computed from the shape value ``tensor`` (through
+    shape arithmetic), or None."""
+    seen: set[str] = set()
+    stack = [tensor]
+    while stack:
+        t = stack.pop()
+        if t.name in seen:
+            continue
+        seen.add(t.name)
+        if t.name in outputs:
+            return t.name
+        for consumer in t.outputs:
+            if consumer.op not in _SHAPE_ARITHMETIC:
+                continue
+            allowed = _SHAPE_ARITHMETIC[consumer.op]
+            if allowed is None or any(i in allowed for i, inp in enumerate(consumer.inputs) if inp is t):
+                stack.extend(consumer.outputs)
+    return None

@@ -148,3 +148,37 @@ def test_gather_on_channel_axis_freezes():
     out = g.conv(sel, 3, 4)
     res = prune(g.model(out), expect_removed=False)
     assert any("indexes the channel axis" in r for r in res.group(c).frozen)
+
+
+def _shape_output_model(through: str):
+    """conv -> relu -> conv, and the channel count of the relu (Shape, possibly through shape
+    arithmetic, or into a Reshape target) as a second graph output."""
+    g = G(opset=15)
+    x = g.input("x", ["N", 3, 4, 4])
+    c = g.op("Relu", [g.conv(x, 3, 8)])
+    out = g.conv(c, 8, 4, k=1)
+    s = g.op("Shape", [c])
+    if through == "gather-cast":
+        width = g.op("Cast", [g.op("Gather", [s, g.ints([1])], axis=0)], to=1)  # float channel count
+        return g, c, g.model([out, width], shapes={out: ["N", 4, 4, 4], width: [1]})
+    if through == "shape-start":
+        s2 = g.op("Cast", [g.op("Shape", [c], start=2)], to=1)  # H, W only: the channel axis is not read
+        return g, c, g.model([out, s2], shapes={out: ["N", 4, 4, 4], s2: [2]})
+    # the shape in a Reshape target (flatten as exporters write it): consumed as a shape there,
+    # and the data that follows has the pruned width
+    target = g.op("Concat", [g.op("Gather", [s, g.ints([0])], axis=0), g.ints([-1])], axis=0)
+    flat = g.gemm(g.op("Reshape", [c, target]), 8 * 4 * 4, 5)
+    return g, c, g.model([out, flat], shapes={out: ["N", 4, 4, 4], flat: ["N", 5]})
+
+
+def test_shape_value_reaching_an_output_freezes_the_channels():
+    g, c, model = _shape_output_model("gather-cast")
+    res = prune(model, expect_removed=False)
+    assert any("Shape" in r and "reaches graph output" in r for r in res.group(c).frozen), res.group(c).frozen
+
+
+@pytest.mark.parametrize("through", ["shape-start", "reshape-target"])
+def test_shape_used_as_a_shape_or_not_of_channels_stays_prunable(through):
+    g, c, model = _shape_output_model(through)
+    res = prune(model)
+    assert not res.group(c).frozen and res.removed(res.group(c)) > 0
