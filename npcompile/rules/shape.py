@@ -179,7 +179,8 @@ def shape_of(node: gs.Node, ctx: ChannelAnalysis) -> None:
             return  # the channel axis is not part of this shape
     reached = _reaches_output(node.outputs[0], {t.name for t in ctx.graph.outputs})
     if reached is not None:
-        ctx.freeze(x, f"{node.op} {node.name or node.outputs[0].name} of the channel axis reaches graph output {reached}")
+        what = node.name or node.outputs[0].name
+        ctx.freeze(x, f"{node.op} {what} of the channel axis reaches graph output {reached}")
 
 
 #: ops that compute values from a shape tensor read at these inputs (None: any input); a shape
