@@ -93,6 +93,7 @@ class CompileOptions:
     train: str | None = None
     epochs: int | None = None  # None: enough epochs for ~3000 steps (passes/finetune.py), at most 10
     lr: float = 1e-3
+    distill: float = 0.0  # weight of distillation from the original model in fine-tuning (0: labels only)
     optimizer: str = "adam"
     batch_size: int = 64
     steps: int = 1  # analyse -> select -> prune (-> fine-tune), repeated
@@ -157,6 +158,8 @@ class CompileOptions:
             raise UserError("--steps, --epochs, --batch-size, --eval-batch-size and --top-k must be >= 1")
         if not self.lr > 0:
             raise UserError(f"--lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.distill <= 1.0:
+            raise UserError(f"--distill must be in [0, 1], got {self.distill}")
         if self.optimizer not in ("adam", "sgd"):
             raise UserError(f"unknown --optimizer {self.optimizer!r}; choose adam or sgd")
         if self.search and self.eval is None and ":" not in self.evaluator:
@@ -266,6 +269,8 @@ def _finetune_specs(options: CompileOptions) -> list[PassSpec]:
                           "optimizer": options.optimizer, "batch_size": options.batch_size}
     if options.threads:
         kw["threads"] = options.threads
+    if options.distill:
+        kw["distill"] = options.distill
     return [PassSpec("finetune", kw)]
 
 

@@ -116,6 +116,8 @@ def compile_cmd(
     epochs: Annotated[int | None, typer.Option(
         help="Fine-tuning epochs per fine-tuning pass [default: enough for about 3000 steps, at most 10].")] = None,
     lr: Annotated[float, typer.Option(help="Fine-tuning learning rate.")] = 1e-3,
+    distill: Annotated[float, typer.Option(
+        help="Fine-tuning: weight of distillation from the original model (0: labels only).")] = 0.0,
     optimizer: Annotated[str, typer.Option(help="Fine-tuning optimizer: adam or sgd.")] = "adam",
     batch_size: Annotated[int, typer.Option(help="Fine-tuning batch size.")] = 64,
     steps: Annotated[int, typer.Option(help="Repeat analyse -> prune (-> fine-tune) N times.")] = 1,
@@ -181,11 +183,11 @@ def compile_cmd(
                              evaluator=evaluator, top_k=top_k, search=search, tolerance=tolerance,
                              include=list(include or []), exclude=list(exclude or []), target_flops=target_flops,
                              target_params=target_params, target_latency=target_latency, sensitivity=sensitivity,
-                             train=str(train) if train else None, epochs=epochs, lr=lr, optimizer=optimizer,
-                             batch_size=batch_size, steps=steps, calib=str(calib) if calib else None,
-                             calib_batch_size=calib_batch_size, maxout_per_unit=maxout_per_unit,
-                             maxout_units=maxout_units, sparsity=sparsity, sparsity_scope=sparsity_scope,
-                             sparsity_steps=sparsity_steps,
+                             train=str(train) if train else None, epochs=epochs, lr=lr, distill=distill,
+                             optimizer=optimizer, batch_size=batch_size, steps=steps,
+                             calib=str(calib) if calib else None, calib_batch_size=calib_batch_size,
+                             maxout_per_unit=maxout_per_unit, maxout_units=maxout_units, sparsity=sparsity,
+                             sparsity_scope=sparsity_scope, sparsity_steps=sparsity_steps,
                              reconstruct=reconstruct, reconstruct_select=reconstruct_select,
                              bias_compensation=bias_compensation, bn_recalibrate=bn_recalibrate)
     if dry_run:

@@ -201,3 +201,20 @@ def test_same_inputs_give_identical_model_bytes(tmp_path: Path) -> None:
         r = run(LENET, "--ratio", "0.4", "--round-to", "1", "-o", tmp_path / name, "--no-benchmark")
         assert r.returncode == 0, r.stderr
     assert (tmp_path / "a" / "model.onnx").read_bytes() == (tmp_path / "b" / "model.onnx").read_bytes()
+
+
+def test_finetune_and_sparsity_flags_reach_the_pipeline(tmp_path: Path) -> None:
+    """--distill, --threads, --epochs (default: chosen by the pass) and --sparsity-steps as the
+    pipeline --dry-run prints; bad values exit 2 with one line."""
+    train = ROOT / "examples" / "lenet_mnist" / "calib.npz"
+    r = run(LENET, "--ratio", "0.3", "--train", train, "--distill", "0.5", "--threads", "1", "--sparsity", "0.9",
+            "--sparsity-steps", "3", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count('name = "finetune"') == 4  # after pruning, then after each of the 3 sparsity steps
+    assert "distill = 0.5" in r.stdout and "threads = 1" in r.stdout and "epochs" not in r.stdout
+    levels = [line.split("=")[1].strip().strip('"') for line in r.stdout.splitlines() if line.startswith("sparsity =")]
+    assert [float(v) for v in levels] == pytest.approx([1 - 0.1 ** (1 / 3), 1 - 0.1 ** (2 / 3), 0.9], abs=1e-6)
+    for bad in (["--distill", "1.5"], ["--sparsity-steps", "0"], ["--sparsity", "2:4", "--sparsity-steps", "2"]):
+        r = run(LENET, "--ratio", "0.3", "--train", train, *bad, "-o", tmp_path / "out")
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (bad, r.stderr)
+        assert not (tmp_path / "out").exists()

@@ -1,5 +1,5 @@
-"""The fine-tuning defaults meant for recovering a pruned network: epochs chosen from the data
-size, a cosine learning-rate decay, distillation from the original model, and --threads."""
+"""The fine-tuning defaults meant for recovering a pruned network (epochs chosen from the data
+size, a cosine learning-rate decay, --threads) and distillation from the original model."""
 
 from __future__ import annotations
 
@@ -104,8 +104,8 @@ def test_distillation_recovers_a_pruned_network_closer_to_the_original(digits: D
 def test_teacher_outputs_computed_once_and_reused(digits: Dataset, trained: onnx.ModelProto,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     ctx = _pruned(trained)
-    FinetunePass(digits, steps=3).run(ctx)
-    result = FinetunePass(digits, steps=1).run(ctx)
+    FinetunePass(digits, steps=3, distill=0.5).run(ctx)
+    result = FinetunePass(digits, steps=1, distill=0.5).run(ctx)
     assert result.data["teacher_accuracy"] == pytest.approx(
         float(np.mean(_ort(trained, digits.inputs["input"]).argmax(1) == digits.labels)))
     assert result.data["teacher_accuracy"] > 0.8
@@ -115,7 +115,7 @@ def test_teacher_outputs_computed_once_and_reused(digits: Dataset, trained: onnx
     calls = []
     real = finetune_module._Teacher._run
     monkeypatch.setattr(finetune_module._Teacher, "_run", lambda self, idx: calls.append(1) or real(self, idx))
-    FinetunePass(digits, steps=3).run(ctx)  # the next step of a schedule: the original's outputs are reused
+    FinetunePass(digits, steps=3, distill=0.5).run(ctx)  # a later step of a schedule: the outputs are reused
     assert calls == []
 
 
@@ -123,10 +123,10 @@ def test_teacher_per_batch_when_too_large_gives_the_same_model(digits: Dataset, 
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     small = digits.take(300)
     cached_ctx = _pruned(trained)
-    FinetunePass(small, epochs=1).run(cached_ctx)
+    FinetunePass(small, epochs=1, distill=0.5).run(cached_ctx)
     monkeypatch.setattr(finetune_module, "TEACHER_CACHE_BYTES", 0)
     batch_ctx = _pruned(trained)
-    FinetunePass(small, epochs=1).run(batch_ctx)
+    FinetunePass(small, epochs=1, distill=0.5).run(batch_ctx)
     assert not [k for k in batch_ctx.cache if k[0] == "finetune-teacher"]
     x = small.inputs["input"]
     np.testing.assert_allclose(_ort(batch_ctx.model, x), _ort(cached_ctx.model, x), rtol=1e-4, atol=1e-4)
