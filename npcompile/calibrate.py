@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -387,6 +388,15 @@ class Calibrator:
         t0 = time.perf_counter()
         batches = 0
         bar = _progress(n, dataset.source) if self.progress else None
+
+        def accumulate(values: dict[str, np.ndarray]) -> None:
+            for acc, want in zip(accumulators, wants, strict=True):
+                acc.update({t: values[t] for t in want})
+
+        # the statistics of batch i are folded in (NumPy, in a worker thread) while ONNX Runtime runs
+        # batch i + 1 (it releases the GIL); one batch at a time, in order, so the sums are the same
+        pool = ThreadPoolExecutor(1) if (os.cpu_count() or 1) > 1 else None
+        pending: Future | None = None
         try:
             for feeds, _ in dataset.batches(self.batch_size):
                 feeds = {k: feeds[k] for k in self.inputs}
@@ -394,12 +404,21 @@ class Calibrator:
                 for k in self.inputs:
                     if k in need:
                         values[k] = feeds[k]
-                for acc, want in zip(accumulators, wants, strict=True):
-                    acc.update({t: values[t] for t in want})
+                if pending is not None:
+                    pending.result()
+                    pending = None
+                if pool is None:
+                    accumulate(values)
+                else:
+                    pending = pool.submit(accumulate, values)
                 batches += 1
                 if bar is not None:
                     bar[0].advance(bar[1], len(next(iter(feeds.values()))))
+            if pending is not None:
+                pending.result()
         finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
             if bar is not None:
                 bar[0].stop()
         dt = time.perf_counter() - t0
