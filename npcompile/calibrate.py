@@ -193,10 +193,14 @@ class SlotStats:
     Prepared in a calibrator (with the tensor's static ``shape`` known, batch aside), the session
     reduces each row of a channel (one sample, all positions) and only those per-row results
     leave it, to be added up in float64: zero counts are exact, |x| sums carry the float32
-    rounding of one row. Zeros are counted by ReduceSum of ``Cast(Cast(x, bool), float)`` over
-    the axes after the channel axis. |x| of a known non-negative NCHW tensor (``nonnegative``: a
-    ReLU output...) is averaged by GlobalAveragePool, which ONNX Runtime runs in its blocked NCHWc
-    layout without reordering the activation; other tensors go through ReduceSum of ``Abs``. A
+    rounding of one row. |x| of a known non-negative NCHW tensor (``nonnegative``: a ReLU
+    output...) is averaged by GlobalAveragePool, which ONNX Runtime runs in its blocked NCHWc
+    layout without reordering the activation; its non-zeros likewise, as the GlobalAveragePool of
+    ``HardSigmoid(x, alpha=FLT_MAX, beta=0)`` (1 for every x >= 1/FLT_MAX ≈ 2.9e-39, 0 for 0; an
+    activation that stays in the blocked layout), times the row length, rounded — exact except
+    that subnormal values below 2.9e-39 count as a fraction of a non-zero. Other tensors count
+    zeros by ReduceSum of ``Cast(Cast(x, bool), float)`` over the axes after the channel axis and
+    |x| by ReduceSum of ``Abs``. A
     flattened C·H·W block or a channels-last tensor (small fully connected inputs) leaves the
     session as it is and is reduced in NumPy.
     """
@@ -226,7 +230,10 @@ class SlotStats:
             self._row = int(np.prod(shape[2:]))
         else:
             self._outs["shape"] = b.node("Shape", [x])
-        if self.want_zeros:
+        if self.want_zeros and nchwc:  # non-zero indicator, in the blocked layout (see the docstring)
+            ind = b.node("HardSigmoid", [x], alpha=float(np.finfo(np.float32).max), beta=0.0)
+            self._outs["nonzero_mean"] = b.node("GlobalAveragePool", [ind])
+        elif self.want_zeros:
             nz = b.node("Cast", [b.node("Cast", [x], to=onnx.TensorProto.BOOL)], to=onnx.TensorProto.FLOAT)
             self._outs["nonzero"] = b.reduce("ReduceSum", nz, rows)  # exact: rows are < 2**24 long
         if self.want_abs and nchwc:
@@ -262,6 +269,9 @@ class SlotStats:
             self.count += n
             if "nonzero" in self._outs:
                 self.zeros += n - np.rint(self._slots(values[self._outs["nonzero"]])).astype(np.int64)
+            if "nonzero_mean" in self._outs:  # per-row share of non-zeros -> counts
+                share = values[self._outs["nonzero_mean"]].reshape(-1, lay.channels).astype(np.float64)
+                self.zeros += n - np.rint(share * row).sum(axis=0).astype(np.int64)
             if "abs" in self._outs:
                 self.abs_sum += self._slots(values[self._outs["abs"]])
             if "abs_mean" in self._outs:

@@ -138,3 +138,22 @@ def test_in_session_reductions_equal_the_plain_statistics(opset: int) -> None:
     np.testing.assert_array_equal(z5, z37)
     np.testing.assert_array_equal(w5, w37)
     np.testing.assert_allclose(a5, a37, rtol=1e-6, atol=0)
+
+
+def test_nonzero_counts_of_nonnegative_tensors_are_exact_at_extreme_magnitudes() -> None:
+    """The blocked-layout non-zero count (HardSigmoid at alpha = FLT_MAX, averaged) counts every
+    normal positive float, the smallest (FLT_MIN) and the largest included, and no zero."""
+    tiny, huge = np.finfo(np.float32).tiny, np.finfo(np.float32).max
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((16, 6, 3, 3)).astype(np.float32)
+    x[:, 0] = tiny
+    x[:, 1] = np.where(rng.random((16, 3, 3)) < 0.5, huge, 0.0)
+    x[:, 2] = np.where(rng.random((16, 3, 3)) < 0.3, 1e-30, 0.0)
+    lay = Layout((Piece(0, 0, 6),))
+    prepared = SlotStats("r", 1, lay, shape=(1, 6, 3, 3), nonnegative=True, abs_sum=False)
+    cal = Calibrator(_conv_like(13), ["r"], 5, accumulators=[prepared], progress=False)
+    cal.run(Dataset({"x": x}))
+    relu = np.maximum(x, 0)
+    expected = (relu == 0).sum(axis=(0, 2, 3))
+    assert prepared.zeros.tolist() == expected.tolist()
+    assert prepared.zeros[0] == 0 and 0 < prepared.zeros[1] < 16 * 9
