@@ -281,12 +281,13 @@ def _sparsity_specs(options: CompileOptions) -> list[PassSpec]:
     from npcompile.passes.sparsity import parse_sparsity
 
     level = parse_sparsity(str(options.sparsity))
-    steps = options.sparsity_steps if isinstance(level, float) else 1
+    unstructured = isinstance(level, float)
+    steps = options.sparsity_steps if unstructured else 1
     specs: list[PassSpec] = []
     for i in range(1, steps + 1):
         step_level = str(options.sparsity) if i == steps else str(round(1.0 - (1.0 - level) ** (i / steps), 6))
         specs.append(PassSpec("sparsity", {"sparsity": step_level, "scope": options.sparsity_scope}))
-        if options.nm_pattern is None:  # filters that became all zero are dead now: remove them losslessly
+        if unstructured:  # filters that became all zero are dead now: remove them losslessly
             specs += [PassSpec("dead-channels"), PassSpec("prune")]
         specs += _finetune_specs(options)  # fine-tuning keeps the zeros at zero
     return specs

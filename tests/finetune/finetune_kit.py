@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import warnings
 
+import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 from torch import nn
 
@@ -28,3 +30,9 @@ def export(module: nn.Module, shape: tuple[int, ...]) -> onnx.ModelProto:
                           input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     return load_model(onnx.load_from_string(buf.getvalue()))
+
+
+def ort_outputs(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """The first output of ``model`` in ONNX Runtime for input ``input`` = ``x``."""
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"input": x})[0]

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
-from finetune_kit import digits_cnn, export
+from finetune_kit import digits_cnn, export, ort_outputs
 from onnx import helper, numpy_helper
 
 from npcompile.data import Dataset
@@ -27,10 +26,6 @@ from npcompile.torch_graph import GraphModule
 PROBE = {"input": (1, 1, 8, 8)}
 
 
-def _ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, {"input": x})[0]
-
 
 def _ce(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)))
@@ -39,7 +34,7 @@ def _ce(logits: np.ndarray, labels: np.ndarray) -> float:
 def test_finetune_lowers_the_loss_and_changes_the_onnx_model(digits: Dataset, digits_model: onnx.ModelProto) -> None:
     ctx = Context(digits_model, PROBE)
     x, y = digits.inputs["input"], digits.labels
-    before = _ce(_ort(digits_model, x), y)
+    before = _ce(ort_outputs(digits_model, x), y)
     # an untrained model: learn from the labels alone (distillation from it would pull back)
     result = FinetunePass(digits, epochs=2, lr=3e-3, batch_size=64, distill=0.0).run(ctx)
     assert result.changed
@@ -48,7 +43,7 @@ def test_finetune_lowers_the_loss_and_changes_the_onnx_model(digits: Dataset, di
     assert epochs[1]["loss"] < epochs[0]["loss"]
     assert all(e["samples_per_s"] > 0 and e["samples"] == len(digits) for e in epochs)
     assert result.data["steps"] == 2 * int(np.ceil(len(digits) / 64))
-    after = _ce(_ort(ctx.model, x), y)
+    after = _ce(ort_outputs(ctx.model, x), y)
     assert after < 0.5 * before
     assert result.data["ort_max_abs_diff"] <= 1e-4
     assert ctx.model is not digits_model
@@ -67,8 +62,8 @@ def test_written_back_model_equals_the_trained_graph_module(digits: Dataset, dig
     trained = gm.write_back()
     with torch.no_grad():
         expected = gm.eval()(x).numpy()
-    np.testing.assert_allclose(_ort(trained, x.numpy()), expected, rtol=1e-4, atol=1e-5)
-    assert np.abs(_ort(digits_model, x.numpy()) - expected).max() > 1e-2
+    np.testing.assert_allclose(ort_outputs(trained, x.numpy()), expected, rtol=1e-4, atol=1e-5)
+    assert np.abs(ort_outputs(digits_model, x.numpy()) - expected).max() > 1e-2
 
 
 def test_same_seed_same_bytes_other_seed_other_model(digits: Dataset, digits_model: onnx.ModelProto) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
+from finetune_kit import digits_cnn, export, ort_outputs
 
 from npcompile.data import Dataset
 from npcompile.errors import UserError
@@ -20,10 +20,6 @@ from npcompile.pipeline import Context
 
 PROBE = {"input": (1, 1, 8, 8)}
 
-
-def _ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-        None, {"input": x})[0]
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +73,12 @@ def test_distillation_pulls_towards_the_original_model(digits: Dataset, trained:
     """With distill = 1 the labels play no part: a student equal to its teacher gets (almost) no
     gradient, so plain SGD leaves it where it is; on labels alone the same SGD moves it."""
     x = digits.inputs["input"]
-    ref = _ort(trained, x)
+    ref = ort_outputs(trained, x)
     moved = {}
     for distill in (1.0, 0.0):
         ctx = Context(trained, PROBE)
         FinetunePass(digits, epochs=1, optimizer="sgd", lr=0.05, momentum=0.0, distill=distill).run(ctx)
-        moved[distill] = float(np.abs(_ort(ctx.model, x) - ref).max())
+        moved[distill] = float(np.abs(ort_outputs(ctx.model, x) - ref).max())
     assert moved[1.0] < 1e-3 < moved[0.0]
 
 
@@ -91,13 +87,13 @@ def test_distillation_recovers_a_pruned_network_closer_to_the_original(digits: D
     """After pruning, distilled fine-tuning brings the outputs closer to the original model's than
     fine-tuning on labels alone (same steps, same seed)."""
     x = digits.inputs["input"]
-    ref = _ort(trained, x)
+    ref = ort_outputs(trained, x)
     gap = {}
     for distill in (0.0, 0.9):
         ctx = _pruned(trained)
         ctx.original = trained
         FinetunePass(digits, epochs=2, lr=1e-3, distill=distill, temperature=2.0).run(ctx)
-        gap[distill] = float(np.mean((_ort(ctx.model, x) - ref) ** 2))
+        gap[distill] = float(np.mean((ort_outputs(ctx.model, x) - ref) ** 2))
     assert gap[0.9] < gap[0.0]
 
 
@@ -107,11 +103,11 @@ def test_teacher_outputs_computed_once_and_reused(digits: Dataset, trained: onnx
     FinetunePass(digits, steps=3, distill=0.5).run(ctx)
     result = FinetunePass(digits, steps=1, distill=0.5).run(ctx)
     assert result.data["teacher_accuracy"] == pytest.approx(
-        float(np.mean(_ort(trained, digits.inputs["input"]).argmax(1) == digits.labels)))
+        float(np.mean(ort_outputs(trained, digits.inputs["input"]).argmax(1) == digits.labels)))
     assert result.data["teacher_accuracy"] > 0.8
     cached = [v for k, v in ctx.cache.items() if k[0] == "finetune-teacher"]
     assert len(cached) == 1 and cached[0].shape == (len(digits), 10)
-    np.testing.assert_allclose(cached[0], _ort(trained, digits.inputs["input"]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(cached[0], ort_outputs(trained, digits.inputs["input"]), rtol=1e-5, atol=1e-5)
     calls = []
     real = finetune_module._Teacher._run
     monkeypatch.setattr(finetune_module._Teacher, "_run", lambda self, idx: calls.append(1) or real(self, idx))
@@ -129,22 +125,21 @@ def test_teacher_per_batch_when_too_large_gives_the_same_model(digits: Dataset, 
     FinetunePass(small, epochs=1, distill=0.5).run(batch_ctx)
     assert not [k for k in batch_ctx.cache if k[0] == "finetune-teacher"]
     x = small.inputs["input"]
-    np.testing.assert_allclose(_ort(batch_ctx.model, x), _ort(cached_ctx.model, x), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ort_outputs(batch_ctx.model, x), ort_outputs(cached_ctx.model, x),
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_softmax_output_distills_in_log_space(digits: Dataset) -> None:
-    from finetune_kit import digits_cnn, export
-
     torch.manual_seed(0)
     model = export(torch.nn.Sequential(digits_cnn(), torch.nn.Softmax(dim=1)), (1, 1, 8, 8))
     ctx = Context(model, PROBE)
     FinetunePass(digits, epochs=3, lr=3e-3, distill=0.0).run(ctx)
     teacher = ctx.model
     x = digits.inputs["input"]
-    ref = _ort(teacher, x)
+    ref = ort_outputs(teacher, x)
     ctx = Context(teacher, PROBE)
     FinetunePass(digits, epochs=1, optimizer="sgd", lr=0.05, momentum=0.0, distill=1.0).run(ctx)
-    assert np.abs(_ort(ctx.model, x) - ref).max() < 1e-3
+    assert np.abs(ort_outputs(ctx.model, x) - ref).max() < 1e-3
 
 
 def test_threads_are_set_for_the_run_and_restored(digits: Dataset, digits_model: onnx.ModelProto) -> None:
