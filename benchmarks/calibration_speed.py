@@ -32,13 +32,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 
-from npcompile.calibrate import Calibrator, SlotStats, WinCounts, group_inputs, nonnegative  # noqa: E402
-from npcompile.data import Dataset, load_data  # noqa: E402
-from npcompile.model_io import load_model  # noqa: E402
+from npcompile.graph.model_io import load_model  # noqa: E402
+from npcompile.graph.shapes import probe_shapes  # noqa: E402
 from npcompile.passes.activation import tensor_rank  # noqa: E402
 from npcompile.pipeline import Context  # noqa: E402
-from npcompile.shapes import probe_shapes  # noqa: E402
-from npcompile.verify import make_session  # noqa: E402
+from npcompile.runtime.calibrate import Calibrator, SlotStats, WinCounts, group_inputs, nonnegative  # noqa: E402
+from npcompile.runtime.data import Dataset, load_data  # noqa: E402
+from npcompile.runtime.verify import make_session  # noqa: E402
 
 GOAL = 1.5
 

@@ -42,8 +42,8 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 import npcompile  # noqa: E402
+from npcompile.runtime.verify import make_session  # noqa: E402
 from npcompile.targets.ort import cpu_vector_width  # noqa: E402
-from npcompile.verify import make_session  # noqa: E402
 
 RATIOS = (0.3, 0.5)
 GOAL_COMPILE_X = 3.0  # whole compile at most this many times load + check + save

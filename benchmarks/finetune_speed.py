@@ -4,7 +4,7 @@ Prints, in one run, the training throughput (samples/s, CPU) of:
 
 1. **native**: a LeNet-5-like CNN written directly in PyTorch (``nn.Sequential`` of Conv2d, ReLU,
    MaxPool2d, Linear), trained with Adam;
-2. **graph**: the same network exported to ONNX and run by :class:`npcompile.torch_graph.GraphModule`,
+2. **graph**: the same network exported to ONNX and run by :class:`npcompile.finetune.graph_module.GraphModule`,
    trained with the same optimizer, batch size, batches and starting weights;
 3. **pass**: the whole ``finetune`` pass on the same ONNX model and data (its own shuffling and
    batching from NumPy arrays, reported by the pass itself; the ONNX Runtime checks excluded).
@@ -32,10 +32,10 @@ import onnx  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from npcompile.data import Dataset  # noqa: E402
+from npcompile.finetune.graph_module import GraphModule  # noqa: E402
 from npcompile.passes.finetune import FinetunePass  # noqa: E402
 from npcompile.pipeline import Context  # noqa: E402
-from npcompile.torch_graph import GraphModule  # noqa: E402
+from npcompile.runtime.data import Dataset  # noqa: E402
 
 GOAL = 0.8
 

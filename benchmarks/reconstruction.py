@@ -110,7 +110,7 @@ def train(name: str, x: np.ndarray, y: np.ndarray, samples: int, epochs: int,
           cache: Path | None = None) -> tuple[onnx.ModelProto, float]:
     import torch
 
-    from npcompile.model_io import load_model
+    from npcompile.graph.model_io import load_model
 
     key = cache / f"{name}-{samples}-{epochs}.onnx" if cache is not None else None
     if key is not None and key.exists():
@@ -149,7 +149,7 @@ def train(name: str, x: np.ndarray, y: np.ndarray, samples: int, epochs: int,
 
 
 def accuracy(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray) -> float:
-    from npcompile.verify import make_session
+    from npcompile.runtime.verify import make_session
 
     sess = make_session(model)
     name = sess.get_inputs()[0].name
@@ -160,7 +160,7 @@ def accuracy(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def one_pass(model: onnx.ModelProto, x: np.ndarray, batch: int) -> float:
-    from npcompile.verify import make_session
+    from npcompile.runtime.verify import make_session
 
     sess = make_session(model)
     name = sess.get_inputs()[0].name

@@ -32,16 +32,16 @@ sys.path.insert(0, str(ROOT / "tests" / "search"))
 import numpy as np  # noqa: E402
 import searchkit  # noqa: E402
 
-from npcompile.data import Dataset  # noqa: E402
-from npcompile.evaluate import AccuracyEvaluator  # noqa: E402
-from npcompile.metrics import model_stats  # noqa: E402
-from npcompile.model_io import load_model  # noqa: E402
+from npcompile.graph.model_io import load_model  # noqa: E402
+from npcompile.graph.shapes import probe_shapes  # noqa: E402
+from npcompile.graph.stats import model_stats  # noqa: E402
 from npcompile.passes.magnitude import MagnitudePass  # noqa: E402
 from npcompile.passes.prune import PrunePass  # noqa: E402
 from npcompile.passes.search import BinarySearchPass  # noqa: E402
 from npcompile.pipeline import Context  # noqa: E402
-from npcompile.shapes import probe_shapes  # noqa: E402
-from npcompile.verify import make_session  # noqa: E402
+from npcompile.runtime.data import Dataset  # noqa: E402
+from npcompile.runtime.evaluate import AccuracyEvaluator  # noqa: E402
+from npcompile.runtime.verify import make_session  # noqa: E402
 
 GOAL = 1.3
 

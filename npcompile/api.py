@@ -16,18 +16,18 @@ from typing import Any
 import onnx
 
 from npcompile.errors import GateError, UserError, VerificationError
-from npcompile.gates import Gates, check_gates, write_junit
-from npcompile.html_report import render_html
-from npcompile.metrics import model_stats
-from npcompile.model_io import atomic_write_bytes, load_model, save_model
+from npcompile.graph.model_io import atomic_write_bytes, load_model, save_model
+from npcompile.graph.shapes import input_specs, probe_shapes
+from npcompile.graph.stats import model_stats
 from npcompile.pipeline import Context, Pipeline, available_passes
-from npcompile.pipeline_file import PassSpec, instantiate, load_pipeline_file
-from npcompile.plots import render_plots
-from npcompile.plugins import load_plugin
-from npcompile.report import build_report, render_markdown
-from npcompile.shapes import input_specs, probe_shapes
+from npcompile.pipeline.file import PassSpec, instantiate, load_pipeline_file
+from npcompile.pipeline.plugins import load_plugin
+from npcompile.report.document import build_report, render_markdown
+from npcompile.report.gates import Gates, check_gates, write_junit
+from npcompile.report.html import render_html
+from npcompile.report.plots import render_plots
+from npcompile.runtime.verify import compare, probe_inputs
 from npcompile.targets import BenchmarkOptions, Target, get_target
-from npcompile.verify import compare, probe_inputs
 
 __all__ = ["CompileOptions", "CompileResult", "compile", "inspect", "pipeline_specs", "resolve_specs", "CRITERIA"]
 
@@ -548,13 +548,13 @@ def _latency_measure(target: Target, options: CompileOptions) -> Any:
 
 def _make_evaluator(options: CompileOptions, model: onnx.ModelProto) -> Any:
     """The evaluator the options ask for (``None`` without evaluation data or a callable)."""
-    from npcompile.evaluate import make_evaluator
+    from npcompile.runtime.evaluate import make_evaluator
 
     if options.eval is None and ":" not in options.evaluator:
         return None
     dataset = None
     if options.eval is not None:
-        from npcompile.data import load_data
+        from npcompile.runtime.data import load_data
 
         dataset = load_data(options.eval, model, labels="optional", what="evaluation data")
     return make_evaluator(options.evaluator, dataset=dataset, model=model, top_k=options.top_k,

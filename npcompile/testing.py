@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from npcompile.channels import analyze
-from npcompile.model_io import to_graph, to_model
-from npcompile.shapes import static_shapes
+from npcompile.channels.analysis import analyze
+from npcompile.graph.model_io import to_graph, to_model
+from npcompile.graph.shapes import static_shapes
 
 __all__ = ["plant_dead_channels"]
 

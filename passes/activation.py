@@ -18,11 +18,11 @@ from typing import ClassVar
 
 import numpy as np
 
-from npcompile.calibrate import Calibrator, SlotStats, check_shapes, group_inputs, nonnegative, slots_to_group
-from npcompile.channels import ChannelAnalysis, Group
-from npcompile.data import Dataset
+from npcompile.channels.analysis import ChannelAnalysis, Group
 from npcompile.errors import UserError
 from npcompile.pipeline import Context, Pass, PassResult, register_pass
+from npcompile.runtime.calibrate import Calibrator, SlotStats, check_shapes, group_inputs, nonnegative, slots_to_group
+from npcompile.runtime.data import Dataset
 
 __all__ = ["ActivationPass", "ApozPass", "MeanAbsPass", "CRITERIA", "activation_scores", "tensor_rank"]
 

@@ -1,6 +1,6 @@
 """Fine-tuning on the graph: retrain the current model with PyTorch, without its training code.
 
-The model is run by :class:`npcompile.torch_graph.GraphModule` (one torch function per ONNX op,
+The model is run by :class:`npcompile.finetune.graph_module.GraphModule` (one torch function per ONNX op,
 its floating-point weights as parameters), trained on labelled data with cross-entropy, and the
 trained weights are written back into the ONNX model (same names, dtypes and structure).
 
@@ -56,9 +56,9 @@ from typing import Any, ClassVar
 import numpy as np
 import onnx
 
-from npcompile.data import Dataset, load_data
 from npcompile.errors import UserError
 from npcompile.pipeline import Context, Pass, PassResult, register_pass
+from npcompile.runtime.data import Dataset, load_data
 
 __all__ = ["FinetunePass", "OPTIMIZERS", "LOSSES", "SCHEDULES", "auto_epochs"]
 
@@ -166,7 +166,7 @@ class FinetunePass(Pass):
 
     def run(self, ctx: Context) -> PassResult:
         torch = _torch()
-        from npcompile.torch_graph import GraphModule
+        from npcompile.finetune.graph_module import GraphModule
 
         model = ctx.model
         data = self._data(model)
@@ -341,7 +341,7 @@ class FinetunePass(Pass):
     def _check(self, gm: Any, model: onnx.ModelProto, data: Dataset, out_idx: int) -> float:
         """Max |torch - ONNX Runtime| on the first samples; refuses to go on when they disagree."""
         torch = _torch()
-        from npcompile.verify import make_session
+        from npcompile.runtime.verify import make_session
 
         k = min(CHECK_SAMPLES, len(data))
         feeds = {name: np.ascontiguousarray(v[:k]) for name, v in data.inputs.items() if name in gm.input_names}
@@ -382,7 +382,7 @@ class _Teacher:
     BATCH = 256
 
     def __init__(self, ctx: Context, data: Dataset, output: str, threads: int) -> None:
-        from npcompile.verify import make_session
+        from npcompile.runtime.verify import make_session
 
         model = ctx.original
         self.output = output

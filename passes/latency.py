@@ -15,8 +15,8 @@ from typing import Any
 
 import onnx
 
+from npcompile.channels.masked import prune_copy
 from npcompile.errors import UserError
-from npcompile.masked import prune_copy
 from npcompile.passes.search import BudgetPass
 from npcompile.pipeline import Context, Pass, PassResult, register_pass
 
@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 
 def ort_latency(threads: int = 0, runs: int = 20, warmup: int = 3) -> Callable[[onnx.ModelProto, dict], float]:
     """A measure function: p50 milliseconds of a model in an optimized ONNX Runtime CPU session."""
+    from npcompile.runtime.verify import make_session
     from npcompile.targets.base import BenchmarkOptions, measure
-    from npcompile.verify import make_session
 
     def run(model: onnx.ModelProto, feeds: dict) -> float:
         session = make_session(model, threads)
@@ -67,7 +67,7 @@ class LatencyBudgetPass(Pass):
         return dict(ctx.removal)
 
     def run(self, ctx: Context) -> PassResult:
-        from npcompile.verify import probe_inputs
+        from npcompile.runtime.verify import probe_inputs
 
         feeds = probe_inputs(ctx.model, ctx.probe, batch=None, seed=ctx.seed)
         base = self.measure(ctx.model, feeds)

@@ -1,7 +1,7 @@
 """Magnitude analysis: the L1 or L2 norm of the weights that produce each channel, over its group.
 
 Channels that are provably zero everywhere they are consumed (see
-:mod:`npcompile.channels`) score exactly 0; every other channel scores above 0, so a threshold
+:mod:`npcompile.channels.analysis`) score exactly 0; every other channel scores above 0, so a threshold
 of 0 removes exactly the dead channels.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from npcompile.channels import ChannelAnalysis, Group
+from npcompile.channels.analysis import ChannelAnalysis, Group
 from npcompile.pipeline import Context, Pass, PassResult, register_pass
 
 __all__ = ["MagnitudePass", "group_magnitude"]

@@ -15,7 +15,7 @@ counts (they sum to the same number in every unit); it is the mean absolute valu
 output on the calibration data (scored when ``units=True``).
 
 Maxout layers are found by the channel analysis (:mod:`npcompile.rules.maxout`); each is a
-:class:`~npcompile.channels.UnitLink` from the producer's group (the neurons) to a group of units.
+:class:`~npcompile.channels.analysis.UnitLink` from the producer's group (the neurons) to a group of units.
 ``ctx.scores`` gets the counts per neuron (as floats), so ``select`` by ratio or threshold also
 works: a ratio removes the same number of neurons from every unit, ``--threshold 0`` the neurons
 that never win (the same number in every unit).
@@ -27,11 +27,11 @@ from typing import ClassVar
 
 import numpy as np
 
-from npcompile.calibrate import Calibrator, SlotStats, WinCounts, check_shapes, group_inputs, nonnegative
-from npcompile.data import Dataset
+from npcompile.channels.select import _lowest
 from npcompile.errors import UserError
 from npcompile.pipeline import Context, Pass, PassResult, register_pass
-from npcompile.select import _lowest
+from npcompile.runtime.calibrate import Calibrator, SlotStats, WinCounts, check_shapes, group_inputs, nonnegative
+from npcompile.runtime.data import Dataset
 
 __all__ = ["MaxoutRelevancePass", "MaxoutSelectPass"]
 

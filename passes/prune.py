@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import onnx
 
+from npcompile.channels.rewrite import apply_removal
 from npcompile.errors import VerificationError
 from npcompile.pipeline import Context, Pass, PassResult, register_pass
-from npcompile.rewrite import apply_removal
 
 __all__ = ["PrunePass"]
 

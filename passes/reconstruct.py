@@ -1,7 +1,7 @@
 """Training-free accuracy recovery passes (need unlabelled calibration data, ``--calib``).
 
 - ``reconstruct`` (rewrite; runs after a selection, in place of ``prune``): removes the selected
-  channels itself (:func:`~npcompile.rewrite.apply_removal`), then refits, by ridge least squares,
+  channels itself (:func:`~npcompile.channels.rewrite.apply_removal`), then refits, by ridge least squares,
   every Conv/Gemm/MatMul that read removed channels, so that its outputs match the model's
   outputs before this removal (the model the pass receives; He et al. 2017, ThiNet):
   ``W', β = argmin ‖X_kept W' + β − Y‖² + λ‖W'‖²``, with ``X_kept`` the layer's input in the
@@ -53,13 +53,13 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from npcompile.calibrate import Calibrator, check_shapes
-from npcompile.data import Dataset
+from npcompile.channels.rewrite import apply_removal
+from npcompile.channels.select import select_ratio
 from npcompile.errors import UserError, VerificationError
-from npcompile.model_io import to_model
+from npcompile.graph.model_io import to_model
 from npcompile.passes.magnitude import group_magnitude
 from npcompile.pipeline import Context, Pass, PassResult, register_pass
-from npcompile.reconstruction import (
+from npcompile.recovery.reconstruction import (
     ChannelMoments,
     Layer,
     LayerStats,
@@ -81,8 +81,8 @@ from npcompile.reconstruction import (
     stream,
     write_layer,
 )
-from npcompile.rewrite import apply_removal
-from npcompile.select import select_ratio
+from npcompile.runtime.calibrate import Calibrator, check_shapes
+from npcompile.runtime.data import Dataset
 
 __all__ = ["ReconstructPass", "ReconstructSelectPass", "BiasCompensatePass", "BatchNormRecalibratePass"]
 

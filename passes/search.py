@@ -10,7 +10,7 @@
 - ``budget``: reach a FLOPs and/or parameter target (fraction of the model to keep) with the least
   metric loss, guided by the sensitivity table (greedy, one rounding step at a time).
 
-All three evaluate removals on one masked ONNX Runtime session (:mod:`npcompile.masked`); widths
+All three evaluate removals on one masked ONNX Runtime session (:mod:`npcompile.channels.masked`); widths
 move in multiples of ``round_to`` (grouped convolutions lose the same number per block) and never
 go below ``min_channels``.
 """
@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from npcompile.channels import Group
-from npcompile.cost import Cost, CostModel
+from npcompile.channels.analysis import Group
+from npcompile.channels.cost import Cost, CostModel
+from npcompile.channels.masked import RemovalEvaluator
+from npcompile.channels.select import name_patterns
 from npcompile.errors import UserError
-from npcompile.masked import RemovalEvaluator
 from npcompile.pipeline import Context, Pass, PassResult, register_pass
-from npcompile.select import name_patterns
 
 __all__ = ["BinarySearchPass", "SensitivityPass", "BudgetPass", "removal_levels", "lowest_mask",
            "search_groups", "DEFAULT_FRACTIONS"]

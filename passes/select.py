@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from npcompile.channels.select import name_patterns, select_ratio, select_threshold
 from npcompile.errors import UserError
 from npcompile.pipeline import Context, Pass, PassResult, register_pass
-from npcompile.select import name_patterns, select_ratio, select_threshold
 
 __all__ = ["SelectPass", "DeadChannelsPass"]
 

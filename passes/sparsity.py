@@ -4,7 +4,7 @@ Neuron (channel) pruning removes whole channels and makes the graph smaller; thi
 zeroes single weights inside the layers that are left ("neuron pruning followed by weight
 pruning"). The graph keeps its structure: zeros are written into the existing weight tensors.
 Only the weights (input 1) of Conv, ConvTranspose, Gemm and MatMul are touched, and only
-constant ones (see :func:`npcompile.weights.weight_slots`); biases, normalisation parameters
+constant ones (see :func:`npcompile.graph.weights.weight_slots`); biases, normalisation parameters
 and every other constant stay as they are.
 
 - ``sparsity=0.8`` - **unstructured**: the 80 % smallest ``|w|`` are zeroed, per layer
@@ -51,10 +51,9 @@ from typing import Any
 import numpy as np
 import onnx
 
+from npcompile.channels.select import name_patterns
 from npcompile.errors import UserError
-from npcompile.pipeline import Context, Pass, PassResult, register_pass
-from npcompile.select import name_patterns
-from npcompile.weights import (
+from npcompile.graph.weights import (
     WeightSlot,
     bitmask_bytes,
     global_keep,
@@ -67,6 +66,7 @@ from npcompile.weights import (
     write_weight,
     zlib_bytes,
 )
+from npcompile.pipeline import Context, Pass, PassResult, register_pass
 
 __all__ = ["SparsityPass", "parse_sparsity"]
 

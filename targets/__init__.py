@@ -7,7 +7,7 @@ import logging
 from importlib import metadata
 
 from npcompile.errors import UserError
-from npcompile.loading import import_class
+from npcompile.pipeline.loading import import_class
 from npcompile.targets.base import Artifact, BenchmarkOptions, LatencyStats, Target
 
 __all__ = ["Target", "Artifact", "BenchmarkOptions", "LatencyStats", "get_target", "available_targets",

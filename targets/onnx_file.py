@@ -6,7 +6,7 @@ from pathlib import Path
 
 import onnx
 
-from npcompile.model_io import save_model
+from npcompile.graph.model_io import save_model
 from npcompile.targets.base import Artifact, Target
 
 __all__ = ["OnnxTarget"]

@@ -11,9 +11,9 @@ import numpy as np
 import onnx
 
 from npcompile.errors import UserError
-from npcompile.model_io import save_model
+from npcompile.graph.model_io import save_model
+from npcompile.runtime.verify import make_session
 from npcompile.targets.base import Artifact, BenchmarkOptions, LatencyStats, Target, measure
-from npcompile.verify import make_session
 
 __all__ = ["OnnxRuntimeTarget", "cpu_vector_width"]
 

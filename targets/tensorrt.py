@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 
 from npcompile.errors import NpcompileError, UserError
-from npcompile.model_io import atomic_write_bytes, save_model
+from npcompile.graph.model_io import atomic_write_bytes, save_model
 from npcompile.targets.base import Artifact, BenchmarkOptions, LatencyStats, Target
 
 __all__ = ["TensorRTTarget"]

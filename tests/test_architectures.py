@@ -12,10 +12,10 @@ import torch
 import zoo
 
 import npcompile
-from npcompile.model_io import load_model
-from npcompile.shapes import probe_shapes
+from npcompile.graph.model_io import load_model
+from npcompile.graph.shapes import probe_shapes
+from npcompile.runtime.verify import compare, probe_inputs
 from npcompile.testing import plant_dead_channels
-from npcompile.verify import compare, probe_inputs
 
 DEAD = ["mlp", "lenet", "vgg", "resnet_basic", "resnet_bottleneck", "mobilenet_v2", "mobilenet_v3",
         "efficientnet", "densenet", "squeezenet", "googlenet", "mnasnet", "unet", "conv1d_net", "conv3d_net",

@@ -40,7 +40,7 @@ def test_main_job_ratio(tmp_path: Path, digits: np.ndarray) -> None:
     for name in ("model.onnx", "report.json", "report.md", "model.ort.onnx"):
         assert (out / name).is_file(), name
     report = json.loads((out / "report.json").read_text())
-    assert report["schema"] == "npcompile.report" and report["version"] == 1
+    assert report["schema"] == "npcompile.report.document" and report["version"] == 1
     s = report["summary"]
     assert s["params_after"] < s["params_before"]
     assert s["flops_after"] < s["flops_before"]
@@ -80,8 +80,8 @@ def test_lossless_without_options_keeps_outputs(tmp_path: Path, digits: np.ndarr
 
 
 def test_threshold_zero_removes_planted_dead_channels(tmp_path: Path, digits: np.ndarray) -> None:
-    from npcompile.model_io import load_model
-    from npcompile.shapes import probe_shapes
+    from npcompile.graph.model_io import load_model
+    from npcompile.graph.shapes import probe_shapes
     from npcompile.testing import plant_dead_channels
 
     model = load_model(LENET)

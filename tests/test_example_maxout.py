@@ -15,7 +15,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from npcompile.verify import make_session
+from npcompile.runtime.verify import make_session
 
 pytest.importorskip("torch")
 pytest.importorskip("mlxtend")

@@ -36,8 +36,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import onnx  # noqa: E402
 
 import npcompile  # noqa: E402
-from npcompile.data import load_data  # noqa: E402
-from npcompile.evaluate import make_evaluator  # noqa: E402
+from npcompile.runtime.data import load_data  # noqa: E402
+from npcompile.runtime.evaluate import make_evaluator  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 NEEDED = ("model.onnx", "train.npz", "val.npz", "eval.npz")

@@ -14,7 +14,7 @@ import onnx_graphsurgeon as gs
 from npcompile.rules.registry import register
 
 if TYPE_CHECKING:
-    from npcompile.channels import ChannelAnalysis
+    from npcompile.channels.analysis import ChannelAnalysis
 
 ZERO_PRESERVING = (
     "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Tanh", "Erf", "Gelu", "HardSwish", "Mish",

@@ -9,7 +9,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 if TYPE_CHECKING:
-    from npcompile.channels import ChannelAnalysis
+    from npcompile.channels.analysis import ChannelAnalysis
 
 __all__ = ["ints_of", "set_ints", "normalize_axis", "target_fixup"]
 

@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from npcompile.layout import Layout
+from npcompile.channels.layout import Layout
 from npcompile.rules.common import ints_of, normalize_axis, set_ints
 from npcompile.rules.registry import register
 
 if TYPE_CHECKING:
-    from npcompile.channels import ChannelAnalysis
+    from npcompile.channels.analysis import ChannelAnalysis
 
 
 @register("Concat")

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from npcompile.layout import Layout
+from npcompile.channels.layout import Layout
 from npcompile.rules.registry import register
 
 if TYPE_CHECKING:
-    from npcompile.channels import ChannelAnalysis
+    from npcompile.channels.analysis import ChannelAnalysis
 
 
 def _row_pot(w: np.ndarray, axis: int, bias: np.ndarray | None, layout: Layout) -> np.ndarray:

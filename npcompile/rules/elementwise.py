@@ -17,7 +17,7 @@ import onnx_graphsurgeon as gs
 from npcompile.rules.registry import register
 
 if TYPE_CHECKING:
-    from npcompile.channels import ChannelAnalysis, ChannelDim
+    from npcompile.channels.analysis import ChannelAnalysis, ChannelDim
 
 Combine = Callable[[list[np.ndarray]], np.ndarray]
 

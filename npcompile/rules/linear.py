@@ -10,7 +10,7 @@ import onnx_graphsurgeon as gs
 from npcompile.rules.registry import register
 
 if TYPE_CHECKING:
-    from npcompile.channels import ChannelAnalysis
+    from npcompile.channels.analysis import ChannelAnalysis
 
 
 @register("Gemm")

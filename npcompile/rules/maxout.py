@@ -10,7 +10,7 @@ valid:
   (or the MaxPool kernel and stride) is rewritten.
 - **whole units**: the units form a group of their own, opened here, whose consumers (the next
   layer's input channels) follow it; removing unit ``u`` removes its ``k`` neurons
-  (:class:`~npcompile.channels.UnitLink`, :meth:`~npcompile.channels.ChannelAnalysis.close_removal`).
+  (:class:`~npcompile.channels.analysis.UnitLink`, :meth:`~npcompile.channels.analysis.ChannelAnalysis.close_removal`).
 
 Forms recognised (what ``torch.onnx.export`` gives with ``dynamo=False`` and ``dynamo=True`` for
 ``x.view(n, units, k).amax(-1)``, ``.max(-1)[0]``, ``torch.max(..., dim).values``, the conv
@@ -35,11 +35,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from npcompile.layout import Layout
+from npcompile.channels.layout import Layout
 from npcompile.rules.common import ints_of, normalize_axis, target_fixup
 
 if TYPE_CHECKING:
-    from npcompile.channels import ChannelAnalysis, ChannelDim, UnitLink
+    from npcompile.channels.analysis import ChannelAnalysis, ChannelDim, UnitLink
 
 __all__ = ["maxout_reshape", "maxout_pool", "kept_per_unit"]
 

@@ -11,7 +11,7 @@ from npcompile.rules.common import normalize_axis
 from npcompile.rules.registry import register
 
 if TYPE_CHECKING:
-    from npcompile.channels import ChannelAnalysis
+    from npcompile.channels.analysis import ChannelAnalysis
 
 
 def _param_sites(node: gs.Node, ctx: ChannelAnalysis, layout, indices) -> bool:

@@ -14,7 +14,7 @@ from npcompile.rules.maxout import maxout_pool
 from npcompile.rules.registry import register
 
 if TYPE_CHECKING:
-    from npcompile.channels import ChannelAnalysis
+    from npcompile.channels.analysis import ChannelAnalysis
 
 
 @register("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",

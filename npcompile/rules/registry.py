@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
 
-    from npcompile.channels import ChannelAnalysis
+    from npcompile.channels.analysis import ChannelAnalysis
 
 __all__ = ["Rule", "register", "rule_for", "registered_ops", "load_builtin_rules"]
 

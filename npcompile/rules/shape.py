@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 
 import onnx_graphsurgeon as gs
 
-from npcompile.layout import Layout
+from npcompile.channels.layout import Layout
 from npcompile.rules.common import ints_of, normalize_axis, target_fixup
 from npcompile.rules.maxout import maxout_reshape
 from npcompile.rules.registry import register
 
 if TYPE_CHECKING:
-    from npcompile.channels import ChannelAnalysis, ChannelDim
+    from npcompile.channels.analysis import ChannelAnalysis, ChannelDim
 
 
 def _cum(shape: tuple[int, ...]) -> list[int]:

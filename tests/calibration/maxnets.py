@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import zoo
 from torch import nn
 
-from npcompile.model_io import load_model
+from npcompile.graph.model_io import load_model
 
 FC_MODES = ["amax", "max0", "values", "keepdim", "pool", "maximum"]
 CONV_MODES = ["amax", "max0", "values", "pool", "pool_last"]

@@ -12,15 +12,15 @@ import torch
 import zoo
 from torch import nn
 
-from npcompile.data import Dataset
 from npcompile.errors import PassError, UserError
-from npcompile.model_io import load_model
+from npcompile.graph.model_io import load_model
+from npcompile.graph.shapes import probe_shapes
 from npcompile.passes.activation import ActivationPass, ApozPass, MeanAbsPass
 from npcompile.passes.prune import PrunePass
 from npcompile.passes.select import SelectPass
 from npcompile.pipeline import Context, Pipeline, get_pass
-from npcompile.shapes import probe_shapes
-from npcompile.verify import make_session
+from npcompile.runtime.data import Dataset
+from npcompile.runtime.verify import make_session
 
 
 class Net(nn.Module):
@@ -161,7 +161,7 @@ def test_data_shape_must_match_the_analysis(tmp_path: Path) -> None:
 
 
 def test_nonnegative_tensors_are_recognised(tmp_path: Path) -> None:
-    from npcompile.calibrate import group_inputs, nonnegative
+    from npcompile.runtime.calibrate import group_inputs, nonnegative
 
     model = _model(_net(), False, tmp_path)
     analysis = Context(model, probe_shapes(model)).analysis

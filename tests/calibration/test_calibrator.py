@@ -7,10 +7,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from npcompile.calibrate import Calibrator, SlotStats, WinCounts, expose_tensors
-from npcompile.data import Dataset
+from npcompile.channels.layout import Layout, Piece
 from npcompile.errors import UserError
-from npcompile.layout import Layout, Piece
+from npcompile.runtime.calibrate import Calibrator, SlotStats, WinCounts, expose_tensors
+from npcompile.runtime.data import Dataset
 
 
 def _model() -> onnx.ModelProto:

@@ -18,16 +18,16 @@ import torch
 from onnx import numpy_helper
 
 import npcompile
-from npcompile.data import Dataset
+from npcompile.channels.rewrite import apply_removal
 from npcompile.errors import PassError, UserError
-from npcompile.model_io import load_model
+from npcompile.graph.model_io import load_model
+from npcompile.graph.shapes import probe_shapes
 from npcompile.passes.maxout import MaxoutRelevancePass, MaxoutSelectPass
 from npcompile.passes.prune import PrunePass
 from npcompile.passes.select import SelectPass
 from npcompile.pipeline import Context, Pipeline
-from npcompile.rewrite import apply_removal
-from npcompile.shapes import probe_shapes
-from npcompile.verify import make_session
+from npcompile.runtime.data import Dataset
+from npcompile.runtime.verify import make_session
 
 TOL = 1e-4
 CASES = [("fc", m) for m in maxnets.FC_MODES] + [("conv", m) for m in maxnets.CONV_MODES]
@@ -119,7 +119,7 @@ def test_relevance_counts_equal_numpy_reference(kind, mode, dynamo, tmp_path: Pa
 
 
 def test_ties_go_to_the_lowest_index() -> None:
-    from npcompile.calibrate import WinCounts
+    from npcompile.runtime.calibrate import WinCounts
 
     acc = WinCounts("t", 1, 3)
     acc.update({"t": np.array([[1.0, 1.0, 0.0, 2.0, 5.0, 5.0]], np.float32)})

@@ -9,7 +9,7 @@ import pytest
 import torch
 from finetune_kit import digits_cnn, export
 
-from npcompile.data import Dataset
+from npcompile.runtime.data import Dataset
 
 
 @pytest.fixture(scope="session")

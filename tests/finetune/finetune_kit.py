@@ -11,7 +11,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from npcompile.model_io import load_model
+from npcompile.graph.model_io import load_model
 
 
 def digits_cnn() -> nn.Module:

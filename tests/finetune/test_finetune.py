@@ -13,15 +13,15 @@ import torch
 from finetune_kit import digits_cnn, export, ort_outputs
 from onnx import helper, numpy_helper
 
-from npcompile.data import Dataset
 from npcompile.errors import PassError, UserError
+from npcompile.finetune.graph_module import GraphModule
 from npcompile.passes.finetune import FinetunePass
 from npcompile.passes.magnitude import MagnitudePass
 from npcompile.passes.prune import PrunePass
 from npcompile.passes.select import SelectPass
 from npcompile.pipeline import Context, Pipeline, get_pass
+from npcompile.runtime.data import Dataset
 from npcompile.testing import plant_dead_channels
-from npcompile.torch_graph import GraphModule
 
 PROBE = {"input": (1, 1, 8, 8)}
 
@@ -178,7 +178,7 @@ def test_user_errors(digits: Dataset, digits_model: onnx.ModelProto, tmp_path: P
 
 def test_pipeline_file_loads_the_training_data(digits: Dataset, digits_model: onnx.ModelProto,
                                                tmp_path: Path) -> None:
-    from npcompile.pipeline_file import instantiate, load_pipeline_file
+    from npcompile.pipeline.file import instantiate, load_pipeline_file
 
     np.savez(tmp_path / "train.npz", input=digits.inputs["input"][:64], labels=digits.labels[:64])
     (tmp_path / "p.toml").write_text('[[passes]]\nname = "finetune"\ntrain = "train.npz"\nsteps = 1\n')

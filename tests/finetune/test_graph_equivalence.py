@@ -13,9 +13,9 @@ import torch
 from onnx import numpy_helper
 from zoo import ZOO, export, randomize_bn
 
-from npcompile.model_io import load_model
-from npcompile.shapes import input_specs
-from npcompile.torch_graph import GraphModule
+from npcompile.finetune.graph_module import GraphModule
+from npcompile.graph.model_io import load_model
+from npcompile.graph.shapes import input_specs
 
 TOL = 1e-4
 SMALL = sorted(name for name in ZOO if name != "resnet50")

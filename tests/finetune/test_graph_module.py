@@ -10,7 +10,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from npcompile.torch_graph import GraphModule
+from npcompile.finetune.graph_module import GraphModule
 
 F32 = TensorProto.FLOAT
 RNG = np.random.default_rng(0)

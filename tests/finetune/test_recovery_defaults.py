@@ -9,7 +9,6 @@ import pytest
 import torch
 from finetune_kit import digits_cnn, export, ort_outputs
 
-from npcompile.data import Dataset
 from npcompile.errors import UserError
 from npcompile.passes import finetune as finetune_module
 from npcompile.passes.finetune import AUTO_MAX_EPOCHS, AUTO_MIN_STEPS, FinetunePass, auto_epochs
@@ -17,6 +16,7 @@ from npcompile.passes.magnitude import MagnitudePass
 from npcompile.passes.prune import PrunePass
 from npcompile.passes.select import SelectPass
 from npcompile.pipeline import Context
+from npcompile.runtime.data import Dataset
 
 PROBE = {"input": (1, 1, 8, 8)}
 

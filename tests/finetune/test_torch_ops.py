@@ -1,4 +1,4 @@
-"""Every torch function of :mod:`npcompile.torch_graph` against ONNX Runtime, op by op, including
+"""Every torch function of :mod:`npcompile.finetune.graph_module` against ONNX Runtime, op by op, including
 the attribute forms exporters use (asymmetric and automatic pads, ceil mode, attribute and input
 forms of axes and splits, negative steps, the Resize coordinate modes...)."""
 
@@ -13,7 +13,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from npcompile.errors import UserError
-from npcompile.torch_graph import GraphModule, register, registered_ops
+from npcompile.finetune.graph_module import GraphModule, register, registered_ops
 
 F32, I64, BOOL = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
 RNG = np.random.default_rng(0)

@@ -6,10 +6,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from npcompile.model_io import initializer, make_opset_model
+from npcompile.graph.model_io import initializer, make_opset_model
+from npcompile.graph.shapes import probe_shapes
 from npcompile.pipeline import Context
-from npcompile.shapes import probe_shapes
-from npcompile.verify import make_session
+from npcompile.runtime.verify import make_session
 
 __all__ = ["model", "context", "run", "conv", "gemm", "group_of"]
 
@@ -32,7 +32,7 @@ def context(m: onnx.ModelProto) -> Context:
 
 
 def run(m: onnx.ModelProto, x: np.ndarray, names: list[str] | None = None) -> list[np.ndarray]:
-    from npcompile.calibrate import expose_tensors
+    from npcompile.runtime.calibrate import expose_tensors
 
     mm, fetch = expose_tensors(m, names or [])
     sess = make_session(mm)

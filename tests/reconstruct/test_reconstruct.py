@@ -14,8 +14,6 @@ import pytest
 from nets import context, conv, gemm, group_of, model, run
 from onnx import helper
 
-from npcompile.calibrate import Calibrator
-from npcompile.data import Dataset
 from npcompile.errors import UserError
 from npcompile.passes.prune import PrunePass
 from npcompile.passes.reconstruct import (
@@ -24,7 +22,9 @@ from npcompile.passes.reconstruct import (
     ReconstructPass,
     ReconstructSelectPass,
 )
-from npcompile.reconstruction import LayerStats, removal_layers, sample_positions, stream
+from npcompile.recovery.reconstruction import LayerStats, removal_layers, sample_positions, stream
+from npcompile.runtime.calibrate import Calibrator
+from npcompile.runtime.data import Dataset
 
 RNG = np.random.default_rng(0)
 
@@ -394,7 +394,7 @@ def test_downstream_scope_refits_later_layers_including_depthwise() -> None:
 
 def test_greedy_error_bookkeeping_matches_direct_least_squares() -> None:
     """The block-deletion updates give the same error as refitting from scratch on the kept columns."""
-    from npcompile.reconstruction import consumer_state, greedy_removal, regularised
+    from npcompile.recovery.reconstruction import consumer_state, greedy_removal, regularised
 
     d_ch, k, o = 7, 3, 4
     x = RNG.normal(size=(500, d_ch * k)) @ RNG.normal(size=(d_ch * k, d_ch * k))

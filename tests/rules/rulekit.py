@@ -16,15 +16,15 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from npcompile.channels import ChannelAnalysis, Group
-from npcompile.model_io import load_model
+from npcompile.channels.analysis import ChannelAnalysis, Group
+from npcompile.graph.model_io import load_model
+from npcompile.graph.shapes import probe_shapes
 from npcompile.passes.magnitude import MagnitudePass
 from npcompile.passes.prune import PrunePass
 from npcompile.passes.select import SelectPass
 from npcompile.pipeline import Context, Pipeline
-from npcompile.shapes import probe_shapes
+from npcompile.runtime.verify import compare, make_session, probe_inputs
 from npcompile.testing import plant_dead_channels
-from npcompile.verify import compare, make_session, probe_inputs
 
 FLOAT = TensorProto.FLOAT
 TOL = 1e-4

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from rulekit import G, initializer, prune, weight_of
 
-from npcompile.model_io import load_model
+from npcompile.channels.rewrite import apply_removal
+from npcompile.graph.model_io import load_model
+from npcompile.graph.shapes import probe_shapes
 from npcompile.pipeline import Context
-from npcompile.rewrite import apply_removal
-from npcompile.shapes import probe_shapes
-from npcompile.verify import compare, probe_inputs
+from npcompile.runtime.verify import compare, probe_inputs
 
 
 def _reduce_max(g: G, x: str, axis: int, keepdims: int) -> str:

@@ -93,11 +93,11 @@ def test_subgraph_use_freezes():
 def test_unrunnable_custom_domain_op_analysis_and_rewrite():
     """``com.example::Mystery`` (ONNX Runtime cannot run it): the analysis freezes its input group
     and the rewrite of the other groups still gives a model the checker accepts."""
+    from npcompile.graph.shapes import probe_shapes
     from npcompile.passes.magnitude import MagnitudePass
     from npcompile.passes.prune import PrunePass
     from npcompile.passes.select import SelectPass
     from npcompile.pipeline import Context, Pipeline
-    from npcompile.shapes import probe_shapes
     from npcompile.testing import plant_dead_channels
 
     g = G()

@@ -6,8 +6,8 @@ import onnx
 import pytest
 import searchkit
 
-from npcompile.data import Dataset
-from npcompile.model_io import load_model
+from npcompile.graph.model_io import load_model
+from npcompile.runtime.data import Dataset
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from npcompile.data import Dataset
 from npcompile.pipeline import Context
+from npcompile.runtime.data import Dataset
 
 
 def digits(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

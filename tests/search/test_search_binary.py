@@ -12,17 +12,17 @@ import pytest
 import torch
 import zoo
 
-from npcompile.data import Dataset
+from npcompile.channels.masked import MaskedModel
 from npcompile.errors import UserError
-from npcompile.evaluate import AccuracyEvaluator, CallableEvaluator, FidelityEvaluator
-from npcompile.masked import MaskedModel
-from npcompile.metrics import model_stats
-from npcompile.model_io import load_model
+from npcompile.graph.model_io import load_model
+from npcompile.graph.shapes import probe_shapes
+from npcompile.graph.stats import model_stats
 from npcompile.passes.magnitude import MagnitudePass
 from npcompile.passes.prune import PrunePass
 from npcompile.passes.search import BinarySearchPass, removal_levels
 from npcompile.pipeline import Context, Pipeline, get_pass
-from npcompile.shapes import probe_shapes
+from npcompile.runtime.data import Dataset
+from npcompile.runtime.evaluate import AccuracyEvaluator, CallableEvaluator, FidelityEvaluator
 
 
 def _bound(ctx: Context, names: set[str] | None = None) -> int:
@@ -134,7 +134,7 @@ def test_grouped_convolutions_keep_blocks(tmp_path: Path) -> None:
 
 
 def test_levels() -> None:
-    from npcompile.channels import Group
+    from npcompile.channels.analysis import Group
 
     g = Group(0, 24, "g", "Conv", blocks=3)  # 8 per block
     assert removal_levels(g) == list(range(8))

@@ -11,18 +11,18 @@ import torch
 import zoo
 from searchkit import random_removal
 
-from npcompile.cost import CostModel, group_costs
-from npcompile.data import Dataset
+from npcompile.channels.cost import CostModel, group_costs
+from npcompile.channels.rewrite import apply_removal
 from npcompile.errors import UserError
-from npcompile.evaluate import AccuracyEvaluator
-from npcompile.metrics import model_stats
-from npcompile.model_io import load_model
+from npcompile.graph.model_io import load_model
+from npcompile.graph.shapes import probe_shapes
+from npcompile.graph.stats import model_stats
 from npcompile.passes.magnitude import MagnitudePass
 from npcompile.passes.prune import PrunePass
 from npcompile.passes.search import BudgetPass, SensitivityPass
 from npcompile.pipeline import Context, Pipeline
-from npcompile.rewrite import apply_removal
-from npcompile.shapes import probe_shapes
+from npcompile.runtime.data import Dataset
+from npcompile.runtime.evaluate import AccuracyEvaluator
 
 
 def _zoo(name: str, tmp: Path) -> onnx.ModelProto:

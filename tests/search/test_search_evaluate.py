@@ -10,16 +10,16 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from npcompile.data import Dataset
 from npcompile.errors import UserError
-from npcompile.evaluate import (
+from npcompile.graph.model_io import initializer, make_opset_model
+from npcompile.runtime.data import Dataset
+from npcompile.runtime.evaluate import (
     AccuracyEvaluator,
     CallableEvaluator,
     FidelityEvaluator,
     make_evaluator,
     model_outputs,
 )
-from npcompile.model_io import initializer, make_opset_model
 
 RNG = np.random.default_rng(0)
 N, CLASSES = 23, 5

@@ -12,12 +12,12 @@ import torch
 import zoo
 from searchkit import random_removal
 
-from npcompile.masked import MaskedModel
-from npcompile.model_io import load_model
+from npcompile.channels.masked import MaskedModel
+from npcompile.channels.rewrite import apply_removal
+from npcompile.graph.model_io import load_model
+from npcompile.graph.shapes import probe_shapes
 from npcompile.pipeline import Context
-from npcompile.rewrite import apply_removal
-from npcompile.shapes import probe_shapes
-from npcompile.verify import make_session, probe_inputs
+from npcompile.runtime.verify import make_session, probe_inputs
 
 MODELS = ["resnet_basic", "mobilenet_v2", "densenet", "vgg", "se_block_net", "grouped_conv_net", "unet"]
 CASES = [(n, False) for n in MODELS] + [("mobilenet_v2", True)]

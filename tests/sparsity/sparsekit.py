@@ -12,8 +12,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from npcompile.graph.shapes import probe_shapes
 from npcompile.pipeline import Context
-from npcompile.shapes import probe_shapes
 
 FLOAT = TensorProto.FLOAT
 
@@ -111,7 +111,7 @@ def feeds(model: onnx.ModelProto, batch: int = 2, seed: int = 0) -> dict[str, np
 
 
 def run(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from npcompile.verify import make_session
+    from npcompile.runtime.verify import make_session
 
     sess = make_session(model, optimize=False)
     names = [o.name for o in sess.get_outputs()]

@@ -22,15 +22,15 @@ from sparsekit import (
 )
 
 from npcompile.errors import UserError
-from npcompile.metrics import model_stats
+from npcompile.graph.shapes import probe_shapes
+from npcompile.graph.stats import model_stats
+from npcompile.graph.weights import nm_keep, weight_slots
 from npcompile.passes.prune import PrunePass
 from npcompile.passes.select import DeadChannelsPass
 from npcompile.passes.sparsity import SparsityPass, parse_sparsity
 from npcompile.pipeline import Pipeline, get_pass
-from npcompile.shapes import probe_shapes
+from npcompile.runtime.verify import compare
 from npcompile.testing import plant_dead_channels
-from npcompile.verify import compare
-from npcompile.weights import nm_keep, weight_slots
 
 WEIGHT_OF = {f"{name}": f"{name}.weight" for name in
              ("conv1", "conv_dw", "conv_grouped", "conv_1x1", "conv_odd", "deconv", "gemm_t1", "gemm_t0", "matmul",

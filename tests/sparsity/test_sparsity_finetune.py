@@ -9,10 +9,10 @@ import pytest
 from onnx import TensorProto, helper
 from sparsekit import Builder, feeds, make, max_per_group, run, weights
 
-from npcompile.data import Dataset
+from npcompile.graph.shapes import probe_shapes
 from npcompile.passes.sparsity import SparsityPass
 from npcompile.pipeline import Context, Pipeline
-from npcompile.shapes import probe_shapes
+from npcompile.runtime.data import Dataset
 
 pytest.importorskip("torch")
 from npcompile.passes.finetune import FinetunePass  # noqa: E402

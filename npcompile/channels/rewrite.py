@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from npcompile.channels import ChannelAnalysis
+from npcompile.channels.analysis import ChannelAnalysis
 
 __all__ = ["apply_removal", "RewriteStats"]
 

@@ -30,11 +30,11 @@ from typing import Protocol
 import numpy as np
 import onnx
 
-from npcompile.channels import ChannelAnalysis, ChannelDim, Group
-from npcompile.data import Dataset
+from npcompile.channels.analysis import ChannelAnalysis, ChannelDim, Group
+from npcompile.channels.layout import Layout
 from npcompile.errors import UserError
-from npcompile.layout import Layout
-from npcompile.shapes import input_specs
+from npcompile.graph.shapes import input_specs
+from npcompile.runtime.data import Dataset
 
 __all__ = ["Accumulator", "Calibrator", "CalibrationRun", "ReductionBuilder", "WinCounts", "SlotStats",
            "group_inputs", "slots_to_group", "expose_tensors", "nonnegative", "check_shapes"]
@@ -340,12 +340,12 @@ class Calibrator:
     ``tensors`` are exposed as extra outputs (any accumulator may read them); ``accumulators``
     given here may also prepare per-batch reductions inside the session (see
     :class:`Accumulator`), so that only small partial results leave it. :meth:`run` streams a
-    :class:`~npcompile.data.Dataset` through the session in batches of ``batch_size``.
+    :class:`~npcompile.runtime.data.Dataset` through the session in batches of ``batch_size``.
     """
 
     def __init__(self, model: onnx.ModelProto, tensors: Iterable[str] = (), batch_size: int = 256, *,
                  accumulators: Sequence[Accumulator] = (), threads: int = 0, progress: bool | None = None) -> None:
-        from npcompile.verify import make_session
+        from npcompile.runtime.verify import make_session
 
         if batch_size < 1:
             raise UserError(f"calibration batch size must be >= 1, got {batch_size}")

@@ -15,7 +15,7 @@ name = "prune"
 ```
 
 A pass option naming a data file (a pass lists them in ``data_options``) is loaded as a
-:class:`~npcompile.data.Dataset` for the model being compiled; relative paths are read relative
+:class:`~npcompile.runtime.data.Dataset` for the model being compiled; relative paths are read relative
 to the pipeline file. CLI flags build the same list of specs (see :func:`npcompile.api.pipeline_specs`).
 """
 
@@ -29,9 +29,9 @@ from typing import Any
 
 import onnx
 
-from npcompile.data import load_data
 from npcompile.errors import UserError
 from npcompile.pipeline import Pass, get_pass
+from npcompile.runtime.data import load_data
 
 __all__ = ["PassSpec", "load_pipeline_file", "instantiate", "to_toml"]
 
@@ -81,7 +81,7 @@ def instantiate(specs: list[PassSpec], model: onnx.ModelProto, base: Path | None
         if isinstance(opts.get("evaluator"), str):
             value = opts["evaluator"]
             if ":" in value:
-                from npcompile.evaluate import make_evaluator
+                from npcompile.runtime.evaluate import make_evaluator
 
                 opts["evaluator"] = make_evaluator(value)
             elif objects.get("evaluator") is None:

@@ -7,7 +7,7 @@ import html
 import re
 from typing import Any
 
-from npcompile.report import render_markdown
+from npcompile.report.document import render_markdown
 
 __all__ = ["render_html"]
 

@@ -3,7 +3,7 @@
 :func:`analyze` walks a graph in topological order and asks each node's channel rule (see
 :mod:`npcompile.rules`) how channels flow through it. Every weight-bearing op (Conv, Gemm,
 MatMul with a constant weight, ConvTranspose) opens a group for its output channels; rules then
-carry the group's :class:`~npcompile.layout.Layout` along the channel axis of every tensor it
+carry the group's :class:`~npcompile.channels.layout.Layout` along the channel axis of every tensor it
 reaches, record the weights that must be sliced (*sites*), merge groups that meet in an
 elementwise op (residual sums, gates), and freeze groups they cannot handle, with a reason.
 
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from npcompile.layout import Layout, Piece
+from npcompile.channels.layout import Layout, Piece
 from npcompile.rules import registry
 
 __all__ = ["ChannelDim", "Site", "Group", "ChannelAnalysis", "analyze", "Fixup", "UnitLink"]
@@ -414,7 +414,7 @@ def _finish(ctx: ChannelAnalysis) -> None:
 
 def analyze(graph: gs.Graph, shapes: dict[str, tuple[int, ...]]) -> ChannelAnalysis:
     """Build the channel groups of ``graph`` (toposorted); ``shapes`` maps tensor names to static
-    shapes (see :func:`npcompile.shapes.static_shapes`)."""
+    shapes (see :func:`npcompile.graph.shapes.static_shapes`)."""
     registry.load_builtin_rules()
 
     ctx = ChannelAnalysis(graph, shapes)

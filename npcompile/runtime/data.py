@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from npcompile.errors import UserError
-from npcompile.shapes import input_specs
+from npcompile.graph.shapes import input_specs
 
 __all__ = ["Dataset", "load_data"]
 

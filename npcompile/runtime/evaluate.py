@@ -2,7 +2,7 @@
 
 An evaluator runs a model over evaluation data and returns a float. What it runs is a *runner*:
 anything with ``run(output_names, feeds)`` like an ONNX Runtime ``InferenceSession`` (selection
-passes hand it the masked model of :mod:`npcompile.masked`, which adds its mask feeds), or an
+passes hand it the masked model of :mod:`npcompile.channels.masked`, which adds its mask feeds), or an
 ``onnx.ModelProto`` (a session is made for it).
 
 - :class:`AccuracyEvaluator`: top-k accuracy against labels, in percent.
@@ -29,9 +29,9 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import onnx
 
-from npcompile.data import Dataset
 from npcompile.errors import UserError
-from npcompile.shapes import input_specs
+from npcompile.graph.shapes import input_specs
+from npcompile.runtime.data import Dataset
 
 __all__ = [
     "Runner",
@@ -60,7 +60,7 @@ class Runner(Protocol):
 
 
 def _session(model: onnx.ModelProto, threads: int = 0) -> Any:
-    from npcompile.verify import make_session
+    from npcompile.runtime.verify import make_session
 
     return make_session(model, threads)
 

@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from npcompile.channels import ChannelAnalysis, Group, Site
-from npcompile.data import Dataset
+from npcompile.channels.analysis import ChannelAnalysis, Group, Site
+from npcompile.runtime.data import Dataset
 
 __all__ = ["Layer", "LayerStats", "MeanStats", "ChannelMoments", "layer_from_node", "removal_layers",
            "downstream_layers", "layer_levels", "stream", "solve", "errors", "greedy_removal",
@@ -480,7 +480,7 @@ class MeanStats:
 
 class ChannelMoments:
     """Per-channel mean and (population) variance of ``tensor`` along ``axis``, merged batch by
-    batch with Chan's parallel formula (an accumulator for :class:`~npcompile.calibrate.Calibrator`)."""
+    batch with Chan's parallel formula (an accumulator for :class:`~npcompile.runtime.calibrate.Calibrator`)."""
 
     def __init__(self, tensor: str, axis: int = 1) -> None:
         self.tensor, self.axis = tensor, axis
@@ -514,7 +514,7 @@ class ChannelMoments:
 def stream(dataset: Dataset, batch_size: int, sessions: Sequence[tuple[Any, Sequence[str]]],
            fn: Callable[[int, list[dict[str, np.ndarray]]], None]) -> tuple[int, list[float]]:
     """Run every batch of ``dataset`` through each ``(calibrator, tensors)`` (a
-    :class:`~npcompile.calibrate.Calibrator` exposing them) and call ``fn(first, values)`` with
+    :class:`~npcompile.runtime.calibrate.Calibrator` exposing them) and call ``fn(first, values)`` with
     the index of the batch's first sample and one dict of tensors per session. Only one batch of
     activations is held at a time. Returns (samples, seconds spent in each session)."""
     first = 0

@@ -1,6 +1,6 @@
 """Cost of a removal: FLOPs and parameters a model keeps, computed from the channel analysis.
 
-FLOPs are counted like :func:`npcompile.metrics.model_stats` (2 x multiply-accumulates of Conv,
+FLOPs are counted like :func:`npcompile.graph.stats.model_stats` (2 x multiply-accumulates of Conv,
 ConvTranspose, Gemm and MatMul, batch 1). Each of these is a fixed multiple of the number of
 elements of its weight (the spatial size of its output, or of its input for ConvTranspose), and
 channel pruning only shrinks weights along their site axes. So the FLOPs and parameters of any
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from npcompile.channels import ChannelAnalysis
-from npcompile.layout import Layout
+from npcompile.channels.analysis import ChannelAnalysis
+from npcompile.channels.layout import Layout
 
 __all__ = ["Cost", "CostModel", "group_costs", "node_macs"]
 
@@ -46,7 +46,7 @@ def _shape(t: gs.Tensor, shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, ..
 
 
 def node_macs(node: gs.Node, shapes: Mapping[str, tuple[int, ...]]) -> int | None:
-    """Multiply-accumulates of a weighted node at batch 1 (as :mod:`npcompile.metrics` counts them),
+    """Multiply-accumulates of a weighted node at batch 1 (as :mod:`npcompile.graph.stats` counts them),
     or ``None`` when its shapes are unknown."""
     if node.op not in _WEIGHTED or len(node.inputs) < 2 or not node.outputs:
         return None

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from npcompile import __version__
-from npcompile.metrics import ModelStats
+from npcompile.graph.stats import ModelStats
 
 __all__ = ["REPORT_SCHEMA", "REPORT_VERSION", "build_report", "render_markdown"]
 
-REPORT_SCHEMA = "npcompile.report"
+REPORT_SCHEMA = "npcompile.report.document"
 REPORT_VERSION = 1
 
 

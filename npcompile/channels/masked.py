@@ -8,7 +8,7 @@ original graph with a ``Mul`` by a new graph input (a 0/1 mask broadcast along t
 in front of every consumer that reads a maskable group, so one session evaluates any removal by
 changing the mask feeds; nothing is rebuilt between evaluations.
 
-Masks are built from group removal masks with the consumer's :class:`~npcompile.layout.Layout`
+Masks are built from group removal masks with the consumer's :class:`~npcompile.channels.layout.Layout`
 (concatenations, flattens into fully connected layers and repeats are handled the way the rewrite
 handles them). Channels of frozen groups are never masked. The equivalence rests on the channel
 analysis: a rule that let one channel influence another outside a consumer weight would break it,
@@ -27,9 +27,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from npcompile.channels import ChannelAnalysis, Site
-from npcompile.layout import Layout
-from npcompile.model_io import to_model
+from npcompile.channels.analysis import ChannelAnalysis, Site
+from npcompile.channels.layout import Layout
+from npcompile.graph.model_io import to_model
 
 __all__ = ["MaskedModel", "MaskedRunner", "MaskInput", "RemovalEvaluator", "prune_copy", "CONSUMER_OPS"]
 
@@ -174,7 +174,7 @@ class MaskedModel:
         return to_model(copy, template)
 
     def _maxout_masks(self, index: dict[int, int]) -> list[tuple[MaskInput, int]]:
-        """Maxout neurons (:class:`~npcompile.channels.UnitLink`): a removed neuron must lose every
+        """Maxout neurons (:class:`~npcompile.channels.analysis.UnitLink`): a removed neuron must lose every
         maximum of its unit, so the maximum's input gets a very negative number added there."""
         analysis, find = self.analysis, self.analysis.find
         out: list[tuple[MaskInput, int]] = []
@@ -201,7 +201,7 @@ class MaskedModel:
     def session(self) -> Any:
         """One ONNX Runtime session of the masked model (made on first use)."""
         if self._session is None:
-            from npcompile.verify import make_session
+            from npcompile.runtime.verify import make_session
 
             self._session = make_session(self.model, self.threads)
         return self._session
@@ -249,7 +249,7 @@ class MaskedModel:
     def max_rel_diff(self, removal: Mapping[int, np.ndarray], inputs: dict[str, np.ndarray]) -> float:
         """Largest relative output difference, on ``inputs``, between this masked model and the
         really pruned model for ``removal`` (0 when the fast path is exact)."""
-        from npcompile.verify import make_session
+        from npcompile.runtime.verify import make_session
 
         got = self.run(inputs, removal)
         # an unoptimised session: made in a fraction of the time, and what it computes is the reference
@@ -289,8 +289,8 @@ def prune_copy(model: onnx.ModelProto, analysis: ChannelAnalysis, removal: Mappi
     """``model`` with ``removal`` (group ids of ``analysis``, which describes ``model``) deleted,
     leaving ``model`` and ``analysis`` untouched: a fresh analysis of the same model gives the same
     group ids, and the removal is applied to that."""
+    from npcompile.channels.rewrite import apply_removal
     from npcompile.pipeline import Context
-    from npcompile.rewrite import apply_removal
 
     ctx = Context(model, probe)
     fresh = ctx.analysis
@@ -327,7 +327,7 @@ class RemovalEvaluator:
         self._masked: MaskedModel | None = None
         self.needs_model = bool(getattr(evaluator, "needs_model", False))
         if check_removal and not self.needs_model:
-            from npcompile.verify import probe_inputs
+            from npcompile.runtime.verify import probe_inputs
 
             feeds = probe_inputs(model, probe, batch=2, seed=0)
             self.check_diff = self.masked.max_rel_diff(check_removal, feeds)

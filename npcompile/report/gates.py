@@ -12,7 +12,7 @@ from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from npcompile.errors import UserError
-from npcompile.model_io import atomic_write_bytes
+from npcompile.graph.model_io import atomic_write_bytes
 
 __all__ = ["Gates", "GateResult", "check_gates", "write_junit"]
 
@@ -97,10 +97,10 @@ def write_junit(path: str | Path, results: list[GateResult], report: dict[str, A
     total_time = report.get("timings", {}).get("total", 0.0)
     lines = ['<?xml version="1.0" encoding="UTF-8"?>',
              f'<testsuites name="npcompile" tests="{len(cases)}" failures="{failures}">',
-             f'  <testsuite name="npcompile.gates" tests="{len(cases)}" failures="{failures}" errors="0" '
+             f'  <testsuite name="npcompile.report.gates" tests="{len(cases)}" failures="{failures}" errors="0" '
              f'time="{total_time:.3f}">']
     for name, ok, msg in cases:
-        lines.append(f'    <testcase classname="npcompile.gates" name={quoteattr(name)}>')
+        lines.append(f'    <testcase classname="npcompile.report.gates" name={quoteattr(name)}>')
         if ok:
             lines.append(f"      <system-out>{escape(msg)}</system-out>")
         else:

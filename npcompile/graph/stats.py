@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from npcompile.shapes import static_shapes
+from npcompile.graph.shapes import static_shapes
 
 __all__ = ["LayerInfo", "ModelStats", "model_stats"]
 

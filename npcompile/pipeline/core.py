@@ -20,11 +20,11 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from npcompile.channels import ChannelAnalysis, analyze
+from npcompile.channels.analysis import ChannelAnalysis, analyze
 from npcompile.errors import NpcompileError, PassError, UserError
-from npcompile.loading import import_class
-from npcompile.model_io import to_graph, to_model
-from npcompile.shapes import static_shapes
+from npcompile.graph.model_io import to_graph, to_model
+from npcompile.graph.shapes import static_shapes
+from npcompile.pipeline.loading import import_class
 
 __all__ = ["Context", "Pass", "PassResult", "Pipeline", "register_pass", "get_pass", "available_passes"]
 

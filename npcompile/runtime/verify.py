@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 
 from npcompile.errors import VerificationError
-from npcompile.shapes import input_specs
+from npcompile.graph.shapes import input_specs
 
 __all__ = ["probe_inputs", "make_session", "run_session", "compare", "Verification"]
 

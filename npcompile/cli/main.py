@@ -166,8 +166,8 @@ def compile_cmd(
 ) -> None:
     """Compile MODEL: remove channels, verify, build the target, write model + report to OUTPUT."""
     from npcompile.api import CompileOptions, compile
-    from npcompile.gates import Gates
-    from npcompile.shapes import parse_input_shapes
+    from npcompile.graph.shapes import parse_input_shapes
+    from npcompile.report.gates import Gates
 
     _setup_logging(quiet, verbose)
     gates = Gates(max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup, max_size_mb=max_size,
@@ -215,7 +215,7 @@ def _int_list(text: str | None, flag: str) -> list[int]:
 def _dry_run(options) -> None:
     """Print the pipeline the options stand for, as a pipeline file, without running it."""
     from npcompile.api import make_target, prepare, resolve_specs
-    from npcompile.pipeline_file import to_toml
+    from npcompile.pipeline.file import to_toml
 
     prepare(options, {})
     specs, _, _, _ = resolve_specs(options, make_target(options))
@@ -225,7 +225,7 @@ def _dry_run(options) -> None:
 def _print_summary(report: dict, output: Path) -> None:
     from rich.table import Table
 
-    from npcompile.report import _change, _num
+    from npcompile.report.document import _change, _num
 
     s = report["summary"]
     console = _console()
@@ -261,7 +261,7 @@ def inspect_cmd(
 ) -> None:
     """Show channel groups (width, prunable or frozen with the reason), params and FLOPs per layer."""
     from npcompile.api import inspect
-    from npcompile.shapes import parse_input_shapes
+    from npcompile.graph.shapes import parse_input_shapes
 
     info = inspect(str(model), parse_input_shapes(input_shape))
     if as_json:
@@ -269,7 +269,7 @@ def inspect_cmd(
         return
     from rich.table import Table
 
-    from npcompile.report import _num
+    from npcompile.report.document import _num
 
     console = _console()
     table = Table(title=f"channel groups of {model.name}")
@@ -300,7 +300,7 @@ def passes_cmd(
 ) -> None:
     """List the passes (built-in, entry-point plugins and --plugin ones)."""
     from npcompile.pipeline import available_passes
-    from npcompile.plugins import load_plugin
+    from npcompile.pipeline.plugins import load_plugin
 
     for spec in plugin or []:
         load_plugin(spec)

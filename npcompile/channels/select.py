@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from npcompile.channels import Group
+from npcompile.channels.analysis import Group
 from npcompile.errors import UserError
 
 __all__ = ["select_ratio", "select_threshold", "rounded_keep", "name_patterns"]
