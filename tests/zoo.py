@@ -1236,6 +1236,313 @@ def se_block_net() -> nn.Module:
 
 
 # --------------------------------------------------------------------------- #
+# Detectors, gates and recurrent nets: channels that meet in slices
+# --------------------------------------------------------------------------- #
+
+
+class YConv(nn.Sequential):
+    """Ultralytics' Conv: Conv2d (no bias) -> BatchNorm -> SiLU."""
+
+    def __init__(self, cin: int, cout: int, k: int = 1, s: int = 1, g: int = 1) -> None:
+        super().__init__(nn.Conv2d(cin, cout, k, s, k // 2, groups=g, bias=False), nn.BatchNorm2d(cout), nn.SiLU())
+
+
+class YBottleneck(nn.Module):
+    def __init__(self, c1: int, c2: int, shortcut: bool = True, g: int = 1, e: float = 0.5) -> None:
+        super().__init__()
+        c_ = int(c2 * e)
+        self.cv1, self.cv2 = YConv(c1, c_, 3), YConv(c_, c2, 3, g=g)
+        self.add = shortcut and c1 == c2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.cv2(self.cv1(x))
+        return x + y if self.add else y
+
+
+class C2f(nn.Module):
+    """YOLOv8's C2f: cv1 -> chunk in two -> n bottlenecks on the second half -> concat -> cv2."""
+
+    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = False, e: float = 0.5) -> None:
+        super().__init__()
+        self.c = int(c2 * e)
+        self.cv1 = YConv(c1, 2 * self.c, 1)
+        self.cv2 = YConv((2 + n) * self.c, c2, 1)
+        self.m = nn.ModuleList(self._block(shortcut) for _ in range(n))
+
+    def _block(self, shortcut: bool) -> nn.Module:
+        return YBottleneck(self.c, self.c, shortcut, e=1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = list(self.cv1(x).chunk(2, 1))
+        y.extend(m(y[-1]) for m in self.m)
+        return self.cv2(torch.cat(y, 1))
+
+
+class C3k(nn.Module):
+    """YOLO11's C3k (a C3 with k x k bottlenecks)."""
+
+    def __init__(self, c1: int, c2: int, n: int = 2, shortcut: bool = True, e: float = 0.5) -> None:
+        super().__init__()
+        c_ = int(c2 * e)
+        self.cv1, self.cv2, self.cv3 = YConv(c1, c_, 1), YConv(c1, c_, 1), YConv(2 * c_, c2, 1)
+        self.m = nn.Sequential(*(YBottleneck(c_, c_, shortcut, e=1.0) for _ in range(n)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), 1))
+
+
+class C3k2(C2f):
+    """YOLO11's C3k2: a C2f whose blocks are C3k (or bottlenecks)."""
+
+    def __init__(self, c1: int, c2: int, n: int = 1, c3k: bool = False, e: float = 0.5,
+                 shortcut: bool = True) -> None:
+        self._c3k = c3k
+        super().__init__(c1, c2, n, shortcut, e)
+
+    def _block(self, shortcut: bool) -> nn.Module:
+        return C3k(self.c, self.c, 2, shortcut) if self._c3k else YBottleneck(self.c, self.c, shortcut)
+
+
+class SPPF(nn.Module):
+    def __init__(self, c1: int, c2: int, k: int = 5) -> None:
+        super().__init__()
+        c_ = c1 // 2
+        self.cv1, self.cv2 = YConv(c1, c_, 1), YConv(c_ * 4, c2, 1)
+        self.m = nn.MaxPool2d(k, 1, k // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = [self.cv1(x)]
+        y.extend(self.m(y[-1]) for _ in range(3))
+        return self.cv2(torch.cat(y, 1))
+
+
+class DFL(nn.Module):
+    """Distribution focal loss integral: softmax over ``reg_max`` bins, expectation by a fixed conv."""
+
+    def __init__(self, c1: int = 16) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c1, 1, 1, bias=False).requires_grad_(False)
+        self.conv.weight.data[:] = torch.arange(c1, dtype=torch.float).view(1, c1, 1, 1)
+        self.c1 = c1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, a = x.shape
+        return self.conv(x.view(b, 4, self.c1, a).transpose(2, 1).softmax(1)).view(b, 4, a)
+
+
+class Detect(nn.Module):
+    """YOLOv8 / YOLO11 detection head with DFL box decoding (anchors for a fixed image size)."""
+
+    def __init__(self, nc: int, ch: tuple[int, ...], strides: tuple[int, ...], image: int,
+                 yolo11: bool = False) -> None:
+        super().__init__()
+        self.nc, self.reg_max = nc, 16
+        self.no = nc + 4 * self.reg_max
+        c2, c3 = max(16, ch[0] // 4, self.reg_max * 4), max(ch[0], min(nc, 100))
+        self.cv2 = nn.ModuleList(nn.Sequential(YConv(x, c2, 3), YConv(c2, c2, 3), nn.Conv2d(c2, 4 * self.reg_max, 1))
+                                 for x in ch)
+        if yolo11:
+            self.cv3 = nn.ModuleList(nn.Sequential(nn.Sequential(YConv(x, x, 3, g=x), YConv(x, c3, 1)),
+                                                   nn.Sequential(YConv(c3, c3, 3, g=c3), YConv(c3, c3, 1)),
+                                                   nn.Conv2d(c3, nc, 1)) for x in ch)
+        else:
+            self.cv3 = nn.ModuleList(nn.Sequential(YConv(x, c3, 3), YConv(c3, c3, 3), nn.Conv2d(c3, nc, 1))
+                                     for x in ch)
+        self.dfl = DFL(self.reg_max)
+        anchors, stride_t = [], []
+        for s in strides:
+            n = image // s
+            sy, sx = torch.meshgrid(torch.arange(n) + 0.5, torch.arange(n) + 0.5, indexing="ij")
+            anchors.append(torch.stack((sx, sy), -1).view(-1, 2))
+            stride_t.append(torch.full((n * n, 1), float(s)))
+        self.register_buffer("anchors", torch.cat(anchors).transpose(0, 1).unsqueeze(0))
+        self.register_buffer("strides", torch.cat(stride_t).transpose(0, 1).unsqueeze(0))
+
+    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        shape = xs[0].shape
+        outs = [torch.cat((self.cv2[i](x), self.cv3[i](x)), 1) for i, x in enumerate(xs)]
+        x_cat = torch.cat([o.view(shape[0], self.no, -1) for o in outs], 2)
+        box, cls = x_cat.split((self.reg_max * 4, self.nc), 1)
+        lt, rb = self.dfl(box).chunk(2, 1)
+        a = self.anchors
+        dbox = torch.cat(((a - lt + a + rb) / 2, rb + lt), 1) * self.strides
+        return torch.cat((dbox, cls.sigmoid()), 1)
+
+
+class YOLO(nn.Module):
+    """YOLOv8n / YOLO11n topology (backbone, PAN neck, Detect) at a reduced width."""
+
+    def __init__(self, yolo11: bool = False, w: int = 4, nc: int = 4, image: int = 64) -> None:
+        super().__init__()
+        if yolo11:
+            def block(c1, c2, n, sc, c3k=False, e=0.5):
+                return C3k2(c1, c2, n, c3k, e, shortcut=sc)
+        else:
+            def block(c1, c2, n, sc, c3k=False, e=0.5):
+                return C2f(c1, c2, n, sc)
+        self.b0, self.b1 = YConv(3, 2 * w, 3, 2), YConv(2 * w, 4 * w, 3, 2)
+        self.b2 = block(4 * w, 4 * w if not yolo11 else 8 * w, 1, True, e=0.25)
+        c2 = 4 * w if not yolo11 else 8 * w
+        self.b3 = YConv(c2, 8 * w, 3, 2)
+        self.b4 = block(8 * w, 8 * w if not yolo11 else 16 * w, 2 if not yolo11 else 1, True, e=0.25)
+        p3 = 8 * w if not yolo11 else 16 * w
+        self.b5 = YConv(p3, 16 * w, 3, 2)
+        self.b6 = block(16 * w, 16 * w, 2 if not yolo11 else 1, True, c3k=yolo11)
+        self.b7 = YConv(16 * w, 32 * w, 3, 2)
+        self.b8 = block(32 * w, 32 * w, 1, True, c3k=yolo11)
+        self.b9 = SPPF(32 * w, 32 * w)
+        self.up = nn.Upsample(scale_factor=2.0, mode="nearest")
+        self.h12 = block(32 * w + 16 * w, 16 * w, 1, False)
+        self.h15 = block(16 * w + p3, 8 * w, 1, False)
+        self.h16 = YConv(8 * w, 8 * w, 3, 2)
+        self.h18 = block(8 * w + 16 * w, 16 * w, 1, False)
+        self.h19 = YConv(16 * w, 16 * w, 3, 2)
+        self.h21 = block(16 * w + 32 * w, 32 * w, 1, False, c3k=yolo11)
+        self.detect = Detect(nc, (8 * w, 16 * w, 32 * w), (8, 16, 32), image, yolo11)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p3 = self.b4(self.b3(self.b2(self.b1(self.b0(x)))))
+        p4 = self.b6(self.b5(p3))
+        p5 = self.b9(self.b8(self.b7(p4)))
+        h12 = self.h12(torch.cat((self.up(p5), p4), 1))
+        h15 = self.h15(torch.cat((self.up(h12), p3), 1))
+        h18 = self.h18(torch.cat((self.h16(h15), h12), 1))
+        h21 = self.h21(torch.cat((self.h19(h18), p5), 1))
+        return self.detect([h15, h18, h21])
+
+
+def yolov8() -> nn.Module:
+    return YOLO(yolo11=False)
+
+
+def yolo11() -> nn.Module:
+    return YOLO(yolo11=True)
+
+
+class GLUNet(nn.Module):
+    """Conv -> GLU over channels (Split, Sigmoid(b) * a) -> Conv, twice, then a classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv1d(4, 32, 3, padding=1), nn.Conv1d(16, 24, 3, padding=1)
+        self.c3 = nn.Conv1d(12, 8, 1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.glu(self.c1(x), dim=1)
+        x = F.glu(self.c2(x), dim=1)
+        return self.fc(self.c3(x).mean(-1))
+
+
+def glu_net() -> nn.Module:
+    return GLUNet()
+
+
+class RNNNet(nn.Module):
+    """Conv front end -> a recurrent layer over time -> linear head on every step."""
+
+    def __init__(self, cell: str = "lstm", bidirectional: bool = True, layers: int = 2,
+                 batch_first: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(3, 12, 3, padding=1)
+        rnn = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cell]
+        self.rnn = rnn(12, 10, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first)
+        self.batch_first = batch_first
+        self.fc = nn.Linear(10 * (2 if bidirectional else 1), 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, 3, T)
+        h = torch.relu(self.conv(x))
+        seq = h.transpose(1, 2) if self.batch_first else h.permute(2, 0, 1)
+        y, _ = self.rnn(seq)
+        return self.fc(y)
+
+
+def lstm_net() -> nn.Module:
+    return RNNNet("lstm", True, 2, True)
+
+
+def lstm_net_time_major() -> nn.Module:
+    return RNNNet("lstm", True, 2, False)
+
+
+def gru_net() -> nn.Module:
+    return RNNNet("gru", True, 2, True)
+
+
+def gru_net_time_major() -> nn.Module:
+    return RNNNet("gru", False, 2, False)
+
+
+class UnrolledLSTM(nn.Module):
+    """An LSTM cell unrolled over 4 steps: Gemm of [x, h] -> Split in 4 gates -> Sigmoid/Tanh -> Mul/Add."""
+
+    def __init__(self, din: int = 6, hidden: int = 12, steps: int = 4) -> None:
+        super().__init__()
+        self.inp = nn.Linear(8, din)
+        self.x2g, self.h2g = nn.Linear(din, 4 * hidden), nn.Linear(hidden, 4 * hidden)
+        self.hidden, self.steps = hidden, steps
+        self.out = nn.Linear(hidden, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, steps, 8)
+        n = x.shape[0]
+        h = x.new_zeros(n, self.hidden)
+        c = x.new_zeros(n, self.hidden)
+        for t in range(self.steps):
+            gates = self.x2g(torch.relu(self.inp(x[:, t]))) + self.h2g(h)
+            i, f, g, o = gates.chunk(4, 1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        return self.out(h)
+
+
+def unrolled_lstm() -> nn.Module:
+    return UnrolledLSTM()
+
+
+class GroupedDeconvNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.up = nn.ConvTranspose2d(16, 16, 4, stride=2, padding=1, groups=4)
+        self.bn = nn.BatchNorm2d(16)
+        self.c2 = nn.Conv2d(16, 8, 3, padding=1)
+        self.dw = nn.ConvTranspose2d(8, 8, 2, stride=2, groups=8)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.c1(x))
+        x = torch.relu(self.bn(self.up(x)))
+        x = torch.relu(self.dw(torch.relu(self.c2(x))))
+        return self.head(x)
+
+
+def grouped_deconv_net() -> nn.Module:
+    return GroupedDeconvNet()
+
+
+class AudioFrontEnd(nn.Module):
+    """Reflect padding computed from the input length (as STFT front ends do), then 1-D convolutions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv1d(1, 16, 9, stride=4)
+        self.c2 = nn.Conv1d(16, 16, 3, padding=1)
+        self.c3 = nn.Conv1d(16, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, 1, T)
+        pad = (x.shape[-1] % 4) + 4
+        x = F.pad(x, (pad, pad), mode="reflect")
+        x = torch.relu(self.c1(x))
+        x = F.pad(torch.relu(self.c2(x)), (1, 1), mode="reflect")
+        return self.fc(self.c3(x).mean(-1))
+
+
+def audio_front_end() -> nn.Module:
+    return AudioFrontEnd()
+
+
+# --------------------------------------------------------------------------- #
 # Registry, BN randomisation and export helper
 # --------------------------------------------------------------------------- #
 
@@ -1264,6 +1571,16 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "conv3d_net": (conv3d_net, (2, 2, 8, 16, 16)),
     "se_block_net": (se_block_net, (2, 3, 32, 32)),
     "transformer_block": (transformer_block, (2, 16, 64)),
+    "yolov8": (yolov8, (2, 3, 64, 64)),
+    "yolo11": (yolo11, (2, 3, 64, 64)),
+    "glu_net": (glu_net, (2, 4, 16)),
+    "lstm_net": (lstm_net, (2, 3, 7)),
+    "lstm_net_time_major": (lstm_net_time_major, (2, 3, 7)),
+    "gru_net": (gru_net, (2, 3, 7)),
+    "gru_net_time_major": (gru_net_time_major, (2, 3, 7)),
+    "unrolled_lstm": (unrolled_lstm, (2, 4, 8)),
+    "grouped_deconv_net": (grouped_deconv_net, (2, 3, 16, 16)),
+    "audio_front_end": (audio_front_end, (2, 1, 203)),
 }
 
 

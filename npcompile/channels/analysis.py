@@ -25,6 +25,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from npcompile.channels.layout import Layout, Piece
+from npcompile.channels.partition import Partition
 from npcompile.rules import registry
 
 __all__ = ["ChannelDim", "Site", "Group", "ChannelAnalysis", "analyze", "Fixup", "UnitLink"]
@@ -121,17 +122,32 @@ class Group:
 
 
 class ChannelAnalysis:
-    """Result of :func:`analyze`, and the context channel rules write into while it runs."""
+    """Result of :func:`analyze`, and the context channel rules write into while it runs.
+
+    While the analysis runs, layouts refer to *source* groups (one per weight-bearing op, channel
+    ``i`` of its output is index ``i``), and couplings between channels are recorded in a
+    :class:`~npcompile.channels.partition.Partition`. When it ends, the classes of the partition
+    become the groups (:attr:`groups`) and every layout, site and unit link is translated to
+    them; fixups keep their source layouts and are prepared with :meth:`source_removal`.
+    """
 
     def __init__(self, graph: gs.Graph, shapes: dict[str, tuple[int, ...]]) -> None:
         self.graph = graph
         self.shapes = shapes
         self.dims: dict[str, ChannelDim] = {}
-        self._parent: dict[int, int] = {}
+        self.partition = Partition()
+        self._sources: dict[int, Group] = {}
         self._groups: dict[int, Group] = {}
         self.fixups: list[Fixup] = []
         self.links: list[UnitLink] = []
         self.current: gs.Node | None = None
+        self.finished = False
+        self._sites: list[Site] = []
+        self._freezes: list[tuple[Layout, str]] = []
+        self._blocks: list[tuple[Layout, int, str]] = []
+        #: final group -> [(source, source start, length)] (set when the analysis ends)
+        self._segments: dict[int, list[tuple[int, int, int]]] = {}
+        self._final_id: dict[int, int] = {}  # partition class -> final group id
 
     # -- lookups rules use ------------------------------------------------------------------
     def shape(self, t: gs.Tensor) -> tuple[int, ...] | None:
@@ -148,6 +164,16 @@ class ChannelAnalysis:
         if isinstance(t, gs.Constant):
             return t.values
         return None
+
+    def value(self, t: gs.Tensor | None) -> np.ndarray | None:
+        """The value of ``t`` if it is a constant, or an integer tensor computed from shapes that
+        is the same for every input size (a Slice bound computed from a channel count); None
+        otherwise."""
+        if t is None:
+            return None
+        if isinstance(t, gs.Constant):
+            return t.values
+        return getattr(self.shapes, "values", {}).get(t.name)
 
     def dim(self, t: gs.Tensor | None) -> ChannelDim | None:
         if t is None or isinstance(t, gs.Constant) or not t.name:
@@ -171,23 +197,24 @@ class ChannelAnalysis:
                          dim.pot if pot is None else pot)
 
     # -- groups -----------------------------------------------------------------------------
-    def find(self, g: int) -> int:
-        root = g
-        while self._parent[root] != root:
-            root = self._parent[root]
-        while self._parent[g] != root:
-            self._parent[g], g = root, self._parent[g]
-        return root
+    @staticmethod
+    def find(g: int) -> int:
+        """The group ``g`` belongs to: groups never merge by id (couplings live in the partition),
+        so this is ``g`` itself; kept for the callers that pass a ``find`` to layouts."""
+        return g
 
     def new_group(self, node: gs.Node, size: int) -> Layout:
-        gid = len(self._parent)
-        self._parent[gid] = gid
-        self._groups[gid] = Group(gid, size, node.name or node.outputs[0].name, node.op,
-                                  members=[node.name])
+        return self._new_source(size, node.name or node.outputs[0].name, node.op, [node.name])
+
+    def _new_source(self, size: int, name: str, op: str, members: list[str]) -> Layout:
+        gid = len(self._sources)
+        self._sources[gid] = Group(gid, size, name, op, members=members)
+        self.partition.add_source(gid, size)
         return Layout.of_group(gid, size)
 
     def group(self, g: int) -> Group:
-        return self._groups[self.find(g)]
+        """Group ``g``: a source group while the analysis runs, a final group after."""
+        return self._groups[g] if self.finished else self._sources[g]
 
     def add_site(self, node: gs.Node, index: int, axis: int, layout: Layout, role: str,
                  pot: np.ndarray | None = None, blocks: int = 1) -> None:
@@ -203,25 +230,25 @@ class ChannelAnalysis:
             self.freeze(layout, f"{node.op} {node.name}: {t.name} has {t.shape[axis]} entries on "
                                 f"axis {axis}, the channel axis has {layout.size}")
             return
-        site = Site(node, index, axis, layout, role, pot, blocks)
-        for g in layout.groups(self.find):
-            self._groups[g].sites.append(site)
+        self._sites.append(Site(node, index, axis, layout, role, pot, blocks))
+
+    def _whole_source(self, layout: Layout) -> int | None:
+        """The source ``layout`` covers exactly (one plain piece of a whole source), or None."""
+        if not (layout.plain and len(layout.pieces) == 1):
+            return None
+        p = layout.pieces[0]
+        if p.group is None or p.start != 0 or len(p) != self._sources[p.group].size:
+            return None
+        return p.group
 
     def require_blocks(self, layout: Layout, blocks: int, reason: str) -> bool:
         """Ask that the channels of ``layout`` (one whole group) be removed equally from each of
         ``blocks`` contiguous blocks; freezes and returns False when that cannot be arranged."""
-        groups = layout.groups(self.find)
-        whole = (layout.plain and len(layout.pieces) == 1 and layout.pieces[0].group is not None
-                 and layout.pieces[0].start == 0 and len(layout.pieces[0]) == self.group(
-                     layout.pieces[0].group).size)
-        if not whole:
+        src = self._whole_source(layout)
+        if src is None or self._sources[src].size % blocks:
             self.freeze(layout, reason)
             return False
-        grp = self._groups[groups.pop()]
-        grp.blocks = math.lcm(grp.blocks, blocks)
-        if grp.size % grp.blocks:
-            self.freeze(layout, reason)
-            return False
+        self._blocks.append((layout, blocks, reason))
         return True
 
     def link_units(self, node: gs.Node, x: ChannelDim, tensor: str, k: int, reason: str,
@@ -237,17 +264,14 @@ class ChannelAnalysis:
         if not self.require_blocks(x.layout, n_units, reason):
             return None
         neurons = x.layout.pieces[0].group
-        gid = len(self._parent)
-        self._parent[gid] = gid
-        self._groups[gid] = Group(gid, n_units, f"{self.group(neurons).name}:units", "Maxout",
-                                  members=[node.name])
-        self.links.append(UnitLink(neurons, gid, n_units, k, tensor, x.axis, node.name, split))
-        return Layout.of_group(gid, n_units)
+        layout = self._new_source(n_units, f"{self._sources[neurons].name}:units", "Maxout", [node.name])
+        self.links.append(UnitLink(neurons, layout.pieces[0].group, n_units, k, tensor, x.axis, node.name,
+                                   split))
+        return layout
 
     def unit_links(self, group: int) -> list[UnitLink]:
         """Links whose neurons are ``group`` (may lose whole blocks with their units)."""
-        root = self.find(group)
-        return [lk for lk in self.links if self.find(lk.neurons) == root]
+        return [lk for lk in self.links if lk.neurons == group]
 
     def close_removal(self, removed: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
         """``removed`` (group -> mask) closed under the unit links: a removed unit takes its ``k``
@@ -255,13 +279,13 @@ class ChannelAnalysis:
         left for the rewrite to reject."""
         out: dict[int, np.ndarray] = {}
         for g, m in removed.items():
-            root, m = self.find(g), np.asarray(m, dtype=bool)
-            out[root] = out[root] | m if root in out and out[root].shape == m.shape else m.copy()
+            m = np.asarray(m, dtype=bool)
+            out[g] = out[g] | m if g in out and out[g].shape == m.shape else m.copy()
         changed = True
         while changed:
             changed = False
             for lk in self.links:
-                p, u = self.find(lk.neurons), self.find(lk.units)
+                p, u = lk.neurons, lk.units
                 mp, mu = out.get(p), out.get(u)
                 if (mp is not None and mp.shape != (lk.n_units * lk.k,)) or \
                         (mu is not None and mu.shape != (lk.n_units,)):
@@ -277,11 +301,14 @@ class ChannelAnalysis:
         return out
 
     def freeze(self, what: Layout | ChannelDim | None, reason: str) -> None:
-        """Freeze every group in ``what`` with ``reason``."""
+        """Freeze every group in ``what`` with ``reason`` (the groups its channels end up in)."""
         if what is None:
             return
         layout = what.layout if isinstance(what, ChannelDim) else what
-        for g in layout.groups(self.find):
+        if not self.finished:
+            self._freezes.append((layout, reason))
+            return
+        for g in layout.groups():
             grp = self._groups[g]
             if reason not in grp.frozen:
                 grp.frozen.append(reason)
@@ -291,61 +318,31 @@ class ChannelAnalysis:
             self.freeze(self.dim(t), reason)
 
     def couple(self, dims: list[ChannelDim], reason: str) -> Layout | None:
-        """Make the channels of ``dims`` one: groups at the same slots merge.
+        """Make the channels of ``dims`` one, slot by slot: channel ``i`` of every layout is
+        removed with channel ``i`` of the others (whole groups merge; a window of a group couples
+        just those channels, refining the group).
 
-        Returns the common layout, or ``None`` (after freezing) when the layouts do not line up
-        whole group against whole group.
-        """
+        Returns the common layout, or ``None`` (after freezing) when the layouts do not have the
+        same slots (different repetition or width). Slots where a group meets channels no group
+        owns freeze those channels."""
         base = dims[0].layout
-        ok = True
         for d in dims[1:]:
-            if not self._unify(base, d.layout):
-                ok = False
-        if not ok:
-            for d in dims:
-                self.freeze(d, reason)
-            return None
+            lay = d.layout
+            if lay.inner != base.inner or lay.outer != base.outer or lay.channels != base.channels:
+                for dd in dims:
+                    self.freeze(dd, reason)
+                return None
+        for d in dims[1:]:
+            for pa, pb in _aligned(base, d.layout):
+                if pa.group is None and pb.group is None:
+                    continue
+                if pa.group is None or pb.group is None:
+                    for p in (pa, pb):
+                        if p.group is not None:
+                            self.freeze(Layout((p,)), reason)
+                    continue
+                self.partition.couple(pa.group, pa.start, pb.group, pb.start, len(pa))
         return base
-
-    def _unify(self, a: Layout, b: Layout) -> bool:
-        if a.inner != b.inner or a.outer != b.outer:
-            return False
-        if [len(p) for p in a.pieces] != [len(p) for p in b.pieces]:
-            return False
-        for pa, pb in zip(a.pieces, b.pieces, strict=True):
-            if pa.group is None and pb.group is None:
-                continue
-            if pa.group is None or pb.group is None:
-                return False
-            ga, gb = self.find(pa.group), self.find(pb.group)
-            if ga == gb:
-                if pa.start != pb.start:
-                    return False
-                continue
-            sa, sb = self._groups[ga], self._groups[gb]
-            if not (pa.start == 0 and pb.start == 0 and len(pa) == sa.size and len(pb) == sb.size):
-                return False
-        for pa, pb in zip(a.pieces, b.pieces, strict=True):
-            if pa.group is not None and pb.group is not None:
-                self._union(pa.group, pb.group)
-        return True
-
-    def _union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return
-        if rb < ra:
-            ra, rb = rb, ra
-        keep, gone = self._groups[ra], self._groups.pop(rb)
-        self._parent[rb] = ra
-        keep.sites.extend(gone.sites)
-        keep.blocks = math.lcm(keep.blocks, gone.blocks)
-        if keep.size % keep.blocks and "channel blocks do not divide the width" not in keep.frozen:
-            keep.frozen.append("channel blocks do not divide the width")
-        keep.members.extend(gone.members)
-        for r in gone.frozen:
-            if r not in keep.frozen:
-                keep.frozen.append(r)
 
     def add_fixup(self, layouts: Iterable[Layout], prepare: Callable[..., Callable[[], None]],
                   what: str = "") -> None:
@@ -358,14 +355,68 @@ class ChannelAnalysis:
     # -- results ----------------------------------------------------------------------------
     @property
     def groups(self) -> list[Group]:
-        """All groups (representatives), in the order they were opened."""
+        """All groups, in the order of their first channel (source order, then position)."""
         return [self._groups[g] for g in sorted(self._groups)]
 
     def prunable_groups(self) -> list[Group]:
         return [g for g in self.groups if g.prunable]
 
     def fixups_for(self, groups: set[int]) -> list[Fixup]:
-        return [f for f in self.fixups if {self.find(g) for g in f.groups} & groups]
+        """Fixups that depend on any of ``groups`` (final group ids)."""
+        return [f for f in self.fixups if f.groups & groups]
+
+    def segments(self, group: int) -> list[tuple[int, int, int]]:
+        """Where the channels of final ``group`` come from: ``(source, start, length)`` runs."""
+        return self._segments[group]
+
+    def source_removal(self, removed: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+        """``removed`` (final group -> mask) in source coordinates (source -> mask over its
+        channels), as fixups and rules see channels."""
+        out: dict[int, np.ndarray] = {}
+        for g, mask in removed.items():
+            mask = np.asarray(mask, dtype=bool)
+            for src, lo, n in self._segments[g]:
+                m = out.setdefault(src, np.zeros(self._sources[src].size, bool))
+                m[lo : lo + n] |= mask
+        return out
+
+    def prepare_fixups(self, removed: dict[int, np.ndarray]) -> list[Callable[[], None]]:
+        """The changes of every fixup that ``removed`` (final groups) touches, computed without
+        touching the graph."""
+        src = self.source_removal(removed)
+        return [f.prepare(src, self.find) for f in self.fixups_for(set(removed))]
+
+    def translate(self, layout: Layout) -> Layout:
+        """A source layout in final groups (slots unchanged)."""
+        pieces: list[Piece] = []
+        for p in layout.pieces:
+            runs = [(None, p.start, p.stop)] if p.group is None else self.partition.resolve(p.group, p.start, p.stop)
+            for cid, lo, hi in runs:
+                gid = cid if cid is None else self._final_id[cid]
+                last = pieces[-1] if pieces else None
+                if last is not None and last.group == gid and gid is not None and last.stop == lo:
+                    pieces[-1] = Piece(gid, last.start, hi)
+                else:
+                    pieces.append(Piece(gid, lo, hi))
+        return Layout(tuple(pieces), layout.inner, layout.outer)
+
+
+def _aligned(a: Layout, b: Layout) -> Iterable[tuple[Piece, Piece]]:
+    """The pieces of two layouts with the same slots, cut so that each pair covers the same
+    slots."""
+    ia = ib = 0
+    pa, pb = a.pieces[0] if a.pieces else None, b.pieces[0] if b.pieces else None
+    while pa is not None and pb is not None:
+        n = min(len(pa), len(pb))
+        yield Piece(pa.group, pa.start, pa.start + n), Piece(pb.group, pb.start, pb.start + n)
+        pa = Piece(pa.group, pa.start + n, pa.stop) if len(pa) > n else None
+        pb = Piece(pb.group, pb.start + n, pb.stop) if len(pb) > n else None
+        if pa is None:
+            ia += 1
+            pa = a.pieces[ia] if ia < len(a.pieces) else None
+        if pb is None:
+            ib += 1
+            pb = b.pieces[ib] if ib < len(b.pieces) else None
 
 
 def _sub_graph_inputs(node: gs.Node) -> list[str]:
@@ -379,9 +430,68 @@ def _sub_graph_inputs(node: gs.Node) -> list[str]:
     return names
 
 
+def _build_groups(ctx: ChannelAnalysis) -> None:
+    """The partition's classes become the final groups; layouts, sites, links, freezes and block
+    requirements are translated to them."""
+    for gid, (cid, length, segs) in enumerate(ctx.partition.classes()):
+        ctx._final_id[cid] = gid
+        first = ctx._sources[segs[0].source]
+        whole = segs[0].start == 0 and length == first.size
+        name = first.name if whole else f"{first.name}[{segs[0].start}:{segs[0].start + length}]"
+        members: list[str] = []
+        for s in segs:
+            for m in ctx._sources[s.source].members:
+                if m not in members:
+                    members.append(m)
+        ctx._groups[gid] = Group(gid, length, name, first.op, members=members)
+        ctx._segments[gid] = [(s.source, s.start, s.length) for s in segs]
+    ctx.finished = True
+    tr = ctx.translate
+    for name, d in list(ctx.dims.items()):
+        ctx.dims[name] = ChannelDim(d.axis, tr(d.layout), d.pot)
+    for f in ctx.fixups:
+        f.groups = {g for src in f.groups for g, _, _ in _runs(ctx, src)}
+    for site in ctx._sites:
+        site = Site(site.node, site.index, site.axis, tr(site.layout), site.role, site.pot, site.blocks)
+        for g in sorted(site.layout.groups()):
+            ctx._groups[g].sites.append(site)
+    for layout, reason in ctx._freezes:
+        ctx.freeze(tr(layout), reason)
+    for layout, blocks, reason in ctx._blocks:
+        final = tr(layout)
+        if len(final.pieces) != 1 or final.pieces[0].start != 0 or \
+                len(final.pieces[0]) != ctx._groups[final.pieces[0].group].size:
+            ctx.freeze(final, f"{reason}: its channels are coupled in parts")
+            continue
+        grp = ctx._groups[final.pieces[0].group]
+        grp.blocks = math.lcm(grp.blocks, blocks)
+        if grp.size % grp.blocks:
+            ctx.freeze(final, "channel blocks do not divide the width")
+    links: list[UnitLink] = []
+    for lk in ctx.links:
+        n_runs, u_runs = _runs(ctx, lk.neurons), _runs(ctx, lk.units)
+        whole = len(n_runs) == 1 and len(u_runs) == 1 and \
+            ctx._groups[n_runs[0][0]].size == lk.n_units * lk.k and ctx._groups[u_runs[0][0]].size == lk.n_units
+        if not whole:
+            for g, _, _ in n_runs + u_runs:
+                ctx.freeze(Layout.of_group(g, ctx._groups[g].size),
+                           f"maxout units of {lk.node}: their neurons are coupled in parts")
+            continue
+        links.append(UnitLink(n_runs[0][0], u_runs[0][0], lk.n_units, lk.k, lk.tensor, lk.axis, lk.node,
+                              lk.split))
+    ctx.links = links
+
+
+def _runs(ctx: ChannelAnalysis, source: int) -> list[tuple[int, int, int]]:
+    """The final groups of all channels of ``source``: ``(group, start, stop)`` runs."""
+    return [(ctx._final_id[c], lo, hi) for c, lo, hi in
+            ctx.partition.resolve(source, 0, ctx._sources[source].size)]
+
+
 def _finish(ctx: ChannelAnalysis) -> None:
     for t in ctx.graph.outputs:
         ctx.freeze(ctx.dim(t), f"reaches graph output {t.name}")
+    _build_groups(ctx)
     for lk in ctx.links:
         neurons, units = ctx.group(lk.neurons), ctx.group(lk.units)
         if neurons.frozen:
@@ -398,7 +508,7 @@ def _finish(ctx: ChannelAnalysis) -> None:
                 continue
             off = 0
             for piece in site.layout.pieces:
-                if piece.group is not None and ctx.find(piece.group) == grp.id:
+                if piece.group == grp.id:
                     dead[piece.start : piece.stop] &= site.pot[off : off + len(piece)] == 0
                 off += len(piece)
             consumers += 1
@@ -412,9 +522,21 @@ def _finish(ctx: ChannelAnalysis) -> None:
         neurons.dead = neurons.dead & unit_dead if has_consumers else unit_dead
 
 
+def _unknown_rank(ctx: ChannelAnalysis, node: gs.Node) -> str | None:
+    """A tensor whose rank a rule may need and the shapes do not give: a tracked input, or an
+    output (only asked for nodes that read tracked channels)."""
+    if not any(ctx.dim(t) is not None for t in node.inputs):
+        return None
+    for t in (*[t for t in node.inputs if ctx.dim(t) is not None], *node.outputs):
+        if t.name and ctx.rank(t) is None:
+            return t.name
+    return None
+
+
 def analyze(graph: gs.Graph, shapes: dict[str, tuple[int, ...]]) -> ChannelAnalysis:
     """Build the channel groups of ``graph`` (toposorted); ``shapes`` maps tensor names to static
-    shapes (see :func:`npcompile.graph.shapes.static_shapes`)."""
+    shapes (see :func:`npcompile.graph.shapes.static_shapes`). A rule that raises is a bug: the
+    error propagates, with a note naming the node."""
     registry.load_builtin_rules()
 
     ctx = ChannelAnalysis(graph, shapes)
@@ -428,13 +550,19 @@ def analyze(graph: gs.Graph, shapes: dict[str, tuple[int, ...]]) -> ChannelAnaly
         if rule is None:
             ctx.freeze_inputs(node, f"no channel rule for op {node.op}")
             continue
+        unknown = _unknown_rank(ctx, node)
+        if unknown is not None:
+            ctx.freeze_inputs(node, f"{node.op} {node.name}: the shape of {unknown} is unknown")
+            continue
         try:
             rule(node, ctx)
-        except Exception as e:  # a rule must never break the analysis: freeze instead
-            log.debug("channel rule for %s failed on %s", node.op, node.name, exc_info=True)
-            ctx.freeze_inputs(node, f"channel rule for {node.op} failed on {node.name}: {e}")
+        except registry.Freeze as f:
+            ctx.freeze_inputs(node, str(f))
             for t in node.outputs:
                 ctx.dims.pop(t.name, None)
+        except Exception as e:
+            e.add_note(f"in the channel rule for {node.op} on node {node.name!r}")
+            raise
     ctx.current = None
     _finish(ctx)
     return ctx

@@ -125,8 +125,8 @@ def apply_removal(graph: gs.Graph, analysis: ChannelAnalysis, removed: dict[int,
                 node = use_node[key]
                 changes.append(lambda n=node, i=key[1], t=copy: n.inputs.__setitem__(i, t))
     # 3. fixups (shape constants, attributes)
-    fixups = analysis.fixups_for(set(removed))
-    changes.extend(f.prepare(removed, find) for f in fixups)
+    fixups = analysis.prepare_fixups(removed)
+    changes.extend(fixups)
     # 4. mutate
     for change in changes:
         change()

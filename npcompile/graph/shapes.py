@@ -1,4 +1,10 @@
-"""Static shapes for analysis: shape inference with dynamic dimensions pinned to probe values."""
+"""Static shapes for analysis: shape inference with dynamic dimensions pinned to probe values.
+
+Three sources, in order, each filling what the previous one left unknown: ONNX shape inference
+(on the model without its large weights, integer shape computations folded between rounds), ONNX
+Runtime's symbolic shape inference, and the shapes observed in one ONNX Runtime run on probe
+inputs (:func:`probe_inputs`).
+"""
 
 from __future__ import annotations
 
@@ -10,11 +16,21 @@ from onnx import helper, numpy_helper
 
 from npcompile.errors import UserError
 
-__all__ = ["input_specs", "probe_shapes", "static_shapes", "parse_input_shapes"]
+__all__ = ["ShapeMap", "input_specs", "probe_shapes", "probe_inputs", "static_shapes", "parse_input_shapes"]
 
 log = logging.getLogger(__name__)
 
 _SMALL = 4096
+
+
+class ShapeMap(dict):
+    """Tensor name -> static shape at the probe shapes; ``values`` holds the integer tensors that
+    exporters compute from shapes (``Shape`` → ``Gather`` → ``Add`` …) and whose value does not
+    depend on any dynamic input dimension (a slice bound computed from a channel count, say)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.values: dict[str, np.ndarray] = {}
 
 
 def input_specs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -193,14 +209,184 @@ def _collect(inferred: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> N
             shapes[vi.name] = tuple(int(d) for d in dims)
 
 
-def static_shapes(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+def probe_inputs(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]], batch: int | None = 2,
+                 seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs of the probe shapes (dynamic batch set to ``batch``), reproducible by seed."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for spec in input_specs(model):
+        shape = list(probe[spec.name])
+        dims = spec.type.tensor_type.shape.dim
+        if batch and dims and not dims[0].HasField("dim_value") and shape:
+            shape[0] = batch
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(spec.type.tensor_type.elem_type)
+        if np.issubdtype(dtype, np.floating):
+            out[spec.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            out[spec.name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            out[spec.name] = rng.integers(0, 4, shape).astype(dtype)
+    return out
+
+
+def _wanted(model: onnx.ModelProto) -> set[str]:
+    """Names of the tensors the main graph's nodes produce."""
+    return {o for n in model.graph.node for o in n.output if o}
+
+
+def _symbolic(sk: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Fill ``shapes`` from ONNX Runtime's symbolic shape inference (where it knows more)."""
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        out = SymbolicShapeInference.infer_shapes(sk, int_max=2**31 - 1, auto_merge=True,
+                                                  guess_output_rank=False, verbose=0)
+    except Exception as e:  # the tool refuses some graphs; the observed shapes come next
+        log.info("symbolic shape inference failed: %s", e)
+        return
+    if out is not None:
+        found: dict[str, tuple[int, ...]] = {}
+        _collect(out, found)
+        for k, v in found.items():
+            shapes.setdefault(k, v)
+
+
+def _observed(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]], missing: set[str],
+              shapes: dict[str, tuple[int, ...]]) -> None:
+    """Fill ``shapes`` with the shapes of ``missing`` tensors seen in one ONNX Runtime run on probe
+    inputs at the probe shapes."""
+    import onnxruntime as ort
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    names = sorted(missing - have)
+    m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.intra_op_num_threads = 1
+    try:
+        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        wanted = [o.name for o in sess.get_outputs() if o.name in missing]
+        values = sess.run(wanted, probe_inputs(model, probe, batch=None))
+    except Exception as e:
+        log.info("could not observe shapes in an ONNX Runtime run: %s", e)
+        return
+    for name, v in zip(wanted, values, strict=True):
+        if isinstance(v, np.ndarray):
+            shapes.setdefault(name, tuple(int(d) for d in v.shape))
+
+
+def _symbolic_dims(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """Dims of every tensor as ONNX shape inference sees them with the inputs' dynamic dimensions
+    left symbolic: an int where a dim is the same for every input size, None otherwise."""
+    sk = _skeleton(model, {})
+    try:
+        inferred = onnx.shape_inference.infer_shapes(sk)
+    except Exception:
+        return {}
+    out: dict[str, list[int | None]] = {}
+    for vi in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]:
+        tt = vi.type.tensor_type
+        if vi.type.HasField("tensor_type") and tt.HasField("shape"):
+            out[vi.name] = [int(d.dim_value) if d.HasField("dim_value") else None for d in tt.shape.dim]
+    for init in model.graph.initializer:
+        out[init.name] = [int(d) for d in init.dims]
+    return out
+
+
+_INT_TYPES = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+
+
+def _eval_reference(node: onnx.NodeProto, v: list[np.ndarray | None]) -> np.ndarray | None:
+    """Any other op on small known integer inputs, by ONNX's reference evaluator (single-output
+    nodes of the default domain; None when it cannot)."""
+    if node.domain not in ("", "ai.onnx") or len(node.output) != 1 or any(x is None for x in v) or \
+            any(np.asarray(x).size > _SMALL for x in v) or node.op_type in ("If", "Loop", "Scan"):
+        return None
+    from onnx.reference import ReferenceEvaluator
+
+    try:
+        out = ReferenceEvaluator(node).run(None, {name: np.asarray(x) for name, x in zip(node.input, v,
+                                                                                     strict=True)})[0]
+    except Exception:
+        return None
+    out = np.asarray(out)
+    if not np.issubdtype(out.dtype, np.integer) or out.size > _SMALL:
+        return None
+    return out
+
+
+_STRUCTURAL = ("Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Identity", "Reshape")
+
+
+def _fold_static(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """Integer tensors computed from shapes, evaluated at the probe shapes, keeping those that are
+    the same for every input size (each element carries a 'static' flag through the arithmetic)."""
+    symbolic: dict[str, list[int | None]] | None = None
+    vals: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for init in model.graph.initializer:
+        if init.data_type in _INT_TYPES and np.prod(init.dims) <= _SMALL:
+            a = numpy_helper.to_array(init)
+            vals[init.name] = (a, np.ones(a.shape, bool))
+    for node in model.graph.node:
+        op, ins = node.op_type, list(node.input)
+        try:
+            if op in ("Shape", "Size") and ins[0] in shapes:
+                if symbolic is None:
+                    symbolic = _symbolic_dims(model)
+                full = np.array(shapes[ins[0]], dtype=np.int64)
+                sym = symbolic.get(ins[0])
+                flags = np.array([sym is not None and len(sym) == len(full) and sym[i] == full[i]
+                                  for i in range(len(full))], bool)
+                if op == "Size":
+                    out, static = np.array(int(np.prod(full)), np.int64), np.array(flags.all())
+                else:
+                    start, end = _ints(node, "start", [0])[0], _ints(node, "end", [len(full)])[0]
+                    out, static = full[start:end], flags[start:end]
+            elif op == "Constant":
+                tv = next((a.t for a in node.attribute if a.name == "value"), None)
+                if tv is None or tv.data_type not in _INT_TYPES or np.prod(tv.dims) > _SMALL:
+                    continue
+                out = numpy_helper.to_array(tv)
+                static = np.ones(out.shape, bool)
+            elif not ins or any(i and i not in vals for i in ins):
+                continue
+            else:
+                v = [vals[i][0] if i else None for i in ins]
+                out = _eval_int(node, v)
+                if out is None:
+                    out = _eval_reference(node, v)
+                    if out is None:
+                        continue
+                    vals[node.output[0]] = (out, np.full(out.shape, all(vals[i][1].all() for i in ins if i)))
+                    continue
+                if op in _STRUCTURAL:  # flags follow the data (indices and axes are constants)
+                    masks = [vals[i][1].astype(np.int64) if i else None for i in ins]
+                    data = len(ins) if op == "Concat" else 1
+                    m = masks[:data] + v[data:]
+                    static = np.asarray(_eval_int(node, m), bool) & all(vals[i][1].all() for i in ins[data:] if i)
+                else:
+                    flags = [vals[i][1] for i in ins if i]
+                    static = np.broadcast_to(np.logical_and.reduce(np.broadcast_arrays(*flags)), np.shape(out)) \
+                        if op != "ReduceProd" else np.array(all(f.all() for f in flags))
+        except (IndexError, ValueError, KeyError, TypeError):
+            continue
+        vals[node.output[0]] = (np.asarray(out), np.asarray(static, bool))
+    return {k: a for k, (a, s) in vals.items() if s.all() and k not in {i.name for i in model.graph.initializer}}
+
+
+def static_shapes(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]]) -> ShapeMap:
     """Shapes of every tensor whose dimensions are all known once inputs have the probe shapes.
 
     ONNX shape inference runs on the model without its large weights; integer shape
     computations (``Shape`` → ``Gather`` → ``Concat`` → ``Reshape``) are folded between rounds.
+    What it leaves unknown comes from ONNX Runtime's symbolic shape inference and, failing that,
+    from one ONNX Runtime run on probe inputs.
     """
     sk = _skeleton(model, probe)
-    shapes: dict[str, tuple[int, ...]] = {}
+    shapes = ShapeMap()
     for _ in range(4):
         try:
             inferred = onnx.shape_inference.infer_shapes(sk, data_prop=True)
@@ -210,6 +396,13 @@ def static_shapes(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]]) -> 
         _collect(inferred, shapes)
         if not _fold_shape_values(sk, shapes):
             break
+    wanted = _wanted(model)
+    if wanted - shapes.keys():
+        _symbolic(_skeleton(model, probe), shapes)
+    if wanted - shapes.keys():
+        _observed(model, probe, wanted - shapes.keys(), shapes)
     for init in model.graph.initializer:
         shapes[init.name] = tuple(int(d) for d in init.dims)
+    if any(n.op_type in ("Shape", "Size") for n in model.graph.node):
+        shapes.values = _fold_static(model, shapes)
     return shapes

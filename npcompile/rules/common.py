@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from npcompile.rules.registry import Freeze
+
 if TYPE_CHECKING:
     from npcompile.channels.analysis import ChannelAnalysis
 
@@ -22,16 +24,18 @@ def normalize_axis(axis: int, rank: int) -> int:
 
 
 def ints_of(node: gs.Node, ctx: ChannelAnalysis, attr: str, index: int) -> list[int] | None:
-    """An int list given as attribute ``attr`` (older opsets) or constant input ``index``.
+    """An int list given as attribute ``attr`` (older opsets) or constant input ``index`` (a
+    constant, or a value computed from static shapes, see :meth:`ChannelAnalysis.value`).
 
-    Returns ``None`` when neither is present, and raises when the input is not constant.
+    Returns ``None`` when neither is present, and raises :class:`Freeze` when the input is
+    computed at run time.
     """
     if attr in node.attrs and node.attrs[attr] is not None:
         return [int(v) for v in node.attrs[attr]]
     if index < len(node.inputs) and node.inputs[index].name:
-        value = ctx.const(node.inputs[index])
+        value = ctx.value(node.inputs[index])
         if value is None:
-            raise ValueError(f"{node.op} {node.name}: input {index} is not a constant")
+            raise Freeze(f"{node.op} {node.name}: its {attr} are computed at run time")
         return [int(v) for v in np.asarray(value).ravel()]
     return None
 

@@ -110,11 +110,14 @@ def slice_(node: gs.Node, ctx: ChannelAnalysis) -> None:
     if x is None:
         return
     rank = ctx.rank(node.inputs[0])
+    axes = ints_of(node, ctx, "axes", 3)
+    if axes is not None and x.axis not in [normalize_axis(a, rank) for a in axes]:
+        ctx.pass_through(node, x)  # bounds of other axes may be computed at run time
+        return
     starts = ints_of(node, ctx, "starts", 1)
     ends = ints_of(node, ctx, "ends", 2)
-    axes = ints_of(node, ctx, "axes", 3) or list(range(len(starts)))
+    axes = [normalize_axis(a, rank) for a in (axes or list(range(len(starts))))]
     steps = ints_of(node, ctx, "steps", 4) or [1] * len(starts)
-    axes = [normalize_axis(a, rank) for a in axes]
     if x.axis not in axes:
         ctx.pass_through(node, x)
         return

@@ -103,14 +103,51 @@ def conv_transpose(node: gs.Node, ctx: ChannelAnalysis) -> None:
     if x is not None and x.axis != 1:
         ctx.freeze(x, f"ConvTranspose {node.name} reads channels on axis 1")
         x = None
+    c_in, c_out_per_group = w.shape[0], w.shape[1]
+    if groups != 1 and c_in == groups and x is not None:
+        _depthwise_transpose(node, ctx, x, w, bias, c_out_per_group)
+        return
     if groups != 1:
-        reason = f"grouped ConvTranspose {node.name} (group={groups})"
-        ctx.freeze(x, reason)
-        layout = _open_output(node, ctx, 1, w.shape[1] * groups)
-        ctx.freeze(layout, reason)
-        ctx.set_dim(node.outputs[0], 1, layout, np.ones(layout.channels))
+        # Grouped: block g of the inputs (rows of the weight) makes block g of the outputs
+        # (columns of those rows); both sides are pruned equally per block.
+        reason = f"grouped ConvTranspose {node.name} (group={groups}) reads channels not in one whole group"
+        if x is not None and ctx.require_blocks(x.layout, groups, reason):
+            ctx.add_site(node, 1, 0, x.layout, "in", pot=x.pot)
+        layout = ctx.new_group(node, c_out_per_group * groups)
+        ctx.add_site(node, 1, 1, layout, "out", blocks=groups)
+        if bias is not None:
+            ctx.add_site(node, 2, 0, layout, "out")
+        elif len(node.inputs) > 2 and node.inputs[2].name:
+            ctx.freeze(layout, f"ConvTranspose {node.name} has a non-constant bias")
+        ctx.require_blocks(layout, groups, f"grouped ConvTranspose {node.name}: {layout.size} outputs in "
+                                           f"{groups} groups")
+        per_out = np.abs(w.astype(np.float64)).reshape(groups, c_in // groups, c_out_per_group, -1).sum(axis=(1, 3))
+        pot = per_out.ravel() + (np.abs(bias.astype(np.float64)) if bias is not None else 0.0)
+        ctx.set_dim(node.outputs[0], 1, layout, pot)
         return
     if x is not None:
         ctx.add_site(node, 1, 0, x.layout, "in", pot=x.pot)
     layout = _open_output(node, ctx, 1, w.shape[1])
     ctx.set_dim(node.outputs[0], 1, layout, _row_pot(w, 1, bias, layout))
+
+
+def _depthwise_transpose(node: gs.Node, ctx: ChannelAnalysis, x, w: np.ndarray, bias, mult: int) -> None:
+    """Depthwise ConvTranspose: input channel ``c`` makes outputs ``c*mult .. c*mult+mult-1``."""
+    out_layout = x.layout.repeat(inner=mult)
+    ctx.add_site(node, 1, 0, x.layout, "out")
+    if bias is not None:
+        ctx.add_site(node, 2, 0, out_layout, "out")
+    pot = x.pot * x.layout.slot_sums(w, 0)  # per slot: the ``mult`` outputs of an input channel
+    if bias is not None:
+        pot = pot + out_layout.slot_sums(bias, 0)
+    ctx.set_dim(node.outputs[0], 1, out_layout, pot)
+
+    def prepare(removed, find):
+        kept = x.layout.kept_size(removed, find)
+
+        def apply() -> None:
+            node.attrs["group"] = kept
+
+        return apply
+
+    ctx.add_fixup([x.layout], prepare, f"group attribute of {node.name}")

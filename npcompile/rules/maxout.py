@@ -37,6 +37,7 @@ import onnx_graphsurgeon as gs
 
 from npcompile.channels.layout import Layout
 from npcompile.rules.common import ints_of, normalize_axis, target_fixup
+from npcompile.rules.registry import Freeze
 
 if TYPE_CHECKING:
     from npcompile.channels.analysis import ChannelAnalysis, ChannelDim, UnitLink
@@ -106,7 +107,7 @@ def _reduced_by_max(ctx: ChannelAnalysis, out: gs.Tensor, kaxis: int, k: int
         if c.op == "ReduceMax":
             try:
                 axes = ints_of(c, ctx, "axes", 1)
-            except ValueError:
+            except Freeze:
                 return None
             if not axes or sorted(normalize_axis(a, rank) for a in axes) != [kaxis]:
                 return None

@@ -92,14 +92,14 @@ def pad(node: gs.Node, ctx: ChannelAnalysis) -> None:
     if "pads" in node.attrs:
         pads = list(node.attrs["pads"])
     else:
-        value = ctx.const(node.inputs[1])
+        value = ctx.value(node.inputs[1])
         if value is None:
-            ctx.freeze(x, f"Pad {node.name} has non-constant pads")
+            ctx.freeze(x, f"Pad {node.name} has pads computed at run time")
             return
         pads = [int(v) for v in value]
     axes = list(range(rank))
     if len(node.inputs) > 3 and node.inputs[3].name:
-        ax = ctx.const(node.inputs[3])
+        ax = ctx.value(node.inputs[3])
         if ax is None:
             ctx.freeze(x, f"Pad {node.name} has non-constant axes")
             return

@@ -16,9 +16,15 @@ if TYPE_CHECKING:
 
     from npcompile.channels.analysis import ChannelAnalysis
 
-__all__ = ["Rule", "register", "rule_for", "registered_ops", "load_builtin_rules"]
+__all__ = ["Freeze", "Rule", "register", "rule_for", "registered_ops", "load_builtin_rules"]
 
 Rule = Callable[["gs.Node", "ChannelAnalysis"], None]
+
+
+class Freeze(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by a rule (or a helper it calls) when the node is outside what the rule handles: the
+    analysis freezes every group the node's inputs carry, with the message as the reason. Any
+    other exception from a rule is a bug and propagates."""
 
 _RULES: dict[tuple[str, str], Rule] = {}
 

@@ -9,31 +9,11 @@ import numpy as np
 import onnx
 
 from npcompile.errors import VerificationError
-from npcompile.graph.shapes import input_specs
+from npcompile.graph.shapes import probe_inputs
 
 __all__ = ["probe_inputs", "make_session", "run_session", "compare", "Verification"]
 
 log = logging.getLogger(__name__)
-
-
-def probe_inputs(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]], batch: int | None = 2,
-                 seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs of the probe shapes (dynamic batch set to ``batch``), reproducible by seed."""
-    rng = np.random.default_rng(seed)
-    out: dict[str, np.ndarray] = {}
-    for spec in input_specs(model):
-        shape = list(probe[spec.name])
-        dims = spec.type.tensor_type.shape.dim
-        if batch and dims and not dims[0].HasField("dim_value") and shape:
-            shape[0] = batch
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(spec.type.tensor_type.elem_type)
-        if np.issubdtype(dtype, np.floating):
-            out[spec.name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype == np.bool_:
-            out[spec.name] = rng.integers(0, 2, shape).astype(bool)
-        else:
-            out[spec.name] = rng.integers(0, 4, shape).astype(dtype)
-    return out
 
 
 def make_session(model: onnx.ModelProto | str, threads: int = 0, optimize: bool = True,

@@ -138,16 +138,22 @@ def test_scalar_offset_keeps_channels_alive():
     assert res.group(c).prunable and not res.group(c).dead.any()
 
 
-def test_sum_of_misaligned_groups_freezes():
-    """conv(8) + concat(conv(4), conv(4)): the groups do not line up whole against whole."""
+def test_sum_of_slices_refines_the_group():
+    """conv(8) + concat(conv(4), conv(4)): each half of the conv(8) couples index by index with
+    one conv(4), so the conv(8) group is refined into two groups, each pruned with its partner."""
     g = G()
     x = g.input("x", ["N", 3, 6, 6])
     c = g.conv(x, 3, 8)
-    cat = g.op("Concat", [g.conv(x, 3, 4), g.conv(x, 3, 4)], axis=1)
+    a, b = g.conv(x, 3, 4), g.conv(x, 3, 4)
+    cat = g.op("Concat", [a, b], axis=1)
     y = g.op("Add", [c, cat])
     out = g.conv(g.op("Relu", [y]), 8, 4)
-    res = prune(g.model(out), expect_removed=False)
-    assert f"Add {g.node_of[y]} adds channels whose groups do not line up" in res.group(c).frozen
+    res = prune(g.model(out))
+    halves = [grp for grp in res.groups if g.node_of[c] in grp.members]
+    assert len(halves) == 2 and all(h.size == 4 and h.prunable for h in halves)
+    assert {g.node_of[a]} < set(halves[0].members) and {g.node_of[b]} < set(halves[1].members)
+    assert all(res.removed(h) == 1 for h in halves)
+    assert weight_of(res.model, g.node_of[c]).shape[0] == 6
 
 
 def test_per_channel_operand_nobody_owns_freezes():
