@@ -76,14 +76,18 @@ class Fixup:
 
 @dataclass
 class UnitLink:
-    """Unit ``u`` of group ``units`` is block ``u`` (channels ``[u*k, (u+1)*k)``) of group
-    ``neurons``: a maxout unit and its ``k`` neurons (see :mod:`npcompile.rules.maxout`).
+    """Unit ``u`` of group ``units`` is block ``u`` of group ``neurons``: the neurons
+    ``[(o*n_units + u)*k, (o*n_units + u + 1)*k)`` for every ``o < outer``.
 
-    ``neurons`` is pruned by equal counts per unit (units keep one size, ``k`` shrinks); removing a
-    unit removes its ``k`` neurons, and a unit whose neurons all go is removed
-    (:meth:`ChannelAnalysis.close_removal`). ``tensor`` holds the neurons on ``axis`` in group
-    order (the maxout's input, where calibration measures which neuron wins); ``node`` is the
-    node that takes the maximum.
+    Two kinds. A *maxout* link (``locked=False``; see :mod:`npcompile.rules.maxout`): a unit and
+    its ``k`` neurons; ``neurons`` is pruned by equal counts per unit (units keep one size, ``k``
+    shrinks). A *locked* link: the block is the removal unit and never shrinks — an attention head
+    and its ``head_dim`` channels of a projection (``outer`` 3 for a fused q/k/v projection viewed
+    as ``[3, heads, head_dim]``), or a key/value head and its ``k`` query heads (grouped-query
+    attention). Either way removing a unit removes its neurons, and a unit whose neurons all go is
+    removed (:meth:`ChannelAnalysis.close_removal`); the neurons of a locked link are pruned only
+    through their units. ``tensor`` holds the neurons on ``axis`` in group order (the maxout's
+    input, where calibration measures which neuron wins); ``node`` is the node that splits them.
     """
 
     neurons: int
@@ -95,6 +99,23 @@ class UnitLink:
     node: str
     #: the model's ``[.., units, k, ..]`` view of ``tensor`` (units on ``axis``), if it has one
     split: str | None = None
+    outer: int = 1
+    locked: bool = False
+    #: while the analysis runs: where the neurons and the units start in their source groups
+    start: int = 0
+    units_start: int = 0
+
+    @property
+    def n_neurons(self) -> int:
+        return self.outer * self.n_units * self.k
+
+    def units_of(self, neurons: np.ndarray) -> np.ndarray:
+        """Units whose neurons are all in ``neurons`` (a mask over the neurons)."""
+        return neurons.reshape(self.outer, self.n_units, self.k).all(axis=(0, 2))
+
+    def neurons_of(self, units: np.ndarray) -> np.ndarray:
+        """The neurons of ``units`` (a mask over the units)."""
+        return np.broadcast_to(units[None, :, None], (self.outer, self.n_units, self.k)).ravel()
 
 
 @dataclass
@@ -112,10 +133,14 @@ class Group:
     #: channels fall into this many equal contiguous blocks that must each lose the same number
     #: (grouped convolutions keep equal-sized groups)
     blocks: int = 1
+    #: what a channel of this group is: ``channels``, maxout ``units``, attention ``heads``
+    kind: str = "channels"
+    #: the group whose units remove this group's channels (neurons of a locked link), if any
+    locked_by: int | None = None
 
     @property
     def prunable(self) -> bool:
-        return not self.frozen and self.size > 1
+        return not self.frozen and self.size > 1 and self.locked_by is None
 
     def sites_of(self, role: str) -> list[Site]:
         return [s for s in self.sites if s.role == role]
@@ -148,6 +173,7 @@ class ChannelAnalysis:
         #: final group -> [(source, source start, length)] (set when the analysis ends)
         self._segments: dict[int, list[tuple[int, int, int]]] = {}
         self._final_id: dict[int, int] = {}  # partition class -> final group id
+        self._kinds: dict[int, str] = {}  # source -> kind of its channels, where not "channels"
 
     # -- lookups rules use ------------------------------------------------------------------
     def shape(self, t: gs.Tensor) -> tuple[int, ...] | None:
@@ -174,6 +200,15 @@ class ChannelAnalysis:
         if isinstance(t, gs.Constant):
             return t.values
         return getattr(self.shapes, "values", {}).get(t.name)
+
+    def probe_value(self, t: gs.Tensor | None) -> np.ndarray | None:
+        """The value of a constant or of an integer tensor computed from shapes, at the probe
+        shapes (it may change with the input size: use it to read entries, not to replace it)."""
+        if t is None:
+            return None
+        if isinstance(t, gs.Constant):
+            return t.values
+        return getattr(self.shapes, "probe_values", {}).get(t.name)
 
     def dim(self, t: gs.Tensor | None) -> ChannelDim | None:
         if t is None or isinstance(t, gs.Constant) or not t.name:
@@ -265,13 +300,68 @@ class ChannelAnalysis:
             return None
         neurons = x.layout.pieces[0].group
         layout = self._new_source(n_units, f"{self._sources[neurons].name}:units", "Maxout", [node.name])
+        self._kinds[layout.pieces[0].group] = "units"
         self.links.append(UnitLink(neurons, layout.pieces[0].group, n_units, k, tensor, x.axis, node.name,
                                    split))
         return layout
 
     def unit_links(self, group: int) -> list[UnitLink]:
-        """Links whose neurons are ``group`` (may lose whole blocks with their units)."""
-        return [lk for lk in self.links if lk.neurons == group]
+        """Maxout links whose neurons are ``group`` (may lose whole blocks with their units)."""
+        return [lk for lk in self.links if lk.neurons == group and not lk.locked]
+
+    @property
+    def maxout_links(self) -> list[UnitLink]:
+        """The links of maxout units (not locked)."""
+        return [lk for lk in self.links if not lk.locked]
+
+    def link_blocks(self, node: gs.Node, x: ChannelDim, k: int, outer: int, kind: str, reason: str,
+                    tensor: str | None = None) -> Layout | None:
+        """Open a group of units over the channels of ``x`` viewed as ``[outer, units, k]`` (an
+        attention head split: ``k`` = head_dim): each unit is a block that is only ever removed
+        whole. Returns the units' layout, or ``None`` (after freezing with ``reason``) when the
+        channels are not one window of one group."""
+        lay = x.layout
+        if not (lay.plain and len(lay.pieces) == 1 and lay.pieces[0].group is not None) or \
+                lay.size % (outer * k) or lay.size == outer * k:
+            self.freeze(x, reason)
+            return None
+        piece = lay.pieces[0]
+        self.partition.cut(piece.group, piece.start)
+        self.partition.cut(piece.group, piece.stop)
+        n_units = lay.size // (outer * k)
+        units = self._new_source(n_units, f"{self._sources[piece.group].name}:{kind}",
+                                 "Heads" if kind == "heads" else kind, [node.name])
+        self.links.append(UnitLink(piece.group, units.pieces[0].group, n_units, k, tensor or node.inputs[0].name,
+                                   x.axis, node.name, None, outer, True, piece.start))
+        self._kinds[units.pieces[0].group] = kind
+        return units
+
+    def link_repeat(self, plain: ChannelDim, repeated: ChannelDim, reason: str) -> bool:
+        """Couple ``plain`` (``n*k`` channels) with ``repeated`` (``n`` channels, each repeated ``k``
+        times next to each other, like a key/value head broadcast to its query heads): channel
+        ``j`` of ``repeated`` goes with channels ``j*k .. j*k+k-1`` of ``plain``, only as a whole.
+        False (after freezing) when they are not single windows of one group each."""
+        a, b = plain.layout, repeated.layout
+        k = b.inner
+        ok = (a.plain and b.outer == 1 and k > 1 and len(a.pieces) == 1 and len(b.pieces) == 1
+              and a.pieces[0].group is not None and b.pieces[0].group is not None
+              and a.channels == b.channels * k)
+        if not ok:
+            self.freeze(plain, reason)
+            self.freeze(repeated, reason)
+            return False
+        pa, pb = a.pieces[0], b.pieces[0]
+        for p in (pa, pb):
+            self.partition.cut(p.group, p.start)
+            self.partition.cut(p.group, p.stop)
+        for lk in self.links:  # the same query heads already follow other key/value heads: couple those
+            if lk.locked and lk.neurons == pa.group and lk.start == pa.start and lk.k == k and \
+                    lk.n_units == b.channels and lk.outer == 1 and lk.node == "repeat":
+                self.partition.couple(lk.units, lk.units_start, pb.group, pb.start, b.channels)
+                return True
+        self.links.append(UnitLink(pa.group, pb.group, b.channels, k, "", plain.axis, "repeat", None, 1, True,
+                                   pa.start, pb.start))
+        return True
 
     def close_removal(self, removed: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
         """``removed`` (group -> mask) closed under the unit links: a removed unit takes its ``k``
@@ -287,13 +377,13 @@ class ChannelAnalysis:
             for lk in self.links:
                 p, u = lk.neurons, lk.units
                 mp, mu = out.get(p), out.get(u)
-                if (mp is not None and mp.shape != (lk.n_units * lk.k,)) or \
+                if (mp is not None and mp.shape != (lk.n_neurons,)) or \
                         (mu is not None and mu.shape != (lk.n_units,)):
                     continue
                 units = np.zeros(lk.n_units, bool) if mu is None else mu
                 if mp is not None:
-                    units = units | mp.reshape(lk.n_units, lk.k).all(axis=1)
-                neurons = np.repeat(units, lk.k) | (False if mp is None else mp)
+                    units = units | lk.units_of(mp)
+                neurons = lk.neurons_of(units) | (False if mp is None else mp)
                 for gid, old, new in ((u, mu, units), (p, mp, neurons)):
                     if new.any() and (old is None or not np.array_equal(old, new)):
                         out[gid] = new
@@ -312,6 +402,37 @@ class ChannelAnalysis:
             grp = self._groups[g]
             if reason not in grp.frozen:
                 grp.frozen.append(reason)
+
+    def adopt_fill(self, t: gs.Tensor, axis: int) -> ChannelDim | None:
+        """Track a *fill* tensor on ``axis``: one value everywhere (a ``ConstantOfShape``, or a
+        slice, reshape or broadcast of one, like the zero initial state of a recurrent layer). It
+        gets a channel group of its own, so it can be coupled with the channels it meets; removing
+        channels replaces its readers' input by a fill of the new shape (computed from the old
+        one at run time, so dynamic dimensions stay dynamic). ``None`` when ``t`` is no fill or
+        one of its readers could not follow."""
+        if isinstance(t, gs.Constant) or self.dim(t) is not None or t in self.graph.outputs:
+            return None
+        value = _fill_value(t)
+        shape = self.shape(t)
+        if value is None or shape is None or not 0 <= axis < len(shape):
+            return None
+        if any(c.op not in _FILL_READERS for c in t.outputs):
+            return None
+        producer = t.inputs[0]
+        layout = self._new_source(shape[axis], f"{producer.name or t.name}:fill", producer.op, [producer.name])
+        self.set_dim(t, axis, layout, np.full(layout.channels, float(abs(value.astype(np.float64)))))
+        rank = len(shape)
+
+        def prepare(removed, find):
+            kept = layout.kept_size(removed, find)
+
+            def apply() -> None:
+                _replace_fill(self.graph, t, axis, rank, kept, value)
+
+            return apply
+
+        self.add_fixup([layout], prepare, f"shape of the fill {t.name}")
+        return self.dims[t.name]
 
     def freeze_inputs(self, node: gs.Node, reason: str) -> None:
         for t in node.inputs:
@@ -419,6 +540,68 @@ def _aligned(a: Layout, b: Layout) -> Iterable[tuple[Piece, Piece]]:
             pb = b.pieces[ib] if ib < len(b.pieces) else None
 
 
+#: ops whose rules track a fill tensor they read (see :meth:`ChannelAnalysis.adopt_fill`)
+_FILL_READERS = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Where", "Gemm", "MatMul", "LSTM",
+                 "GRU", "RNN")
+
+
+#: ops that keep a tensor filled with one value (its first input's)
+_FILL_KEEPING = ("Slice", "Gather", "Squeeze", "Unsqueeze", "Reshape", "Flatten", "Transpose", "Expand", "Tile",
+                 "Cast", "Identity")
+
+
+def _fill_value(t: gs.Tensor) -> np.ndarray | None:
+    """The one value every element of ``t`` has, when that follows from the graph (a
+    ``ConstantOfShape`` or a one-value constant, through value-keeping ops); None otherwise."""
+    for _ in range(32):
+        if isinstance(t, gs.Constant):
+            v = np.asarray(t.values)
+            return v.ravel()[:1].reshape(()) if v.size and np.all(v == v.flat[0]) else None
+        if not t.inputs:
+            return None
+        node = t.inputs[0]
+        if node.op == "ConstantOfShape":
+            value = node.attrs.get("value")
+            return np.zeros((), np.float32) if value is None else \
+                np.asarray(getattr(value, "values", value)).ravel()[:1].reshape(())
+        if node.op not in _FILL_KEEPING or not node.inputs:
+            return None
+        if node.op == "Cast":
+            inner = _fill_value(node.inputs[0])
+            if inner is None:
+                return None
+            from onnx import helper
+
+            return inner.astype(helper.tensor_dtype_to_np_dtype(int(node.attrs["to"])))
+        t = node.inputs[0]
+    return None
+
+
+def _replace_fill(graph: gs.Graph, t: gs.Variable, axis: int, rank: int, kept: int, value: np.ndarray) -> None:
+    """Give every reader of fill ``t`` a fill of ``t``'s run-time shape with ``kept`` on ``axis``."""
+    base = t.name
+    shape = gs.Variable(f"{base}_npc_shape", dtype=np.int64)
+    new_shape = gs.Variable(f"{base}_npc_newshape", dtype=np.int64)
+    scaled = gs.Variable(f"{base}_npc_scaled", dtype=np.int64)
+    new = gs.Variable(f"{base}_npc_fill", dtype=value.dtype)
+    keep = np.ones(rank, np.int64)
+    keep[axis] = 0
+    put = np.zeros(rank, np.int64)
+    put[axis] = kept
+    readers = list(t.outputs)
+    nodes = [gs.Node("Shape", f"{base}_npc_Shape", inputs=[t], outputs=[shape]),
+             gs.Node("Mul", f"{base}_npc_Mul", inputs=[shape, gs.Constant(f"{base}_npc_keep", keep)], outputs=[scaled]),
+             gs.Node("Add", f"{base}_npc_Add", inputs=[scaled, gs.Constant(f"{base}_npc_put", put)],
+                     outputs=[new_shape]),
+             gs.Node("ConstantOfShape", f"{base}_npc_Fill", inputs=[new_shape], outputs=[new],
+                     attrs={"value": gs.Constant(f"{base}_npc_value", np.asarray(value).reshape(1))})]
+    for c in readers:
+        for i, inp in enumerate(c.inputs):
+            if inp is t:
+                c.inputs[i] = new
+    graph.nodes.extend(nodes)
+
+
 def _sub_graph_inputs(node: gs.Node) -> list[str]:
     names: list[str] = []
     for value in node.attrs.values():
@@ -428,6 +611,45 @@ def _sub_graph_inputs(node: gs.Node) -> list[str]:
                 for n in sub.nodes:
                     names.extend(t.name for t in n.inputs)
     return names
+
+
+def _uniform(values: np.ndarray) -> bool:
+    v = np.asarray(values)
+    return v.size == 0 or bool(np.all(v == v.flat[0]))
+
+
+def _couple_shared(ctx: ChannelAnalysis) -> None:
+    """A constant read by several nodes (tied weights, an exporter's deduplicated initializers,
+    the weights of an unrolled recurrent cell) is pruned once: its sites on one axis are coupled,
+    slot by slot, so that every reader keeps the same entries. A reader that does not follow the
+    channels (no site on that axis) freezes them. Constants with one value everywhere may be
+    sliced per reader instead (any slice of them is the same)."""
+    by_const: dict[int, list[Site]] = {}
+    for site in ctx._sites:
+        by_const.setdefault(id(site.node.inputs[site.index]), []).append(site)
+    for sites in by_const.values():
+        const = sites[0].node.inputs[sites[0].index]
+        uses = [(n, i) for n in const.outputs for i, inp in enumerate(n.inputs) if inp is const]
+        if len(uses) < 2 or _uniform(const.values):
+            continue
+        for axis in sorted({s.axis for s in sites}):
+            on_axis = [s for s in sites if s.axis == axis]
+            sited = {(id(s.node), s.index) for s in on_axis}
+            stray = [n for n, i in uses if (id(n), i) not in sited]
+            if stray:
+                for s in on_axis:
+                    ctx.freeze(s.layout, f"{const.name} is shared with {stray[0].op} {stray[0].name}, which does "
+                                         "not follow its channels")
+                continue
+            base = on_axis[0]
+            for s in on_axis[1:]:
+                if s.blocks != base.blocks:
+                    for ss in on_axis:
+                        ctx.freeze(ss.layout, f"{const.name} is shared by readers that slice it differently")
+                    break
+                ctx.couple([ChannelDim(axis, base.layout, np.ones(base.layout.channels)),
+                            ChannelDim(axis, s.layout, np.ones(s.layout.channels))],
+                           f"{const.name} is shared by readers whose channels do not line up")
 
 
 def _build_groups(ctx: ChannelAnalysis) -> None:
@@ -469,17 +691,27 @@ def _build_groups(ctx: ChannelAnalysis) -> None:
             ctx.freeze(final, "channel blocks do not divide the width")
     links: list[UnitLink] = []
     for lk in ctx.links:
-        n_runs, u_runs = _runs(ctx, lk.neurons), _runs(ctx, lk.units)
-        whole = len(n_runs) == 1 and len(u_runs) == 1 and \
-            ctx._groups[n_runs[0][0]].size == lk.n_units * lk.k and ctx._groups[u_runs[0][0]].size == lk.n_units
+        n_runs = _final_runs(ctx, lk.neurons, lk.start, lk.n_neurons)
+        u_runs = _final_runs(ctx, lk.units, lk.units_start, lk.n_units)
+        whole = all(len(r) == 1 and r[0][1] == 0 and r[0][2] == ctx._groups[r[0][0]].size for r in (n_runs, u_runs))
         if not whole:
+            what = f"heads of {lk.node}" if lk.locked else f"maxout units of {lk.node}"
             for g, _, _ in n_runs + u_runs:
-                ctx.freeze(Layout.of_group(g, ctx._groups[g].size),
-                           f"maxout units of {lk.node}: their neurons are coupled in parts")
+                ctx.freeze(Layout.of_group(g, ctx._groups[g].size), f"{what}: their channels are coupled in parts")
             continue
-        links.append(UnitLink(n_runs[0][0], u_runs[0][0], lk.n_units, lk.k, lk.tensor, lk.axis, lk.node,
-                              lk.split))
+        new = UnitLink(n_runs[0][0], u_runs[0][0], lk.n_units, lk.k, lk.tensor, lk.axis, lk.node, lk.split,
+                       lk.outer, lk.locked)
+        if new not in links:
+            links.append(new)
     ctx.links = links
+    for gid, segs in ctx._segments.items():
+        kinds = {ctx._kinds[s] for s, _, _ in segs if s in ctx._kinds}
+        if kinds:
+            ctx._groups[gid].kind = kinds.pop()
+
+
+def _final_runs(ctx: ChannelAnalysis, source: int, start: int, length: int) -> list[tuple[int, int, int]]:
+    return [(ctx._final_id[c], lo, hi) for c, lo, hi in ctx.partition.resolve(source, start, start + length)]
 
 
 def _runs(ctx: ChannelAnalysis, source: int) -> list[tuple[int, int, int]]:
@@ -491,15 +723,27 @@ def _runs(ctx: ChannelAnalysis, source: int) -> list[tuple[int, int, int]]:
 def _finish(ctx: ChannelAnalysis) -> None:
     for t in ctx.graph.outputs:
         ctx.freeze(ctx.dim(t), f"reaches graph output {t.name}")
+    _couple_shared(ctx)
     _build_groups(ctx)
-    for lk in ctx.links:
-        neurons, units = ctx.group(lk.neurons), ctx.group(lk.units)
-        if neurons.frozen:
-            ctx.freeze(Layout.of_group(units.id, units.size),
-                       f"maxout units of {lk.node}: their neurons are frozen ({neurons.frozen[0]})")
-        elif neurons.blocks != lk.n_units:
-            ctx.freeze(Layout.of_group(units.id, units.size),
-                       f"maxout units of {lk.node}: their neurons also fall into {neurons.blocks} blocks")
+    changed = True
+    while changed:  # chains of links: a frozen projection freezes its heads, and the key/value heads
+        changed = False
+        for lk in ctx.links:
+            neurons, units = ctx.group(lk.neurons), ctx.group(lk.units)
+            before = len(units.frozen)
+            if lk.locked:
+                neurons.locked_by = units.id
+                if neurons.frozen and not units.frozen:
+                    ctx.freeze(Layout.of_group(units.id, units.size),
+                               f"heads of {lk.node}: their channels are frozen ({neurons.frozen[0]})")
+            elif neurons.frozen:
+                ctx.freeze(Layout.of_group(units.id, units.size),
+                           f"maxout units of {lk.node}: their neurons are frozen ({neurons.frozen[0]})")
+            elif neurons.blocks != lk.n_units:
+                ctx.freeze(Layout.of_group(units.id, units.size),
+                           f"maxout units of {lk.node}: their neurons also fall into {neurons.blocks} blocks")
+            changed = changed or len(units.frozen) != before
+    consumed: dict[int, bool] = {}
     for grp in ctx.groups:
         dead = np.ones(grp.size, bool)
         consumers = 0
@@ -513,13 +757,30 @@ def _finish(ctx: ChannelAnalysis) -> None:
                 off += len(piece)
             consumers += 1
         grp.dead = dead if consumers else np.zeros(grp.size, bool)
+        consumed[grp.id] = consumers > 0
     for lk in ctx.links:
+        if lk.locked:
+            continue
         # A zero neuron still takes part in its unit's maximum: it is dead only with its whole
         # unit, when the unit is dead wherever it is consumed.
         neurons, units = ctx.group(lk.neurons), ctx.group(lk.units)
-        has_consumers = any(s.role == "in" and s.pot is not None for s in neurons.sites)
         unit_dead = np.repeat(units.dead, lk.k)
-        neurons.dead = neurons.dead & unit_dead if has_consumers else unit_dead
+        neurons.dead = neurons.dead & unit_dead if consumed[neurons.id] else unit_dead
+    for _ in range(len(ctx.links)):
+        # A locked block is its unit's channels in finer grain: a unit is dead where it is dead at
+        # its own consumers and its neurons are dead at theirs (key/value heads: their query heads).
+        for lk in ctx.links:
+            if not lk.locked:
+                continue
+            neurons, units = ctx.group(lk.neurons), ctx.group(lk.units)
+            if consumed[neurons.id]:
+                via = lk.units_of(neurons.dead)
+                units.dead = units.dead & via if consumed[units.id] else via
+                consumed[units.id] = True
+    for lk in ctx.links:
+        if lk.locked:
+            neurons, units = ctx.group(lk.neurons), ctx.group(lk.units)
+            neurons.dead = lk.neurons_of(units.dead).copy()
 
 
 def _unknown_rank(ctx: ChannelAnalysis, node: gs.Node) -> str | None:

@@ -81,6 +81,11 @@ class Partition:
                 self._merge(ca, cb)
             i += step
 
+    def cut(self, source: int, pos: int) -> None:
+        """Make ``pos`` a segment boundary of ``source`` (a window that is about to be treated
+        as a unit of its own)."""
+        self._cut(source, pos)
+
     # -- queries ----------------------------------------------------------------------------
     def resolve(self, source: int, start: int, stop: int) -> list[tuple[int, int, int]]:
         """Channels ``[start, stop)`` of ``source`` as ``(class, class_start, class_stop)`` runs,

@@ -31,6 +31,8 @@ class ShapeMap(dict):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.values: dict[str, np.ndarray] = {}
+        #: the same computations at the probe shapes, also where they depend on the input size
+        self.probe_values: dict[str, np.ndarray] = {}
 
 
 def input_specs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -313,7 +315,7 @@ def _eval_reference(node: onnx.NodeProto, v: list[np.ndarray | None]) -> np.ndar
     except Exception:
         return None
     out = np.asarray(out)
-    if not np.issubdtype(out.dtype, np.integer) or out.size > _SMALL:
+    if not (np.issubdtype(out.dtype, np.integer) or out.dtype == np.bool_) or out.size > _SMALL:
         return None
     return out
 
@@ -321,9 +323,10 @@ def _eval_reference(node: onnx.NodeProto, v: list[np.ndarray | None]) -> np.ndar
 _STRUCTURAL = ("Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Identity", "Reshape")
 
 
-def _fold_static(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-    """Integer tensors computed from shapes, evaluated at the probe shapes, keeping those that are
-    the same for every input size (each element carries a 'static' flag through the arithmetic)."""
+def _fold_static(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
+                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Integer tensors computed from shapes, evaluated at the probe shapes: those that are the same
+    for every input size (each element carries a 'static' flag through the arithmetic), and all."""
     symbolic: dict[str, list[int | None]] | None = None
     vals: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for init in model.graph.initializer:
@@ -374,7 +377,9 @@ def _fold_static(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> 
         except (IndexError, ValueError, KeyError, TypeError):
             continue
         vals[node.output[0]] = (np.asarray(out), np.asarray(static, bool))
-    return {k: a for k, (a, s) in vals.items() if s.all() and k not in {i.name for i in model.graph.initializer}}
+    inits = {i.name for i in model.graph.initializer}
+    computed = {k: a for k, (a, _) in vals.items() if k not in inits}
+    return {k: a for k, (a, s) in vals.items() if s.all() and k not in inits}, computed
 
 
 def static_shapes(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]]) -> ShapeMap:
@@ -404,5 +409,5 @@ def static_shapes(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]]) -> 
     for init in model.graph.initializer:
         shapes[init.name] = tuple(int(d) for d in init.dims)
     if any(n.op_type in ("Shape", "Size") for n in model.graph.node):
-        shapes.values = _fold_static(model, shapes)
+        shapes.values, shapes.probe_values = _fold_static(model, shapes)
     return shapes

@@ -61,50 +61,47 @@ def set_ints(node: gs.Node, attr: str, index: int, values: list[int]) -> Callabl
 
 
 def target_fixup(node: gs.Node, ctx: ChannelAnalysis, entries: list[tuple[int, Compute]], layouts,
-                 what: str = "") -> bool:
-    """Arrange for entries ``(axis, compute)`` of the target shape of Reshape ``node`` to be
-    rewritten to ``compute(removed, find)`` when channels of ``layouts`` are removed.
+                 what: str = "", index: int = 1) -> bool:
+    """Arrange for entries ``(axis, compute)`` of the shape tensor at input ``index`` of ``node``
+    (a Reshape target by default; also ConstantOfShape's and Expand's shapes) to be rewritten to
+    ``compute(removed, find)`` when channels of ``layouts`` are removed.
 
-    The target may be a constant or a Concat of pieces (legacy exporters build it from ``Shape``
-    values and constants); an entry that is ``-1``, a copied ``0`` or computed at run time from
-    the (pruned) tensors' shapes follows by itself. Returns False when an entry cannot be
-    rewritten (nothing is registered then).
+    A Reshape entry that is ``-1`` or a copied ``0`` follows by itself. Otherwise the entry is
+    written: into the constant (or the shape computed from static shapes, which becomes one), into
+    the constant piece of a Concat (legacy exporters build targets from ``Shape`` values and
+    constants, keeping the dynamic pieces), or, for a shape computed at run time some other way,
+    by an elementwise override (``shape * keep + new``) in front of ``node``. Returns False when the
+    shape's value at the probe shapes is unknown (nothing is registered then).
     """
-    target = node.inputs[1]
-    allowzero = int(node.attrs.get("allowzero", 0))
-    value = ctx.const(target)
-    writes: list[tuple[int, int, Compute]] = []  # (concat input or -1, position, compute)
-    if value is not None:
-        for axis, compute in entries:
-            v = int(value[axis])
-            if not (v == -1 or (v == 0 and not allowzero)):
-                writes.append((-1, axis, compute))
-    else:
-        producer = target.inputs[0] if target.inputs else None
-        if producer is None or producer.op != "Concat":
-            return False
-        bounds: list[tuple[int, int]] = []
-        pos = 0
-        for part in producer.inputs:
-            shape = ctx.shape(part)
-            if shape is None or len(shape) != 1:
-                return False
-            bounds.append((pos, pos + shape[0]))
-            pos += shape[0]
-        for axis, compute in entries:
-            hit = [i for i, (lo, hi) in enumerate(bounds) if lo <= axis < hi]
-            if not hit:
-                return False
-            i = hit[0]
-            piece = ctx.const(producer.inputs[i])
-            if piece is None:
-                continue  # computed at run time from the (pruned) tensors' shapes
-            local = axis - bounds[i][0]
-            if int(piece[local]) not in (-1, 0):
-                writes.append((i, local, compute))
-    if not writes:
+    target = node.inputs[index]
+    allowzero = int(node.attrs.get("allowzero", 0)) if node.op == "Reshape" else 1
+    at_probe = ctx.probe_value(target)
+    if at_probe is None:
+        return False
+    at_probe = np.ravel(at_probe)
+    wanted = [(axis, compute) for axis, compute in entries
+              if not (int(at_probe[axis]) == -1 or (int(at_probe[axis]) == 0 and not allowzero))]
+    if not wanted:
         return True
-    concat = None if value is not None else target.inputs[0]
+    value = ctx.value(target)  # a constant, or computed from static shapes (becomes a constant)
+    writes: list[tuple[int, int, Compute]] = []  # (concat input or -1, position, compute)
+    concat = target.inputs[0] if value is None and target.inputs and target.inputs[0].op == "Concat" else None
+    if value is not None:
+        writes = [(-1, axis, compute) for axis, compute in wanted]
+    elif concat is not None:
+        pos, bounds = 0, []
+        for part in concat.inputs:
+            shape = ctx.shape(part)
+            bounds.append((pos, pos + (shape[0] if shape is not None and len(shape) == 1 else -10**9)))
+            pos = bounds[-1][1]
+        for axis, compute in wanted:
+            hit = [i for i, (lo, hi) in enumerate(bounds) if lo <= axis < hi]
+            if not hit or ctx.const(concat.inputs[hit[0]]) is None:
+                writes = []
+                break
+            writes.append((hit[0], axis - bounds[hit[0]][0], compute))
+    if value is None and not writes:
+        return _override_fixup(node, ctx, index, len(at_probe), wanted, layouts, what)
 
     def prepare(removed, find):
         new: dict[int, np.ndarray] = {}
@@ -116,7 +113,7 @@ def target_fixup(node: gs.Node, ctx: ChannelAnalysis, entries: list[tuple[int, C
         def apply() -> None:
             for i, arr in new.items():
                 if i == -1:
-                    node.inputs[1] = gs.Constant(f"{target.name}_npc_{node.name}", arr)
+                    node.inputs[index] = gs.Constant(f"{target.name}_npc_{node.name}", arr)
                 else:
                     old = concat.inputs[i]
                     concat.inputs[i] = gs.Constant(f"{old.name}_npc_{concat.name}_{i}", arr)
@@ -124,4 +121,31 @@ def target_fixup(node: gs.Node, ctx: ChannelAnalysis, entries: list[tuple[int, C
         return apply
 
     ctx.add_fixup(layouts, prepare, what or f"target shape of {node.name}")
+    return True
+
+
+def _override_fixup(node: gs.Node, ctx: ChannelAnalysis, index: int, length: int,
+                    entries: list[tuple[int, Compute]], layouts, what: str) -> bool:
+    """Rewrite entries of a shape computed at run time: ``shape * keep + new`` in front of ``node``
+    (``keep`` 0 at the rewritten entries, ``new`` their values)."""
+    target = node.inputs[index]
+
+    def prepare(removed, find):
+        keep = np.ones(length, np.int64)
+        put = np.zeros(length, np.int64)
+        for axis, compute in entries:
+            keep[axis], put[axis] = 0, compute(removed, find)
+
+        def apply() -> None:
+            base = f"{target.name}_npc_{node.name}"
+            scaled = gs.Variable(f"{base}_scaled", dtype=np.int64)
+            new = gs.Variable(f"{base}_new", dtype=np.int64)
+            ctx.graph.nodes.extend([
+                gs.Node("Mul", f"{base}_Mul", inputs=[target, gs.Constant(f"{base}_keep", keep)], outputs=[scaled]),
+                gs.Node("Add", f"{base}_Add", inputs=[scaled, gs.Constant(f"{base}_put", put)], outputs=[new])])
+            node.inputs[index] = new
+
+        return apply
+
+    ctx.add_fixup(layouts, prepare, what or f"shape of {node.name}")
     return True

@@ -40,6 +40,15 @@ def broadcast_op(node: gs.Node, ctx: ChannelAnalysis, combine: Combine, inputs: 
             ctx.freeze(d, f"{node.op} {node.name} combines channels from different axes")
         return
     ax = out_axes.pop()
+    width = tracked[0][1].layout.size
+    for i in inputs:  # a fill (the zero state of an unrolled cell) follows the channels it meets
+        t = node.inputs[i]
+        shape = ctx.shape(t)
+        if ctx.dim(t) is not None or shape is None:
+            continue
+        axis_i = ax - (r - len(shape))
+        if axis_i >= 0 and shape[axis_i] == width and ctx.adopt_fill(t, axis_i) is not None:
+            tracked.append((i, ctx.dim(t)))
     dims: list[ChannelDim] = [d for _, d in tracked]
     layout = ctx.couple(dims, f"{node.op} {node.name} adds channels whose groups do not line up")
     if layout is None:
@@ -99,6 +108,12 @@ def div(node: gs.Node, ctx: ChannelAnalysis) -> None:
     # x / y is zero where x is; a channel in the denominator only is never provably zero.
     broadcast_op(node, ctx, lambda p: p[0] if ctx.dim(node.inputs[0]) is not None
                  else np.ones_like(p[0]))
+
+
+@register("Where")
+def where(node: gs.Node, ctx: ChannelAnalysis) -> None:
+    # Where(condition, x, y): zero where both branches are; the condition follows the channels too
+    broadcast_op(node, ctx, lambda p: p[1] + p[2], inputs=(0, 1, 2))
 
 
 @register("PRelu")

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from npcompile.rules.attention import activation_matmul
 from npcompile.rules.registry import register
 
 if TYPE_CHECKING:
@@ -23,6 +24,8 @@ def gemm(node: gs.Node, ctx: ChannelAnalysis) -> None:
         ctx.freeze_inputs(node, f"Gemm {node.name} with {'transA' if trans_a else 'non-constant B'}")
         return
     in_axis, out_axis = (1, 0) if trans_b else (0, 1)
+    if a is None:
+        a = ctx.adopt_fill(node.inputs[0], 1)
     if a is not None:
         if a.axis != 1:
             ctx.freeze(a, f"Gemm {node.name} reads features on axis 1")
@@ -50,15 +53,19 @@ def gemm(node: gs.Node, ctx: ChannelAnalysis) -> None:
 def matmul(node: gs.Node, ctx: ChannelAnalysis) -> None:
     a = ctx.dim(node.inputs[0])
     w = ctx.const(node.inputs[1])
+    if w is None and ctx.const(node.inputs[0]) is None:
+        activation_matmul(node, ctx)  # attention: scores and values
+        return
     if w is None or w.ndim < 2 or ctx.const(node.inputs[0]) is not None:
-        ctx.freeze_inputs(node, f"MatMul {node.name} multiplies two activations (attention) or "
-                                "has its weight first")
+        ctx.freeze_inputs(node, f"MatMul {node.name} has its weight first or a one-dimensional weight")
         return
     rank_a = ctx.rank(node.inputs[0])
     rank_out = ctx.rank(node.outputs[0])
     if rank_a is None or rank_out is None:
         ctx.freeze(a, f"MatMul {node.name}: unknown rank")
         return
+    if a is None:
+        a = ctx.adopt_fill(node.inputs[0], rank_a - 1)
     if a is not None:
         if a.axis == rank_a - 1:
             ctx.add_site(node, 1, w.ndim - 2, a.layout, "in", pot=a.pot)

@@ -55,7 +55,8 @@ def registered_ops() -> list[str]:
     return sorted(f"{d + '::' if d else ''}{op}" for d, op in _RULES)
 
 
-BUILTIN_FAMILIES = ("activation", "concat", "conv", "elementwise", "linear", "norm", "pool", "reduce", "shape")
+BUILTIN_FAMILIES = ("activation", "attention", "concat", "conv", "elementwise", "linear", "norm", "pool", "recurrent",
+                    "reduce", "shape")
 
 
 def load_builtin_rules() -> None:

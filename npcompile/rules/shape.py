@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import onnx_graphsurgeon as gs
 
 from npcompile.channels.layout import Layout
+from npcompile.rules.attention import head_reshape
 from npcompile.rules.common import ints_of, normalize_axis, target_fixup
 from npcompile.rules.maxout import maxout_reshape
 from npcompile.rules.registry import register
@@ -81,10 +82,9 @@ def reshape(node: gs.Node, ctx: ChannelAnalysis) -> None:
         return
     mapped = map_reshape(x, s_in, s_out)
     if mapped is None:
-        if maxout_reshape(node, ctx, x, s_in, s_out):
+        if maxout_reshape(node, ctx, x, s_in, s_out) or head_reshape(node, ctx, x, s_in, s_out):
             return
-        ctx.freeze(x, f"Reshape {node.name} splits the channel axis (attention heads or channel "
-                      "shuffle)")
+        ctx.freeze(x, f"Reshape {node.name} splits the channel axis in a way no rule understands")
         return
     b, layout = mapped
     if not _shape_fixup(node, ctx, b, layout):

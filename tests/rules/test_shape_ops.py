@@ -106,8 +106,9 @@ def test_reshape_merging_spatial_axes_keeps_channel_axis():
     assert weight_of(res.model, g.node_of[out]).shape == (4, 6, 3)
 
 
-def test_reshape_splitting_channels_freezes():
-    """Channel shuffle style: [N, 8, H, W] -> [N, 2, 4, H, W]."""
+def test_channel_shuffle_prunes_whole_shuffle_groups():
+    """Channel shuffle: [N, 8, H, W] -> [N, 2, 4, H, W] -> transpose -> [N, 8, H, W]: the split
+    makes 2 blocks of 4 channels, removed only whole; after the shuffle they sit interleaved."""
     g = G()
     x = g.input("x", ["N", 3, 4, 4])
     c = g.conv(x, 3, 8)
@@ -116,7 +117,12 @@ def test_reshape_splitting_channels_freezes():
     back = g.op("Reshape", [t, g.ints([0, 8, 4, 4])])
     out = g.conv(back, 8, 4)
     res = prune(g.model(out), expect_removed=False)
-    assert any("splits the channel axis" in r for r in res.group(c).frozen)
+    grp = res.group(c)
+    assert grp.locked_by is not None and not grp.prunable
+    blocks = res.analysis.group(grp.locked_by)
+    assert blocks.size == 2 and blocks.prunable and blocks.kind == "heads"
+    layout = res.analysis.dims[back].layout
+    assert (layout.outer, layout.inner, layout.channels) == (4, 1, 2)
 
 
 @pytest.mark.parametrize("op", ["Identity", "Dropout"])

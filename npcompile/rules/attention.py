@@ -1,0 +1,180 @@
+"""Channel rules for attention: heads as channel blocks, products of two activations, masks.
+
+- **Heads.** A Reshape that splits the channel axis into ``[heads, head_dim]`` (or a fused
+  projection into ``[3, heads, head_dim]``) opens a group of heads: each head is a block of
+  ``head_dim`` channels of the projection, removed only as a whole (a locked
+  :class:`~npcompile.channels.analysis.UnitLink`); head_dim never changes. The head axis is then
+  carried like any channel axis: through Transpose, the score and value products, Softmax over
+  keys, masks, and the Reshape that merges heads back (``[heads * head_dim]``, each head repeated
+  ``head_dim`` times next to each other), where the output projection's input columns follow.
+- **Products of two activations** (MatMul). Query and key heads meet in the score product and
+  value heads in the value product, both on a batch axis, where they are coupled; a key/value head
+  broadcast to its query heads (grouped-query attention: Unsqueeze → Expand → Reshape repeats it
+  ``G`` times) takes its ``G`` query heads with it (:meth:`ChannelAnalysis.link_repeat`). The
+  removal unit is one key/value group; query heads within a group are not removed on their own.
+  A channel axis contracted by the product freezes.
+- Masks (``Where``, ``Add`` of a mask, causal ``Trilu``) and the ``1/sqrt(head_dim)`` scale are
+  left as they are; ``Expand`` and ``Tile`` carry channels they do not repeat.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from npcompile.rules.common import ints_of, normalize_axis, target_fixup
+from npcompile.rules.registry import Freeze, register
+
+if TYPE_CHECKING:
+    from npcompile.channels.analysis import ChannelAnalysis, ChannelDim
+
+__all__ = ["head_reshape", "activation_matmul"]
+
+
+def _cum(shape: tuple[int, ...]) -> list[int]:
+    out = [1]
+    for s in shape:
+        out.append(out[-1] * int(s))
+    return out
+
+
+def head_reshape(node: gs.Node, ctx: ChannelAnalysis, x: ChannelDim, s_in: tuple[int, ...],
+                 s_out: tuple[int, ...]) -> bool:
+    """Channel rule for a Reshape that splits the channel axis into heads; False when it does not
+    split the channel axis into 2 or 3 whole output axes (the Reshape rule then freezes)."""
+    a = x.axis
+    cin, cout = _cum(s_in), _cum(s_out)
+    starts = [b for b in range(len(s_out)) if cout[b] == cin[a]]
+    stops = [c for c in range(len(s_out) + 1) if cout[c] == cin[a + 1]]
+    if not starts or not stops:
+        return False
+    b, c = starts[-1], stops[0]
+    factors = [int(s) for s in s_out[b:c]]
+    if len(factors) == 2:
+        outer, axis, k = 1, b, factors[1]
+    elif len(factors) == 3:
+        outer, axis, k = factors[0], b + 1, factors[2]
+    else:
+        return False
+    if k < 2 or not x.layout.plain:
+        return False
+    units = ctx.link_blocks(node, x, k, outer, "heads",
+                            f"Reshape {node.name} splits channels that are not one window of one group into heads")
+    if units is None:
+        return True
+    if not target_fixup(node, ctx, [(axis, lambda removed, find: units.kept_size(removed, find))], [units],
+                        f"head count of {node.name}"):
+        ctx.freeze(units, f"Reshape {node.name}: its head count cannot be rewritten")
+    pot = x.pot.reshape(outer, -1, k).sum(axis=(0, 2))
+    ctx.set_dim(node.outputs[0], axis, units, pot)
+    return True
+
+
+def _out_axis(axis: int, rank: int, out_rank: int, row: bool) -> int | None:
+    """Where a tracked axis of a MatMul operand lands in the output (None: it is contracted)."""
+    if rank < 2:
+        return None
+    if axis == rank - 1:
+        return out_rank - 1 if not row else None
+    if axis == rank - 2:
+        return out_rank - 2 if row else None
+    return axis + out_rank - rank
+
+
+def activation_matmul(node: gs.Node, ctx: ChannelAnalysis) -> None:
+    """MatMul of two activations: channels on batch axes are coupled (heads), channels on the free
+    axes pass to the output, contracted channels freeze."""
+    out_rank = ctx.rank(node.outputs[0])
+    placed: list[tuple[int, ChannelDim]] = []
+    for i, row in ((0, True), (1, False)):
+        d = ctx.dim(node.inputs[i])
+        if d is None:
+            continue
+        ax = _out_axis(d.axis, ctx.rank(node.inputs[i]), out_rank, row)
+        if ax is None:
+            ctx.freeze(d, f"MatMul {node.name} contracts the channel axis of {node.inputs[i].name}")
+            continue
+        placed.append((ax, d))
+    if not placed:
+        return
+    if len(placed) == 2 and placed[0][0] != placed[1][0]:
+        for _, d in placed:
+            ctx.freeze(d, f"MatMul {node.name} multiplies channels on different axes")
+        return
+    ax, first = placed[0]
+    if len(placed) == 1:
+        i = 0 if ctx.dim(node.inputs[0]) is first else 1
+        other = ctx.shape(node.inputs[1 - i])
+        if ax < out_rank - 2 and other is not None:  # a batch axis: the other operand must broadcast
+            pos = ax - (out_rank - len(other))
+            if pos >= 0 and other[pos] != 1:
+                ctx.freeze(first, f"MatMul {node.name}: {node.inputs[1 - i].name} spans the channel axis "
+                                  "but no group owns its channels")
+                return
+        ctx.set_dim(node.outputs[0], ax, first.layout, first.pot)
+        return
+    second = placed[1][1]
+    la, lb = first.layout, second.layout
+    reason = f"MatMul {node.name} multiplies heads that do not line up"
+    if la.inner == lb.inner and la.outer == lb.outer and la.channels == lb.channels:
+        layout = ctx.couple([first, second], reason)
+        if layout is not None:
+            ctx.set_dim(node.outputs[0], ax, layout, first.pot * second.pot)
+        return
+    plain, rep = (first, second) if lb.inner > 1 else (second, first)
+    if ctx.link_repeat(plain, rep, reason):  # grouped-query attention: a key/value head per G query heads
+        ctx.set_dim(node.outputs[0], ax, plain.layout, plain.pot * np.repeat(rep.pot, rep.layout.inner))
+
+
+@register("Trilu")
+def trilu(node: gs.Node, ctx: ChannelAnalysis) -> None:
+    x = ctx.dim(node.inputs[0])
+    if x is None:
+        return
+    if x.axis >= ctx.rank(node.inputs[0]) - 2:
+        raise Freeze(f"Trilu {node.name} masks along the channel axis")
+    ctx.pass_through(node, x)
+
+
+@register("Expand")
+def expand(node: gs.Node, ctx: ChannelAnalysis) -> None:
+    x = ctx.dim(node.inputs[0])
+    if x is None:
+        return
+    r_in, r_out = ctx.rank(node.inputs[0]), ctx.rank(node.outputs[0])
+    axis = x.axis + r_out - r_in
+    length = ctx.shape(node.inputs[1])
+    if length is None:
+        raise Freeze(f"Expand {node.name}: the length of its shape is unknown")
+    idx = axis - (r_out - int(length[0]))
+    if idx >= 0:  # the shape has an entry for the channel axis: 1 keeps it, anything else is its width
+        value = ctx.value(node.inputs[1])
+        if (value is None or int(np.ravel(value)[idx]) != 1) and not target_fixup(
+                node, ctx, [(idx, lambda removed, find: x.layout.kept_size(removed, find))], [x.layout],
+                f"expand shape of {node.name}", index=1):
+            raise Freeze(f"Expand {node.name}: its shape cannot be rewritten")
+    ctx.set_dim(node.outputs[0], axis, x.layout, x.pot)
+
+
+@register("Tile")
+def tile(node: gs.Node, ctx: ChannelAnalysis) -> None:
+    x = ctx.dim(node.inputs[0])
+    if x is None:
+        return
+    repeats = ints_of(node, ctx, "repeats", 1)
+    if repeats is None or repeats[x.axis] != 1:
+        raise Freeze(f"Tile {node.name} repeats the channel axis")
+    ctx.pass_through(node, x)
+
+
+@register("CumSum")
+def cumsum(node: gs.Node, ctx: ChannelAnalysis) -> None:
+    x = ctx.dim(node.inputs[0])
+    if x is None:
+        return
+    axis = ctx.value(node.inputs[1])
+    if axis is None or normalize_axis(int(np.ravel(axis)[0]), ctx.rank(node.inputs[0])) == x.axis:
+        raise Freeze(f"CumSum {node.name} sums along the channel axis")
+    ctx.pass_through(node, x)
