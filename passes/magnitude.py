@@ -30,7 +30,8 @@ def _sums(analysis: ChannelAnalysis, group: Group, p: int) -> np.ndarray:
             off += len(piece)
     for lk in analysis.links:
         if analysis.find(lk.units) == group.id and analysis.find(lk.neurons) != group.id:
-            acc += _sums(analysis, analysis.group(lk.neurons), p).reshape(lk.n_units, lk.k).sum(axis=1)
+            per_neuron = _sums(analysis, analysis.group(lk.neurons), p)
+            acc += per_neuron.reshape(lk.outer, lk.n_units, lk.k).sum(axis=(0, 2))
     return acc
 
 

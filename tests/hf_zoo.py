@@ -72,8 +72,8 @@ def gpt2(attn: str = "eager") -> nn.Module:
 def llama(attn: str = "eager") -> nn.Module:
     from transformers import LlamaConfig, LlamaModel
 
-    cfg = LlamaConfig(vocab_size=64, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                      num_key_value_heads=2, intermediate_size=INTER, max_position_embeddings=32,
+    cfg = LlamaConfig(vocab_size=64, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=2 * HEADS,
+                      num_key_value_heads=HEADS, intermediate_size=INTER, max_position_embeddings=32,
                       attn_implementation=attn)
     return _Text(_randomize(LlamaModel(cfg)))
 
@@ -130,6 +130,8 @@ def export_hf(name: str, path: str | os.PathLike[str], dynamo: bool, attn: str =
     model = builder(attn)
     x = example()
     path = os.fspath(path)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # nn.TransformerEncoder's fused kernel does not export
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if dynamo:
@@ -139,4 +141,5 @@ def export_hf(name: str, path: str | os.PathLike[str], dynamo: bool, attn: str =
         else:
             torch.onnx.export(model, (x,), path, input_names=[input_name], output_names=["output"],
                               dynamo=False, opset_version=14, dynamic_axes={input_name: axes, "output": {0: "batch"}})
+    torch.backends.mha.set_fastpath_enabled(fastpath)
     return path

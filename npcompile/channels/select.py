@@ -59,7 +59,8 @@ def _block_round(round_to: int, blocks: int) -> int:
 def select_ratio(groups: list[Group], scores: dict[int, np.ndarray], ratio: float, round_to: int = 1,
                  min_channels: int = 1) -> dict[int, np.ndarray]:
     """Remove ``floor(ratio * width)`` lowest-scored channels of every prunable group (fewer where
-    rounding keeps more)."""
+    rounding keeps more); of a group of attention heads, the nearest whole number of heads
+    (``round(ratio * heads)``, never all), without width rounding."""
     if not 0.0 <= ratio < 1.0:
         raise UserError(f"--ratio must be in [0, 1), got {ratio}")
     out: dict[int, np.ndarray] = {}
@@ -71,6 +72,8 @@ def select_ratio(groups: list[Group], scores: dict[int, np.ndarray], ratio: floa
             keep = rounded_keep(size, size - math.floor(ratio * size), _block_round(round_to, g.blocks),
                                 math.ceil(min_channels / g.blocks))
             mask = _per_block(g, scores[g.id], size - keep)
+        elif g.kind == "heads":  # whole heads: the nearest count, never all, no width rounding
+            mask = _lowest(scores[g.id], min(g.size - 1, math.floor(ratio * g.size + 0.5)))
         else:
             keep = rounded_keep(g.size, g.size - math.floor(ratio * g.size), round_to, min_channels)
             mask = _lowest(scores[g.id], g.size - keep)
@@ -98,7 +101,8 @@ def select_threshold(groups: list[Group], scores: dict[int, np.ndarray], thresho
                                 math.ceil(min_channels / g.blocks))
             mask = _per_block(g, s, size - keep, cand)
         else:
-            keep = rounded_keep(g.size, g.size - int(cand.sum()), round_to, min_channels)
+            keep = rounded_keep(g.size, g.size - int(cand.sum()), 1 if g.kind == "heads" else round_to,
+                                min_channels)
             mask = _lowest(s, g.size - keep, cand)
         if mask.any():
             out[g.id] = mask

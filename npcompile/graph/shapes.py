@@ -33,6 +33,9 @@ class ShapeMap(dict):
         self.values: dict[str, np.ndarray] = {}
         #: the same computations at the probe shapes, also where they depend on the input size
         self.probe_values: dict[str, np.ndarray] = {}
+        #: for each element of those (flattened): the ``Shape`` elements ``(tensor, axis)`` it is
+        #: computed from
+        self.origins: dict[str, list[list[tuple[str, int]]]] = {}
 
 
 def input_specs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -323,16 +326,37 @@ def _eval_reference(node: onnx.NodeProto, v: list[np.ndarray | None]) -> np.ndar
 _STRUCTURAL = ("Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Identity", "Reshape")
 
 
+def _no_deps(shape) -> np.ndarray:
+    return np.zeros(shape, dtype=object)
+
+
+def _union(bits) -> int:
+    out = 0
+    for b in bits:
+        out |= int(b)
+    return out
+
+
+def _follow(node: onnx.NodeProto, v: list[np.ndarray | None], arrays: list[np.ndarray | None]
+            ) -> np.ndarray | None:
+    """Apply structural op ``node`` to ``arrays`` (per-element flags or ids standing in for the
+    data inputs; indices, axes and shapes taken from the values ``v``)."""
+    data = len(v) if node.op_type == "Concat" else 1
+    return _eval_int(node, arrays[:data] + v[data:])
+
+
 def _fold_static(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
-                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, list]]:
     """Integer tensors computed from shapes, evaluated at the probe shapes: those that are the same
-    for every input size (each element carries a 'static' flag through the arithmetic), and all."""
+    for every input size (each element carries a 'static' flag through the arithmetic), all of
+    them, and which ``Shape`` elements (``(tensor, axis)``) each element is computed from."""
     symbolic: dict[str, list[int | None]] | None = None
-    vals: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    vals: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # value, static, dependency bits
+    table: list[tuple[str, int]] = []
     for init in model.graph.initializer:
         if init.data_type in _INT_TYPES and np.prod(init.dims) <= _SMALL:
             a = numpy_helper.to_array(init)
-            vals[init.name] = (a, np.ones(a.shape, bool))
+            vals[init.name] = (a, np.ones(a.shape, bool), _no_deps(a.shape))
     for node in model.graph.node:
         op, ins = node.op_type, list(node.input)
         try:
@@ -343,17 +367,20 @@ def _fold_static(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
                 sym = symbolic.get(ins[0])
                 flags = np.array([sym is not None and len(sym) == len(full) and sym[i] == full[i]
                                   for i in range(len(full))], bool)
+                ids = np.array([1 << (len(table) + i) for i in range(len(full))], dtype=object)
+                table.extend((ins[0], i) for i in range(len(full)))
                 if op == "Size":
                     out, static = np.array(int(np.prod(full)), np.int64), np.array(flags.all())
+                    origin = np.array(_union(ids), dtype=object)
                 else:
                     start, end = _ints(node, "start", [0])[0], _ints(node, "end", [len(full)])[0]
-                    out, static = full[start:end], flags[start:end]
+                    out, static, origin = full[start:end], flags[start:end], ids[start:end]
             elif op == "Constant":
                 tv = next((a.t for a in node.attribute if a.name == "value"), None)
                 if tv is None or tv.data_type not in _INT_TYPES or np.prod(tv.dims) > _SMALL:
                     continue
                 out = numpy_helper.to_array(tv)
-                static = np.ones(out.shape, bool)
+                static, origin = np.ones(out.shape, bool), _no_deps(out.shape)
             elif not ins or any(i and i not in vals for i in ins):
                 continue
             else:
@@ -363,23 +390,34 @@ def _fold_static(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
                     out = _eval_reference(node, v)
                     if out is None:
                         continue
-                    vals[node.output[0]] = (out, np.full(out.shape, all(vals[i][1].all() for i in ins if i)))
-                    continue
-                if op in _STRUCTURAL:  # flags follow the data (indices and axes are constants)
+                    static = np.full(out.shape, all(vals[i][1].all() for i in ins if i))
+                    if op == "Where" and len(ins) == 3:  # a known condition picks elements as they are
+                        origin = np.broadcast_to(np.where(v[0], vals[ins[1]][2], vals[ins[2]][2]), out.shape)
+                    else:
+                        origin = np.full(out.shape, _union(d for i in ins if i for d in np.ravel(vals[i][2])),
+                                         dtype=object)
+                elif op in _STRUCTURAL:  # flags and origins follow the data (indices, axes are constants)
                     masks = [vals[i][1].astype(np.int64) if i else None for i in ins]
-                    data = len(ins) if op == "Concat" else 1
-                    m = masks[:data] + v[data:]
-                    static = np.asarray(_eval_int(node, m), bool) & all(vals[i][1].all() for i in ins[data:] if i)
+                    static = np.asarray(_follow(node, v, masks), bool) & \
+                        all(vals[i][1].all() for i in ins[(len(ins) if op == "Concat" else 1):] if i)
+                    origin = np.asarray(_follow(node, v, [vals[i][2] if i else None for i in ins]))
                 else:
                     flags = [vals[i][1] for i in ins if i]
                     static = np.broadcast_to(np.logical_and.reduce(np.broadcast_arrays(*flags)), np.shape(out)) \
                         if op != "ReduceProd" else np.array(all(f.all() for f in flags))
+                    deps = [vals[i][2] for i in ins if i]
+                    origin = np.array(_union(d for a in deps for d in np.ravel(a)), dtype=object) \
+                        if op == "ReduceProd" else np.broadcast_to(np.bitwise_or.reduce(np.broadcast_arrays(*deps)),
+                                                                   np.shape(out))
         except (IndexError, ValueError, KeyError, TypeError):
             continue
-        vals[node.output[0]] = (np.asarray(out), np.asarray(static, bool))
+        vals[node.output[0]] = (np.asarray(out), np.asarray(static, bool), np.asarray(origin))
     inits = {i.name for i in model.graph.initializer}
-    computed = {k: a for k, (a, _) in vals.items() if k not in inits}
-    return {k: a for k, (a, s) in vals.items() if s.all() and k not in inits}, computed
+    static_vals = {k: a for k, (a, s, _) in vals.items() if s.all() and k not in inits}
+    computed = {k: a for k, (a, _, _) in vals.items() if k not in inits}
+    origins = {k: [[table[b] for b in range(len(table)) if int(d) >> b & 1] for d in np.ravel(o)]
+               for k, (_, _, o) in vals.items() if k not in inits and any(int(d) for d in np.ravel(o))}
+    return static_vals, computed, origins
 
 
 def static_shapes(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]]) -> ShapeMap:
@@ -409,5 +447,5 @@ def static_shapes(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]]) -> 
     for init in model.graph.initializer:
         shapes[init.name] = tuple(int(d) for d in init.dims)
     if any(n.op_type in ("Shape", "Size") for n in model.graph.node):
-        shapes.values, shapes.probe_values = _fold_static(model, shapes)
+        shapes.values, shapes.probe_values, shapes.origins = _fold_static(model, shapes)
     return shapes

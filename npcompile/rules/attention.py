@@ -60,6 +60,8 @@ def head_reshape(node: gs.Node, ctx: ChannelAnalysis, x: ChannelDim, s_in: tuple
         return False
     if k < 2 or not x.layout.plain:
         return False
+    if outer == 1 and _window_split(node, ctx, x, b, factors):
+        return True
     units = ctx.link_blocks(node, x, k, outer, "heads",
                             f"Reshape {node.name} splits channels that are not one window of one group into heads")
     if units is None:
@@ -69,6 +71,68 @@ def head_reshape(node: gs.Node, ctx: ChannelAnalysis, x: ChannelDim, s_in: tuple
         ctx.freeze(units, f"Reshape {node.name}: its head count cannot be rewritten")
     pot = x.pot.reshape(outer, -1, k).sum(axis=(0, 2))
     ctx.set_dim(node.outputs[0], axis, units, pot)
+    return True
+
+
+_AXIS_MOVERS = ("Unsqueeze", "Squeeze", "Transpose", "Identity")
+
+
+def _window_split(node: gs.Node, ctx: ChannelAnalysis, x: ChannelDim, b: int, factors: list[int]) -> bool:
+    """``[.., n*m, ..] -> [.., n, m, ..]`` whose ``n`` axis is only indexed (through Unsqueeze,
+    Transpose, Squeeze) by Gathers of single indices: a fused projection unpacked into windows
+    (``nn.MultiheadAttention``'s ``in_proj`` into q, k, v). Gather ``i`` gets window ``i`` of the
+    channels, on the ``m`` axis. False when the reshape is not read that way."""
+    n, m = factors
+    t, a_pos, m_pos = node.outputs[0], b, b + 1
+    rank = ctx.rank(t)
+    while len(t.outputs) == 1 and t.outputs[0].op in _AXIS_MOVERS and t not in ctx.graph.outputs:
+        op = t.outputs[0]
+        if op.op == "Transpose":
+            perm = [int(v) for v in op.attrs.get("perm", list(range(rank))[::-1])]
+            a_pos, m_pos = perm.index(a_pos), perm.index(m_pos)
+        elif op.op in ("Unsqueeze", "Squeeze"):
+            try:
+                axes = ints_of(op, ctx, "axes", 1)
+            except Freeze:
+                return False
+            if axes is None:
+                return False
+            if op.op == "Unsqueeze":
+                out_rank = rank + len(axes)
+                for ax in sorted(normalize_axis(v, out_rank) for v in axes):
+                    a_pos, m_pos = a_pos + (ax <= a_pos), m_pos + (ax <= m_pos)
+                rank = out_rank
+            else:
+                axes = [normalize_axis(v, rank) for v in axes]
+                if a_pos in axes or m_pos in axes:
+                    return False
+                a_pos -= sum(ax < a_pos for ax in axes)
+                m_pos -= sum(ax < m_pos for ax in axes)
+                rank -= len(axes)
+        t = op.outputs[0]
+    readers = t.outputs
+    if not readers or t in ctx.graph.outputs:
+        return False
+    picks: list[tuple[gs.Node, int]] = []
+    for g in readers:
+        idx = ctx.const(g.inputs[1]) if g.op == "Gather" and len(g.inputs) > 1 else None
+        if g.op != "Gather" or g.inputs[0] is not t or idx is None or np.ndim(idx) != 0 or \
+                normalize_axis(int(g.attrs.get("axis", 0)), rank) != a_pos or not -n <= int(idx) < n:
+            return False
+        picks.append((g, int(idx) % n))
+    windows = [x.layout.window(i * m, (i + 1) * m) for i in range(n)]
+
+    def width(removed, find):
+        kept = {w.kept_size(removed, find) for w in windows}
+        if len(kept) != 1:
+            raise ValueError(f"Reshape {node.name} would keep unequal widths in its {n} windows")
+        return kept.pop()
+
+    if not target_fixup(node, ctx, [(b + 1, width)], [x.layout], f"window width of {node.name}"):
+        return False
+    out_axis = m_pos - (a_pos < m_pos)
+    for g, i in picks:
+        ctx.set_dim(g.outputs[0], out_axis, windows[i], x.pot[i * m:(i + 1) * m])
     return True
 
 
@@ -178,3 +242,96 @@ def cumsum(node: gs.Node, ctx: ChannelAnalysis) -> None:
     if axis is None or normalize_axis(int(np.ravel(axis)[0]), ctx.rank(node.inputs[0])) == x.axis:
         raise Freeze(f"CumSum {node.name} sums along the channel axis")
     ctx.pass_through(node, x)
+
+
+@register("Attention")
+def attention_op(node: gs.Node, ctx: ChannelAnalysis) -> None:
+    """ONNX's ``Attention`` (opset 23+): Q, K, V in ``[batch, heads, seq, head_dim]`` (heads on
+    axis 1) or ``[batch, seq, heads * head_dim]`` (``q_num_heads`` / ``kv_num_heads``)."""
+    q, k, v = (ctx.dim(node.inputs[i]) for i in range(3))
+    dims = [d for d in (q, k, v) if d is not None]
+    if not dims:
+        return
+    for i in (4, 5):  # a key/value cache carries heads in from outside
+        if i < len(node.inputs) and node.inputs[i].name:
+            raise Freeze(f"Attention {node.name} reads a key/value cache ({node.inputs[i].name})")
+    if q is None or k is None or v is None:
+        raise Freeze(f"Attention {node.name}: its query, key and value do not all come from projections")
+    rank = ctx.rank(node.inputs[0])
+    if rank == 3:
+        q, k, v = _split_heads_3d(node, ctx, q, k, v)
+        if q is None:
+            return
+    elif not (q.axis == k.axis == v.axis == 1):
+        raise Freeze(f"Attention {node.name}: heads are not on axis 1 of its inputs")
+    reason = f"Attention {node.name}: its query and key/value heads do not line up"
+    kv = ctx.couple([k, v], reason)
+    if kv is None:
+        return
+    if q.layout.channels == k.layout.channels:
+        layout = ctx.couple([q, k], reason)
+        if layout is None:
+            return
+    else:
+        g = q.layout.channels // max(k.layout.channels, 1)
+        rep = type(k)(k.axis, k.layout.repeat(inner=g), np.repeat(k.pot, g)) if g > 1 else k
+        if g <= 1 or not ctx.link_repeat(q, rep, reason):
+            return
+    _check_mask(node, ctx, q.layout.channels)
+    pot = q.pot * (np.repeat(v.pot, q.layout.channels // v.layout.channels))
+    if rank == 3:
+        hd = ctx.shape(node.outputs[0])[2] // q.layout.channels
+        ctx.set_dim(node.outputs[0], 2, q.layout.repeat(inner=hd), pot)
+    else:
+        ctx.set_dim(node.outputs[0], 1, q.layout, pot)
+        for i, src in ((1, k), (2, v)):  # present key/value
+            if i < len(node.outputs) and node.outputs[i].name:
+                ctx.set_dim(node.outputs[i], 1, src.layout, src.pot)
+        if len(node.outputs) > 3 and node.outputs[3].name:
+            ctx.set_dim(node.outputs[3], 1, q.layout, q.pot)
+
+
+def _check_mask(node: gs.Node, ctx: ChannelAnalysis, heads: int) -> None:
+    """A mask that has one entry per head would have to lose the removed heads too."""
+    if len(node.inputs) > 3 and node.inputs[3].name:
+        shape = ctx.shape(node.inputs[3])
+        if shape is None or (len(shape) == 4 and shape[1] == heads and heads > 1):
+            raise Freeze(f"Attention {node.name}: its mask {node.inputs[3].name} has one entry per head")
+
+
+def _split_heads_3d(node: gs.Node, ctx: ChannelAnalysis, q, k, v):
+    """The 3-D form: heads are blocks of head_dim channels of the hidden axis (axis 2)."""
+    hq, hkv = int(node.attrs.get("q_num_heads", 0)), int(node.attrs.get("kv_num_heads", 0))
+    if not hq or not hkv or not (q.axis == k.axis == v.axis == 2):
+        raise Freeze(f"Attention {node.name}: its head counts or hidden axes are not known")
+    heads = []
+    for d, n in ((q, hq), (k, hkv), (v, hkv)):
+        units = ctx.link_blocks(node, d, d.layout.size // n, 1, "heads",
+                                f"Attention {node.name}: its heads are not one window of one group")
+        if units is None:
+            return None, None, None
+        heads.append(type(d)(1, units, d.pot.reshape(n, -1).sum(axis=1)))
+    q_units, k_units = heads[0].layout, heads[1].layout
+
+    def prepare(removed, find):
+        new_q, new_kv = q_units.kept_size(removed, find), k_units.kept_size(removed, find)
+
+        def apply() -> None:
+            node.attrs["q_num_heads"], node.attrs["kv_num_heads"] = new_q, new_kv
+
+        return apply
+
+    ctx.add_fixup([q_units, k_units], prepare, f"head counts of {node.name}")
+    return heads
+
+
+@register("RotaryEmbedding")
+def rotary(node: gs.Node, ctx: ChannelAnalysis) -> None:
+    """ONNX's RotaryEmbedding (opset 23): rotates within each head; heads on axis 1 of a 4-D input
+    pass through (head_dim never changes)."""
+    x = ctx.dim(node.inputs[0])
+    if x is None:
+        return
+    if ctx.rank(node.inputs[0]) != 4 or x.axis != 1:
+        raise Freeze(f"RotaryEmbedding {node.name}: heads are not on axis 1 of a 4-D input")
+    ctx.pass_through(node, x, pot=x.pot)

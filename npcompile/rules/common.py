@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -79,8 +80,12 @@ def target_fixup(node: gs.Node, ctx: ChannelAnalysis, entries: list[tuple[int, C
     if at_probe is None:
         return False
     at_probe = np.ravel(at_probe)
+    origins = getattr(ctx.shapes, "origins", {}).get(target.name)
+    follow = {} if origins is None else {axis: _follows(ctx, origins[axis], layout)
+                                         for (axis, _), layout in zip(entries, _entry_layouts(entries, layouts),
+                                                                      strict=True)}
     wanted = [(axis, compute) for axis, compute in entries
-              if not (int(at_probe[axis]) == -1 or (int(at_probe[axis]) == 0 and not allowzero))]
+              if not (int(at_probe[axis]) == -1 or (int(at_probe[axis]) == 0 and not allowzero) or follow.get(axis))]
     if not wanted:
         return True
     value = ctx.value(target)  # a constant, or computed from static shapes (becomes a constant)
@@ -101,7 +106,7 @@ def target_fixup(node: gs.Node, ctx: ChannelAnalysis, entries: list[tuple[int, C
                 break
             writes.append((hit[0], axis - bounds[hit[0]][0], compute))
     if value is None and not writes:
-        return _override_fixup(node, ctx, index, len(at_probe), wanted, layouts, what)
+        return _override_fixup(node, ctx, index, at_probe, wanted, layouts, what)
 
     def prepare(removed, find):
         new: dict[int, np.ndarray] = {}
@@ -124,26 +129,50 @@ def target_fixup(node: gs.Node, ctx: ChannelAnalysis, entries: list[tuple[int, C
     return True
 
 
-def _override_fixup(node: gs.Node, ctx: ChannelAnalysis, index: int, length: int,
+def _entry_layouts(entries, layouts) -> list:
+    """The layout each entry's width comes from, where that is known (one layout for all)."""
+    layouts = list(layouts)
+    return [layouts[0] if len(layouts) == 1 else None for _ in entries]
+
+
+def _follows(ctx: ChannelAnalysis, origins: list[tuple[str, int]], layout) -> bool:
+    """Whether an entry computed at run time from ``Shape`` elements ``origins`` follows the pruned
+    width by itself: one of them is an axis that carries channels of the same groups."""
+    if layout is None:
+        return False
+    groups = layout.groups()
+    for tensor, axis in origins:
+        d = ctx.dims.get(tensor)
+        if d is not None and d.axis == axis and d.layout.groups() & groups:
+            return True
+    return False
+
+
+def _override_fixup(node: gs.Node, ctx: ChannelAnalysis, index: int, at_probe: np.ndarray,
                     entries: list[tuple[int, Compute]], layouts, what: str) -> bool:
-    """Rewrite entries of a shape computed at run time: ``shape * keep + new`` in front of ``node``
-    (``keep`` 0 at the rewritten entries, ``new`` their values)."""
+    """Rewrite entries of a shape computed at run time, in proportion: ``shape // div * mul`` in
+    front of ``node``, with ``mul / div`` the kept share of each entry at the probe shapes. An entry
+    is a width times repetitions that may come from dynamic dimensions (a batch merged with the
+    heads); the proportion is the same for every input size, so dynamic dimensions stay dynamic."""
     target = node.inputs[index]
+    length = len(at_probe)
 
     def prepare(removed, find):
-        keep = np.ones(length, np.int64)
-        put = np.zeros(length, np.int64)
+        div = np.ones(length, np.int64)
+        mul = np.ones(length, np.int64)
         for axis, compute in entries:
-            keep[axis], put[axis] = 0, compute(removed, find)
+            old, new = int(at_probe[axis]), int(compute(removed, find))
+            g = math.gcd(old, new) or 1
+            div[axis], mul[axis] = old // g, new // g
 
         def apply() -> None:
             base = f"{target.name}_npc_{node.name}"
-            scaled = gs.Variable(f"{base}_scaled", dtype=np.int64)
-            new = gs.Variable(f"{base}_new", dtype=np.int64)
+            part = gs.Variable(f"{base}_part", dtype=np.int64)
+            new_shape = gs.Variable(f"{base}_new", dtype=np.int64)
             ctx.graph.nodes.extend([
-                gs.Node("Mul", f"{base}_Mul", inputs=[target, gs.Constant(f"{base}_keep", keep)], outputs=[scaled]),
-                gs.Node("Add", f"{base}_Add", inputs=[scaled, gs.Constant(f"{base}_put", put)], outputs=[new])])
-            node.inputs[index] = new
+                gs.Node("Div", f"{base}_Div", inputs=[target, gs.Constant(f"{base}_div", div)], outputs=[part]),
+                gs.Node("Mul", f"{base}_Mul", inputs=[part, gs.Constant(f"{base}_mul", mul)], outputs=[new_shape])])
+            node.inputs[index] = new_shape
 
         return apply
 

@@ -48,7 +48,8 @@ def map_reshape(x: ChannelDim, s_in: tuple[int, ...], s_out: tuple[int, ...]) ->
             outer = math.prod(s_in[k:a])
             inner = math.prod(s_in[a + 1 : j])
             return b, x.layout.repeat(inner=inner, outer=outer)
-    # The channel axis is cut into several output axes: only undoing a C·H·W merge is understood.
+    # The channel axis is cut into several output axes: understood where the cut undoes a merge,
+    # so that one output axis holds all the channel slots (with what is left of the repetition).
     lay = x.layout
     for b in range(len(s_out)):
         if cout[b] != cin[a]:
@@ -56,12 +57,13 @@ def map_reshape(x: ChannelDim, s_in: tuple[int, ...], s_out: tuple[int, ...]) ->
         for j in range(b + 2, len(s_out) + 1):
             if cout[j] != cin[a + 1]:
                 continue
-            tail = math.prod(s_out[b + 1 : j])
-            if lay.outer == 1 and lay.inner % tail == 0 and s_out[b] == lay.channels * lay.inner // tail:
-                return b, Layout(lay.pieces, lay.inner // tail, 1)
-            if lay.inner == 1 and lay.outer % math.prod(s_out[b:j - 1]) == 0 and \
-                    s_out[j - 1] == lay.channels and lay.outer == math.prod(s_out[b:j - 1]):
-                return j - 1, Layout(lay.pieces, 1, 1)
+            for d in range(b, j):
+                before, after = math.prod(s_out[b:d]), math.prod(s_out[d + 1 : j])
+                if lay.outer % before or lay.inner % after:
+                    continue
+                outer, inner = lay.outer // before, lay.inner // after
+                if s_out[d] == outer * lay.channels * inner:
+                    return d, Layout(lay.pieces, inner, outer)
     return None
 
 

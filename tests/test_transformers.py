@@ -1,0 +1,109 @@
+"""Attention heads, gated MLPs and MLP neurons on transformer graphs built from real model
+definitions (Hugging Face ``transformers`` BERT, GPT-2, Llama with grouped-query attention, ViT,
+DeiT; random weights, nothing downloaded), with both PyTorch exporters and both attention
+implementations (decomposed ``eager`` and ``sdpa``).
+
+A quarter of the heads of every block (value rows zero) and a quarter of the MLP neurons are planted
+dead: the lossless default removes them with outputs unchanged at another batch size and sequence
+length; ``--ratio 0.3`` removes heads and MLP neurons in every model and gives a valid model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+pytest.importorskip("transformers")
+
+import hf_zoo  # noqa: E402
+
+import npcompile  # noqa: E402
+from npcompile.graph.model_io import load_model  # noqa: E402
+from npcompile.graph.shapes import probe_shapes  # noqa: E402
+from npcompile.pipeline import Context  # noqa: E402
+from npcompile.runtime.verify import compare, probe_inputs  # noqa: E402
+from npcompile.testing import plant_dead_channels  # noqa: E402
+
+TEXT = ("bert", "gpt2", "llama")
+CASES = [(n, d, a) for n in ("bert", "gpt2", "llama", "vit_hf", "deit") for d in (False, True)
+         for a in ("eager", "sdpa") if not (n == "llama" and a == "sdpa" and not d)]  # not exportable
+IDS = [f"{n}-{'dynamo' if d else 'legacy'}-{a}" for n, d, a in CASES]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    cache: dict[tuple, onnx.ModelProto] = {}
+
+    def get(name: str, dynamo: bool, attn: str) -> onnx.ModelProto:
+        key = (name, dynamo, attn)
+        if key not in cache:
+            path = tmp_path_factory.mktemp("hf") / f"{name}.onnx"
+            cache[key] = load_model(hf_zoo.export_hf(name, path, dynamo, attn))
+        return cache[key]
+
+    return get
+
+
+def _shapes(name: str, batch: int = 2, seq: int = 7) -> dict[str, tuple[int, ...]]:
+    return {"input_ids": (batch, seq)} if name in TEXT else {}
+
+
+def _zeros(model: onnx.ModelProto) -> int:
+    return sum(int((numpy_helper.to_array(t) == 0).sum()) for t in model.graph.initializer
+               if t.data_type == onnx.TensorProto.FLOAT)
+
+
+def _heads(model: onnx.ModelProto, shapes) -> list:
+    return [g for g in Context(model, probe_shapes(model, shapes)).analysis.groups if g.kind == "heads"]
+
+
+@pytest.mark.parametrize("name,dynamo,attn", CASES, ids=IDS)
+def test_heads_are_prunable_groups(name, dynamo, attn, exported) -> None:
+    model = exported(name, dynamo, attn)
+    heads = [g for g in _heads(model, _shapes(name)) if g.prunable]
+    # Llama: 8 query heads in 4 key/value groups, the removal unit
+    assert len(heads) == hf_zoo.LAYERS and all(g.size == hf_zoo.HEADS for g in heads), heads
+
+
+@pytest.mark.parametrize("name,dynamo,attn", CASES, ids=IDS)
+def test_dead_heads_and_neurons_removed_losslessly(name, dynamo, attn, exported) -> None:
+    model = exported(name, dynamo, attn)
+    shapes = _shapes(name)
+    probe = probe_shapes(model, shapes)
+    planted, _ = plant_dead_channels(model, probe, 0.25, seed=3)
+    zeros_before = _zeros(planted) - _zeros(model)
+    result = npcompile.compile(planted, target="onnx", input_shapes=shapes)  # the lossless default
+    onnx.checker.check_model(result.model, full_check=True)
+    other = probe_shapes(model, _shapes(name, 3, 5))  # another batch size and sequence length
+    assert compare(planted, result.model, probe_inputs(planted, other, batch=3, seed=11)).max_rel_diff <= 1e-4
+    assert zeros_before > 0
+    assert _zeros(result.model) - _zeros(model) <= 0.05 * zeros_before
+    heads_after = _heads(result.model, shapes)
+    assert all(g.size < hf_zoo.HEADS for g in heads_after if g.prunable)
+
+
+@pytest.mark.parametrize("name,dynamo,attn", CASES, ids=IDS)
+def test_ratio_removes_heads_and_neurons(name, dynamo, attn, exported) -> None:
+    model = exported(name, dynamo, attn)
+    shapes = _shapes(name)
+    result = npcompile.compile(model, criterion="magnitude", ratio=0.3, target="onnx", input_shapes=shapes)
+    onnx.checker.check_model(result.model, full_check=True)
+    removed = result.report["plan"][0]
+    heads = [k for k in removed if k.endswith(":heads")]
+    mlp = [k for k in removed if not k.endswith(":heads")]
+    assert len(heads) >= hf_zoo.LAYERS and mlp, sorted(removed)  # (with GQA: key/value and query heads)
+    other = probe_shapes(model, _shapes(name, 3, 5))
+    assert np.isfinite(compare(model, result.model, probe_inputs(model, other, batch=3, seed=2)).max_abs_diff)
+
+
+def test_head_removal_rewrites_head_counts(exported) -> None:
+    """BERT: the Reshape targets that split q/k/v into heads follow the new head count, and the
+    output projection loses the head's columns."""
+    model = exported("bert", False, "eager")
+    result = npcompile.compile(model, criterion="magnitude", ratio=0.5, target="onnx",
+                               input_shapes=_shapes("bert"))
+    inits = {t.name: numpy_helper.to_array(t) for t in result.model.graph.initializer}
+    out_proj = [n for n in result.model.graph.node if n.op_type == "MatMul" and "attention/output/dense" in n.name]
+    assert out_proj and all(inits[n.input[1]].shape[0] == 2 * (hf_zoo.HIDDEN // hf_zoo.HEADS) for n in out_proj)
