@@ -599,5 +599,6 @@ def inspect(model: Any, input_shapes: dict[str, tuple[int, ...]] | None = None,
     for g in analysis.groups:
         groups.append({"name": g.name, "op": g.op, "width": g.size, "prunable": g.prunable,
                        "frozen": list(g.frozen), "dead": int(g.dead.sum()) if g.dead is not None else 0,
-                       "blocks": g.blocks, "producers": list(g.members), "sites": len(g.sites)})
+                       "blocks": g.blocks, "producers": list(g.members), "sites": len(g.sites), "kind": g.kind,
+                       "pruned_with": analysis.group(g.locked_by).name if g.locked_by is not None else None})
     return {"inputs": {k: list(v) for k, v in probe.items()}, "groups": groups, "stats": stats.as_dict()}

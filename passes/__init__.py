@@ -4,6 +4,7 @@ from npcompile.passes import (  # noqa: F401
     activation,
     cleanup,
     finetune,
+    hidden,
     latency,
     magnitude,
     maxout,
@@ -14,5 +15,5 @@ from npcompile.passes import (  # noqa: F401
     sparsity,
 )
 
-__all__ = ["activation", "cleanup", "finetune", "latency", "magnitude", "maxout", "prune", "reconstruct", "search",
+__all__ = ["activation", "cleanup", "finetune", "hidden", "latency", "magnitude", "maxout", "prune", "reconstruct", "search",
            "select", "sparsity"]

@@ -77,7 +77,7 @@ def test_inspect_reports_groups_and_layers() -> None:
 def test_onnx_light_models_inspect_and_prune(path: Path) -> None:
     info = npcompile.inspect(path)
     assert info["groups"]
-    assert all(g["frozen"] or g["prunable"] or g["width"] == 1 for g in info["groups"])
+    assert all(g["frozen"] or g["prunable"] or g["width"] == 1 or g["pruned_with"] for g in info["groups"])
     # compile verifies: checker, and ONNX Runtime runs original and result with equal output shapes
     result = npcompile.compile(path, ratio=0.3, round_to=1, benchmark=False)
     assert np.isfinite(result.report["summary"]["max_abs_diff"])

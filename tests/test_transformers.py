@@ -107,3 +107,23 @@ def test_head_removal_rewrites_head_counts(exported) -> None:
     inits = {t.name: numpy_helper.to_array(t) for t in result.model.graph.initializer}
     out_proj = [n for n in result.model.graph.node if n.op_type == "MatMul" and "attention/output/dense" in n.name]
     assert out_proj and all(inits[n.input[1]].shape[0] == 2 * (hf_zoo.HIDDEN // hf_zoo.HEADS) for n in out_proj)
+
+
+@pytest.mark.parametrize("name,dynamo", [("bert", False), ("llama", False), ("vit_hf", True)])
+def test_masked_heads_equal_deletion(name, dynamo, exported) -> None:
+    """Search probes mask heads on one session: equal to deleting them (key/value heads of
+    grouped-query attention mask their query heads' output columns)."""
+    from npcompile.channels.masked import MaskedModel
+
+    model = exported(name, dynamo, "eager")
+    probe = probe_shapes(model, _shapes(name))
+    ctx = Context(model, probe)
+    masked = MaskedModel.from_context(ctx)
+    rng = np.random.default_rng(0)
+    removal = {}
+    for g in ctx.analysis.prunable_groups():
+        mask = np.zeros(g.size, bool)
+        mask[rng.choice(g.size, max(1, g.size // 3), replace=False)] = True
+        removal[g.id] = mask
+    assert any(ctx.analysis.group(g).kind == "heads" for g in removal)
+    assert masked.max_rel_diff(removal, probe_inputs(model, probe)) <= 1e-5

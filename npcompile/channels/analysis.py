@@ -28,13 +28,27 @@ from npcompile.channels.layout import Layout, Piece
 from npcompile.channels.partition import Partition
 from npcompile.rules import registry
 
-__all__ = ["ChannelDim", "Site", "Group", "ChannelAnalysis", "analyze", "Fixup", "UnitLink"]
+__all__ = ["AnalysisOptions", "ChannelDim", "Site", "Group", "ChannelAnalysis", "analyze", "Fixup", "UnitLink"]
 
 log = logging.getLogger(__name__)
 
 #: Roles of a site. ``out``: a weight that produces the channel (scored by magnitude);
 #: ``in``: a weight that consumes it; ``param``: any other per-channel constant.
 ROLES = ("out", "in", "param")
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """How far the analysis goes beyond what removes channels exactly.
+
+    ``hidden``: the hidden width of a transformer becomes a group — the residual stream through
+    every block, from the embedding tables (a Gather of a constant table opens it), through
+    LayerNormalization / RMSNorm in their fused and decomposed forms (statistics over the channels
+    are taken over fewer channels afterwards: such groups are *lossy*, never dead), to every
+    projection's input side and the head. Off by default; never part of lossless removal.
+    """
+
+    hidden: bool = False
 
 
 @dataclass
@@ -137,6 +151,8 @@ class Group:
     kind: str = "channels"
     #: the group whose units remove this group's channels (neurons of a locked link), if any
     locked_by: int | None = None
+    #: why removing any channel changes the output (statistics over the channels): never dead
+    lossy: list[str] = field(default_factory=list)
 
     @property
     def prunable(self) -> bool:
@@ -156,9 +172,11 @@ class ChannelAnalysis:
     them; fixups keep their source layouts and are prepared with :meth:`source_removal`.
     """
 
-    def __init__(self, graph: gs.Graph, shapes: dict[str, tuple[int, ...]]) -> None:
+    def __init__(self, graph: gs.Graph, shapes: dict[str, tuple[int, ...]],
+                 options: AnalysisOptions | None = None) -> None:
         self.graph = graph
         self.shapes = shapes
+        self.options = options or AnalysisOptions()
         self.dims: dict[str, ChannelDim] = {}
         self.partition = Partition()
         self._sources: dict[int, Group] = {}
@@ -170,6 +188,7 @@ class ChannelAnalysis:
         self._sites: list[Site] = []
         self._freezes: list[tuple[Layout, str]] = []
         self._blocks: list[tuple[Layout, int, str]] = []
+        self._lossy: list[tuple[Layout, str]] = []
         #: final group -> [(source, source start, length)] (set when the analysis ends)
         self._segments: dict[int, list[tuple[int, int, int]]] = {}
         self._final_id: dict[int, int] = {}  # partition class -> final group id
@@ -314,6 +333,19 @@ class ChannelAnalysis:
         """The links of maxout units (not locked)."""
         return [lk for lk in self.links if not lk.locked]
 
+    def locked_under(self, groups: Iterable[int]) -> set[int]:
+        """``groups`` and every group their units remove through locked links (the projections'
+        channels of a head, the query heads of a key/value head), transitively."""
+        out = set(groups)
+        todo = list(out)
+        while todo:
+            g = todo.pop()
+            for lk in self.links:
+                if lk.locked and lk.units == g and lk.neurons not in out:
+                    out.add(lk.neurons)
+                    todo.append(lk.neurons)
+        return out
+
     def link_blocks(self, node: gs.Node, x: ChannelDim, k: int, outer: int, kind: str, reason: str,
                     tensor: str | None = None) -> Layout | None:
         """Open a group of units over the channels of ``x`` viewed as ``[outer, units, k]`` (an
@@ -434,6 +466,38 @@ class ChannelAnalysis:
         self.add_fixup([layout], prepare, f"shape of the fill {t.name}")
         return self.dims[t.name]
 
+    def adopt_broadcast(self, t: gs.Tensor, axis: int) -> ChannelDim | None:
+        """Track ``t = Expand(constant, shape)`` on ``axis`` (a class token expanded to the batch):
+        the constant becomes a site of a group of its own (which the caller couples), and the
+        expand shape's entry follows the width. ``None`` when ``t`` is not such a broadcast."""
+        if isinstance(t, gs.Constant) or self.dim(t) is not None or not t.inputs:
+            return None
+        node = t.inputs[0]
+        if node.op != "Expand" or len(node.inputs) < 2:
+            return None
+        value, shape = self.const(node.inputs[0]), self.shape(t)
+        if value is None or shape is None or not 0 <= axis < len(shape):
+            return None
+        axis_c = axis - (len(shape) - value.ndim)
+        if axis_c < 0 or value.shape[axis_c] != shape[axis]:
+            return None
+        from npcompile.rules.common import target_fixup
+
+        layout = self._new_source(shape[axis], f"{node.inputs[0].name}", "Expand", [node.name])
+        self.add_site(node, 0, axis_c, layout, "param")
+        length = self.shape(node.inputs[1])
+        idx = axis - (len(shape) - int(length[0])) if length else -1
+        if idx >= 0 and not target_fixup(node, self, [(idx, lambda removed, find: layout.kept_size(removed, find))],
+                                         [layout], f"expand shape of {node.name}", index=1):
+            self.freeze(layout, f"Expand {node.name}: its shape cannot be rewritten")
+        self.set_dim(t, axis, layout, layout.slot_sums(value, axis_c))
+        return self.dims[t.name]
+
+    def mark_lossy(self, what: Layout | ChannelDim, reason: str) -> None:
+        """Removing channels of ``what`` changes the output even where they are zero (a
+        normalisation over them): their groups are never dead."""
+        self._lossy.append((what.layout if isinstance(what, ChannelDim) else what, reason))
+
     def freeze_inputs(self, node: gs.Node, reason: str) -> None:
         for t in node.inputs:
             self.freeze(self.dim(t), reason)
@@ -542,7 +606,7 @@ def _aligned(a: Layout, b: Layout) -> Iterable[tuple[Piece, Piece]]:
 
 #: ops whose rules track a fill tensor they read (see :meth:`ChannelAnalysis.adopt_fill`)
 _FILL_READERS = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Where", "Gemm", "MatMul", "LSTM",
-                 "GRU", "RNN")
+                 "GRU", "RNN", "Concat")
 
 
 #: ops that keep a tensor filled with one value (its first input's)
@@ -679,6 +743,10 @@ def _build_groups(ctx: ChannelAnalysis) -> None:
             ctx._groups[g].sites.append(site)
     for layout, reason in ctx._freezes:
         ctx.freeze(tr(layout), reason)
+    for layout, reason in ctx._lossy:
+        for g in tr(layout).groups():
+            if reason not in ctx._groups[g].lossy:
+                ctx._groups[g].lossy.append(reason)
     for layout, blocks, reason in ctx._blocks:
         final = tr(layout)
         if len(final.pieces) != 1 or final.pieces[0].start != 0 or \
@@ -756,7 +824,7 @@ def _finish(ctx: ChannelAnalysis) -> None:
                     dead[piece.start : piece.stop] &= site.pot[off : off + len(piece)] == 0
                 off += len(piece)
             consumers += 1
-        grp.dead = dead if consumers else np.zeros(grp.size, bool)
+        grp.dead = dead if consumers and not grp.lossy else np.zeros(grp.size, bool)
         consumed[grp.id] = consumers > 0
     for lk in ctx.links:
         if lk.locked:
@@ -794,13 +862,14 @@ def _unknown_rank(ctx: ChannelAnalysis, node: gs.Node) -> str | None:
     return None
 
 
-def analyze(graph: gs.Graph, shapes: dict[str, tuple[int, ...]]) -> ChannelAnalysis:
+def analyze(graph: gs.Graph, shapes: dict[str, tuple[int, ...]],
+            options: AnalysisOptions | None = None) -> ChannelAnalysis:
     """Build the channel groups of ``graph`` (toposorted); ``shapes`` maps tensor names to static
     shapes (see :func:`npcompile.graph.shapes.static_shapes`). A rule that raises is a bug: the
     error propagates, with a note naming the node."""
     registry.load_builtin_rules()
 
-    ctx = ChannelAnalysis(graph, shapes)
+    ctx = ChannelAnalysis(graph, shapes, options)
     for t in graph.inputs:
         ctx.dims.pop(t.name, None)
     for node in graph.nodes:

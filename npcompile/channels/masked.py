@@ -114,6 +114,9 @@ class MaskedModel:
                 names = ", ".join(analysis.group(g).name for g in sorted(bad))
                 raise ValueError(f"cannot mask frozen or single-channel group(s): {names}")
             self.groups = wanted
+        #: the masked groups and the groups their units remove (neurons of locked links: the
+        #: query heads of a key/value head), whose consumers are masked too
+        self.maskable = analysis.locked_under(self.groups)
         self.probe = probe if probe is not None else {
             t.name: tuple(analysis.shapes[t.name]) for t in analysis.graph.inputs if t.name in analysis.shapes}
         self.masks: list[MaskInput] = []
@@ -138,7 +141,7 @@ class MaskedModel:
                 if site.role != "in" or id(site) in seen:
                     continue
                 seen.add(id(site))
-                if not (site.layout.groups(find) & self.groups):
+                if not (site.layout.groups(find) & self.maskable):
                     continue
                 if site.node.op not in CONSUMER_OPS or id(site.node) not in index:
                     raise ValueError(f"cannot mask the input of {site.node.op} {site.node.name}")
@@ -150,7 +153,7 @@ class MaskedModel:
                     shape = (site.layout.size, *([1] * trailing))
                     dtype = np.dtype(site.node.inputs[1].values.dtype)
                     mi = MaskInput(name, data.name, site.layout, shape, dtype,
-                                   positions=_positions(site.layout, find, self.groups))
+                                   positions=_positions(site.layout, find, self.maskable))
                     by_key[key] = (mi, [])
                 mi, nodes = by_key[key]
                 if index[id(site.node)] not in nodes:
@@ -178,7 +181,7 @@ class MaskedModel:
         maximum of its unit, so the maximum's input gets a very negative number added there."""
         analysis, find = self.analysis, self.analysis.find
         out: list[tuple[MaskInput, int]] = []
-        for lk in getattr(analysis, "links", []):
+        for lk in getattr(analysis, "maxout_links", []):
             neurons = find(lk.neurons)
             if neurons not in self.groups:
                 continue
@@ -217,7 +220,7 @@ class MaskedModel:
             mask = np.asarray(mask, bool)
             if not mask.any():
                 continue
-            if root not in self.groups:
+            if root not in self.maskable:
                 if root not in asked:
                     continue  # neurons of removed maxout units: their consumers are masked already
                 raise ValueError(f"group {self.analysis.group(root).name} is not masked in this model")

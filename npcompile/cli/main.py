@@ -277,6 +277,7 @@ def inspect_cmd(
         table.add_column(col)
     for g in info["groups"]:
         status = "prunable" if g["prunable"] else ("frozen: " + "; ".join(g["frozen"]) if g["frozen"]
+                                                   else f"pruned with {g['pruned_with']}" if g.get("pruned_with")
                                                    else "single channel")
         table.add_row(g["name"], g["op"], str(g["width"]), status, str(g["dead"]))
     console.print(table)

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from npcompile.channels.analysis import ChannelAnalysis, analyze
+from npcompile.channels.analysis import AnalysisOptions, ChannelAnalysis, analyze
 from npcompile.errors import NpcompileError, PassError, UserError
 from npcompile.graph.model_io import to_graph, to_model
 from npcompile.graph.shapes import static_shapes
@@ -65,6 +65,8 @@ class Context:
         self.applied: list[dict[str, list[int]]] = []
         #: extra report sections passes contribute (e.g. "accuracy", "search", "sensitivity")
         self.report_extras: dict[str, Any] = {}
+        #: how far channel analysis goes (``hidden``: the hidden width of transformers)
+        self.analysis_options = AnalysisOptions()
         #: values a pass computes once and reuses in later steps (e.g. the original model's
         #: outputs on the training data, for distillation); kept across model changes
         self.cache: dict[Any, Any] = {}
@@ -90,6 +92,12 @@ class Context:
         self._shapes = None
         self.scores, self.removal = {}, {}
 
+    def set_analysis_options(self, options: AnalysisOptions) -> None:
+        """Analyse with ``options`` from now on (drops the cached analysis, scores and removal)."""
+        self.analysis_options = options
+        self._analysis = None
+        self.scores, self.removal = {}, {}
+
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:
         if self._shapes is None:
@@ -106,7 +114,7 @@ class Context:
     @property
     def analysis(self) -> ChannelAnalysis:
         if self._analysis is None:
-            self._analysis = analyze(self.graph, self.shapes)
+            self._analysis = analyze(self.graph, self.shapes, self.analysis_options)
         return self._analysis
 
 

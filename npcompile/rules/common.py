@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
+from fractions import Fraction
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -80,12 +80,8 @@ def target_fixup(node: gs.Node, ctx: ChannelAnalysis, entries: list[tuple[int, C
     if at_probe is None:
         return False
     at_probe = np.ravel(at_probe)
-    origins = getattr(ctx.shapes, "origins", {}).get(target.name)
-    follow = {} if origins is None else {axis: _follows(ctx, origins[axis], layout)
-                                         for (axis, _), layout in zip(entries, _entry_layouts(entries, layouts),
-                                                                      strict=True)}
     wanted = [(axis, compute) for axis, compute in entries
-              if not (int(at_probe[axis]) == -1 or (int(at_probe[axis]) == 0 and not allowzero) or follow.get(axis))]
+              if not (int(at_probe[axis]) == -1 or (int(at_probe[axis]) == 0 and not allowzero))]
     if not wanted:
         return True
     value = ctx.value(target)  # a constant, or computed from static shapes (becomes a constant)
@@ -129,43 +125,50 @@ def target_fixup(node: gs.Node, ctx: ChannelAnalysis, entries: list[tuple[int, C
     return True
 
 
-def _entry_layouts(entries, layouts) -> list:
-    """The layout each entry's width comes from, where that is known (one layout for all)."""
-    layouts = list(layouts)
-    return [layouts[0] if len(layouts) == 1 else None for _ in entries]
-
-
-def _follows(ctx: ChannelAnalysis, origins: list[tuple[str, int]], layout) -> bool:
-    """Whether an entry computed at run time from ``Shape`` elements ``origins`` follows the pruned
-    width by itself: one of them is an axis that carries channels of the same groups."""
-    if layout is None:
-        return False
-    groups = layout.groups()
-    for tensor, axis in origins:
+def _origin_layout(ctx: ChannelAnalysis, target: gs.Tensor, axis: int):
+    """The layout of the tracked axis that entry ``axis`` of shape tensor ``target`` is computed
+    from (a ``Shape`` of a tensor whose channels sit there), or None."""
+    origins = getattr(ctx.shapes, "origins", {}).get(target.name)
+    if not origins or axis >= len(origins):
+        return None
+    for tensor, ax in origins[axis]:
         d = ctx.dims.get(tensor)
-        if d is not None and d.axis == axis and d.layout.groups() & groups:
-            return True
-    return False
+        if d is not None and d.axis == ax:
+            return d.layout
+    return None
 
 
 def _override_fixup(node: gs.Node, ctx: ChannelAnalysis, index: int, at_probe: np.ndarray,
                     entries: list[tuple[int, Compute]], layouts, what: str) -> bool:
     """Rewrite entries of a shape computed at run time, in proportion: ``shape // div * mul`` in
-    front of ``node``, with ``mul / div`` the kept share of each entry at the probe shapes. An entry
-    is a width times repetitions that may come from dynamic dimensions (a batch merged with the
-    heads); the proportion is the same for every input size, so dynamic dimensions stay dynamic."""
+    front of ``node``. An entry computed from the shape of a tensor whose channels are pruned too
+    changes by itself (in proportion to that tensor's kept width); the override corrects what is
+    left, so an entry that already follows is left alone. An entry may be a width times
+    repetitions from dynamic dimensions (a batch merged with the heads): the proportion is the same
+    for every input size, so dynamic dimensions stay dynamic."""
     target = node.inputs[index]
     length = len(at_probe)
+    origins = {axis: _origin_layout(ctx, target, axis) for axis, _ in entries}
 
     def prepare(removed, find):
         div = np.ones(length, np.int64)
         mul = np.ones(length, np.int64)
         for axis, compute in entries:
-            old, new = int(at_probe[axis]), int(compute(removed, find))
-            g = math.gcd(old, new) or 1
-            div[axis], mul[axis] = old // g, new // g
+            old, want = int(at_probe[axis]), int(compute(removed, find))
+            origin = origins[axis]
+            runtime = Fraction(old) if origin is None else \
+                Fraction(old * origin.kept_size(removed, find), origin.size)
+            if runtime == want:
+                continue
+            if runtime.denominator != 1 or runtime == 0:
+                raise ValueError(f"{node.op} {node.name}: entry {axis} of {target.name} cannot be rewritten "
+                                 f"exactly ({old} -> {want})")
+            ratio = Fraction(want) / runtime
+            div[axis], mul[axis] = ratio.denominator, ratio.numerator
 
         def apply() -> None:
+            if (div == 1).all() and (mul == 1).all():
+                return
             base = f"{target.name}_npc_{node.name}"
             part = gs.Variable(f"{base}_part", dtype=np.int64)
             new_shape = gs.Variable(f"{base}_new", dtype=np.int64)
@@ -176,5 +179,6 @@ def _override_fixup(node: gs.Node, ctx: ChannelAnalysis, index: int, at_probe: n
 
         return apply
 
-    ctx.add_fixup(layouts, prepare, what or f"shape of {node.name}")
+    # also when only the tensors the entries are computed from lose channels
+    ctx.add_fixup([*layouts, *(o for o in origins.values() if o is not None)], prepare, what or f"shape of {node.name}")
     return True

@@ -24,7 +24,14 @@ def concat(node: gs.Node, ctx: ChannelAnalysis) -> None:
     if not tracked:
         return
     if any(d.axis != axis for d in tracked):
-        if all(d.axis == tracked[0].axis for d in tracked) and len(tracked) == len(dims):
+        ch = tracked[0].axis
+        if all(d.axis == ch for d in tracked) and len(tracked) < len(dims):
+            # untracked parts along another axis: a fill, or a constant broadcast to the batch
+            # (a class token) can follow the channels; anything else cannot
+            for t, d in zip(node.inputs, dims, strict=True):
+                if d is None and (ctx.adopt_fill(t, ch) or ctx.adopt_broadcast(t, ch)) is not None:
+                    tracked.append(ctx.dim(t))
+        if all(d.axis == ch for d in tracked) and len(tracked) == len(dims):
             layout = ctx.couple(tracked, f"Concat {node.name} joins tensors whose channels differ")
             if layout is not None:
                 ctx.pass_through(node, tracked[0], pot=np.sum([d.pot for d in tracked], axis=0))

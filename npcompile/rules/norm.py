@@ -69,6 +69,9 @@ def layer_norm(node: gs.Node, ctx: ChannelAnalysis) -> None:
         return
     axis = normalize_axis(int(node.attrs.get("axis", -1)), rank)
     if x.axis >= axis:
+        if ctx.options.hidden and axis == rank - 1 == x.axis:
+            hidden_norm(node, ctx, x, (1, 2))
+            return
         ctx.freeze(x, f"LayerNormalization {node.name} normalises over the channel axis: "
                       "removing channels changes its statistics")
         return
@@ -85,3 +88,36 @@ def group_norm(node: gs.Node, ctx: ChannelAnalysis) -> None:
         return
     ctx.freeze(x, f"GroupNormalization {node.name} normalises groups of channels: removing "
                   "channels changes its statistics")
+
+
+def hidden_norm(node: gs.Node, ctx: ChannelAnalysis, x, params: tuple[int, ...]) -> None:
+    """A normalisation over the hidden width (pruning it, ``AnalysisOptions.hidden``): its scale and
+    shift lose the channels too, and its statistics are taken over fewer channels afterwards."""
+    for i in params:
+        if i >= len(node.inputs) or not node.inputs[i].name:
+            continue
+        value = ctx.const(node.inputs[i])
+        if value is None or value.ndim != 1 or value.shape[0] != x.layout.size:
+            ctx.freeze(x, f"{node.op} {node.name}: its parameter {node.inputs[i].name} does not follow the channels")
+            return
+        ctx.add_site(node, i, 0, x.layout, "param")
+    ctx.mark_lossy(x, f"{node.op} {node.name} normalises over the hidden width")
+    ctx.pass_through(node, x, pot=x.pot + 1.0)
+
+
+@register("SimplifiedLayerNormalization", "RMSNormalization")
+def rms_norm(node: gs.Node, ctx: ChannelAnalysis) -> None:
+    """RMSNorm (ONNX Runtime's fused SimplifiedLayerNormalization, ONNX's RMSNormalization)."""
+    x = ctx.dim(node.inputs[0])
+    if x is None:
+        return
+    rank = ctx.rank(node.inputs[0])
+    axis = normalize_axis(int(node.attrs.get("axis", -1)), rank)
+    if x.axis < axis:
+        ctx.pass_through(node, x, pot=x.pot + 1.0)
+        return
+    if ctx.options.hidden and axis == rank - 1 == x.axis:
+        hidden_norm(node, ctx, x, (1,))
+        return
+    ctx.freeze(x, f"{node.op} {node.name} normalises over the channel axis: removing channels changes "
+                  "its statistics")

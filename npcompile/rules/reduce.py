@@ -16,6 +16,10 @@ REDUCE = ("ReduceMax", "ReduceMin", "ReduceMean", "ReduceSum", "ReduceProd", "Re
           "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp")
 
 
+#: reductions that normalisations take over the hidden width
+_STATISTICS = ("ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2")
+
+
 @register(*REDUCE)
 def reduce(node: gs.Node, ctx: ChannelAnalysis) -> None:
     x = ctx.dim(node.inputs[0])
@@ -31,6 +35,11 @@ def reduce(node: gs.Node, ctx: ChannelAnalysis) -> None:
         return
     axes = sorted(normalize_axis(a, rank) for a in axes)
     if x.axis in axes:
+        if ctx.options.hidden and axes == [x.axis] and node.op in _STATISTICS:
+            # the statistics of a decomposed LayerNorm / RMSNorm over the hidden width: the result
+            # has no channel axis left (size 1, or gone); taken over fewer channels afterwards
+            ctx.mark_lossy(x, f"{node.op} {node.name} takes statistics over the hidden width")
+            return
         ctx.freeze(x, f"{node.op} {node.name} reduces over the channel axis")
         return
     keep = int(node.attrs.get("keepdims", 1))

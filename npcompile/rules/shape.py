@@ -153,6 +153,13 @@ def gather(node: gs.Node, ctx: ChannelAnalysis) -> None:
     if ctx.dim(node.inputs[1]) is not None:
         ctx.freeze(ctx.dim(node.inputs[1]), f"Gather {node.name} uses channels as indices")
     if x is None:
+        table = ctx.const(node.inputs[0])
+        if ctx.options.hidden and table is not None and table.ndim == 2 and \
+                normalize_axis(int(node.attrs.get("axis", 0)), 2) == 0 and table.shape[1] > 1:
+            # an embedding table: its columns are the hidden width the model starts from
+            layout = ctx.new_group(node, table.shape[1])
+            ctx.add_site(node, 0, 1, layout, "out")
+            ctx.set_dim(node.outputs[0], ctx.rank(node.outputs[0]) - 1, layout, layout.slot_sums(table, 1))
         return
     rank = ctx.rank(node.inputs[0])
     axis = normalize_axis(int(node.attrs.get("axis", 0)), rank)
