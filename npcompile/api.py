@@ -62,6 +62,7 @@ class CompileOptions:
     provider: str = "cpu"
     threads: int = 0
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    input_values: dict[str, Any] = field(default_factory=dict)  # inputs that select behaviour (If branches)
     seed: int = 0
     verify_tolerance: float = 1e-4  # largest relative output change where removal must be lossless
     benchmark: bool = True
@@ -435,7 +436,7 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
     load_info: dict[str, Any] = {}
     original = load_model(model, example_inputs, load_info)
     load_s = time.perf_counter() - t0
-    probe = probe_shapes(original, options.input_shapes)
+    probe = probe_shapes(original, options.input_shapes, values=options.input_values)
     specs, base, round_to, default_round = resolve_specs(options, target)
     evaluator = _make_evaluator(options, original)
     passes = instantiate(specs, original, base, {"evaluator": evaluator, "measure": _latency_measure(target, options)})

@@ -42,10 +42,15 @@ def plant_dead_channels(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]
                 const = site.node.inputs[site.index]
                 values = np.array(const.values)
                 keep = site.layout.keep_positions(removed, analysis.find)
-                drop = np.setdiff1d(np.arange(values.shape[site.axis]), keep)
-                index = [slice(None)] * values.ndim
-                index[site.axis] = drop
-                planted += int(np.count_nonzero(values[tuple(index)]))
-                values[tuple(index)] = 0
-                const.values = values
+                width = values.shape[site.axis]
+                # a blocked site (grouped convolutions): rows fall into blocks, block g holds window g
+                rows = values.reshape(site.blocks, -1, *values.shape[1:]) if site.blocks > 1 else values[None]
+                for g in range(site.blocks):
+                    local = keep[(keep >= g * width) & (keep < (g + 1) * width)] - g * width
+                    drop = np.setdiff1d(np.arange(width), local)
+                    index = [g] + [slice(None)] * values.ndim
+                    index[1 + site.axis] = drop
+                    planted += int(np.count_nonzero(rows[tuple(index)]))
+                    rows[tuple(index)] = 0
+                const.values = rows.reshape(values.shape)
     return to_model(graph, model), planted

@@ -15,5 +15,5 @@ from npcompile.passes import (  # noqa: F401
     sparsity,
 )
 
-__all__ = ["activation", "cleanup", "finetune", "hidden", "latency", "magnitude", "maxout", "prune", "reconstruct", "search",
-           "select", "sparsity"]
+__all__ = ["activation", "cleanup", "finetune", "hidden", "latency", "magnitude", "maxout", "prune", "reconstruct",
+           "search", "select", "sparsity"]

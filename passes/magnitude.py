@@ -21,7 +21,8 @@ def _sums(analysis: ChannelAnalysis, group: Group, p: int) -> np.ndarray:
     """Per channel: sum of ``|w|**p`` over the ``out`` sites of ``group``; a maxout unit adds the
     sums of its neurons (the producing weights of a unit are those of its ``k`` neurons)."""
     acc = np.zeros(group.size)
-    for site in group.sites_of("out"):
+    # a head's weights are its q/k/v rows (its neurons' out sites) and its output columns
+    for site in group.sites_of("out") + (group.sites_of("in") if group.kind == "heads" else []):
         per_slot = site.layout.slot_sums(site.node.inputs[site.index].values, site.axis, power=p)
         off = 0
         for piece in site.layout.pieces:

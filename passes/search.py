@@ -48,6 +48,8 @@ def removal_levels(group: Group, round_to: int = 1, min_channels: int = 1, max_f
     ``ceil(min_channels / blocks)`` and 1, and at most ``max_fraction`` of the width goes."""
     blocks = group.blocks
     size = group.size // blocks
+    if group.kind == "heads":
+        round_to = 1  # whole heads: rounding is for widths, not head counts
     unit = max(1, round_to // math.gcd(round_to, blocks))
     min_keep = max(1, math.ceil(min_channels / blocks))
     most = math.floor(max_fraction * size + 1e-9)

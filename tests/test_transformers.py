@@ -127,3 +127,37 @@ def test_masked_heads_equal_deletion(name, dynamo, exported) -> None:
         removal[g.id] = mask
     assert any(ctx.analysis.group(g).kind == "heads" for g in removal)
     assert masked.max_rel_diff(removal, probe_inputs(model, probe)) <= 1e-5
+
+
+@pytest.mark.parametrize("name,dynamo", [("vit_hf", False), ("vit_hf", True), ("deit", False)])
+def test_hidden_width_prunes_the_residual_stream(name, dynamo, exported) -> None:
+    """With the prune-hidden pass the residual stream is one group through every block (patch
+    embedding, class token, position embeddings, LayerNorms, projections, head): pruned, valid,
+    never counted as dead; without it the hidden width stays whole."""
+    from npcompile.channels.analysis import AnalysisOptions
+
+    model = exported(name, dynamo, "eager")
+    probe = probe_shapes(model, {})
+    plain = Context(model, probe).analysis
+    assert not any(g.lossy for g in plain.groups)
+    ctx = Context(model, probe)
+    ctx.set_analysis_options(AnalysisOptions(hidden=True))
+    hidden = [g for g in ctx.analysis.groups if g.lossy]
+    assert len(hidden) == 1 and hidden[0].prunable and hidden[0].size == hf_zoo.HIDDEN
+    assert not hidden[0].dead.any()
+    from npcompile.pipeline import get_pass
+
+    cls = get_pass("prune-hidden")
+    from npcompile.passes.magnitude import MagnitudePass
+    from npcompile.passes.prune import PrunePass
+    from npcompile.passes.select import SelectPass
+    from npcompile.pipeline import Pipeline
+
+    ctx = Context(model, probe)
+    Pipeline([cls(), MagnitudePass(), SelectPass(ratio=0.25), PrunePass()]).run(ctx)
+    onnx.checker.check_model(ctx.model, full_check=True)
+    inits = {t.name: numpy_helper.to_array(t) for t in ctx.model.graph.initializer}
+    widths = {v.shape[0] for v in inits.values() if v.ndim == 1 and v.shape[0] in (24, hf_zoo.HIDDEN)}
+    assert 24 in widths and hf_zoo.HIDDEN not in widths  # every norm and bias of the stream shrank
+    other = probe_shapes(model, {})
+    assert np.isfinite(compare(model, ctx.model, probe_inputs(model, other, batch=3, seed=2)).max_abs_diff)

@@ -218,7 +218,7 @@ class ChannelAnalysis:
             return None
         if isinstance(t, gs.Constant):
             return t.values
-        return getattr(self.shapes, "values", {}).get(t.name)
+        return getattr(self.shapes, "static_values", {}).get(t.name)
 
     def probe_value(self, t: gs.Tensor | None) -> np.ndarray | None:
         """The value of a constant or of an integer tensor computed from shapes, at the probe

@@ -157,7 +157,27 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     return to_model(to_graph(model), model) if needed else model
 
 
+def _check_tensor_data(model: onnx.ModelProto) -> None:
+    """Every initializer (and Constant value) holds as much data as its shape says: the checker does
+    not look, and a truncated or padded tensor would only fail deep inside a rewrite."""
+    tensors = list(model.graph.initializer) + [a.t for n in model.graph.node if n.op_type == "Constant"
+                                                for a in n.attribute if a.name == "value" and a.HasField("t")]
+    for t in tensors:
+        if t.data_location == onnx.TensorProto.EXTERNAL or not t.HasField("raw_data"):
+            continue
+        if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+            continue  # no fixed item size in bytes
+        try:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        except (KeyError, ValueError, TypeError):
+            continue
+        want = int(np.prod(t.dims, dtype=np.int64)) * itemsize
+        if len(t.raw_data) != want:
+            raise UserError(f"tensor {t.name} holds {len(t.raw_data)} bytes, its shape {list(t.dims)} needs {want}")
+
+
 def _check(model: onnx.ModelProto) -> None:
+    _check_tensor_data(model)
     try:
         if model.ByteSize() > _TWO_GB:
             return  # the in-memory checker cannot take > 2 GB; shape inference checks later

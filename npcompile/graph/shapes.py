@@ -16,7 +16,7 @@ from onnx import helper, numpy_helper
 
 from npcompile.errors import UserError
 
-__all__ = ["ShapeMap", "input_specs", "probe_shapes", "probe_inputs", "static_shapes", "parse_input_shapes"]
+__all__ = ["Probe", "ShapeMap", "input_specs", "probe_shapes", "probe_inputs", "static_shapes", "parse_input_shapes"]
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class ShapeMap(dict):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.values: dict[str, np.ndarray] = {}
+        self.static_values: dict[str, np.ndarray] = {}
         #: the same computations at the probe shapes, also where they depend on the input size
         self.probe_values: dict[str, np.ndarray] = {}
         #: for each element of those (flattened): the ``Shape`` elements ``(tensor, axis)`` it is
@@ -60,25 +60,55 @@ def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
     return out
 
 
+class Probe(dict):
+    """Input name -> concrete shape for probing a model; ``given`` names the inputs whose shape the
+    user fixed (their batch is never changed), ``input_values`` the inputs whose value the user fixed
+    (inputs that select behaviour, such as a sample rate that picks an ``If`` branch)."""
+
+    def __init__(self, *args, given: set[str] | None = None, values: dict[str, np.ndarray] | None = None,
+                 **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.given: set[str] = set(given or ())
+        self.input_values: dict[str, np.ndarray] = dict(values or {})
+
+
 def probe_shapes(model: onnx.ModelProto, overrides: dict[str, tuple[int, ...]] | None = None,
-                 batch: int = 1) -> dict[str, tuple[int, ...]]:
+                 batch: int = 1, values: dict[str, np.ndarray] | None = None) -> Probe:
     """A concrete shape for every model input: fixed dims as they are, a dynamic first dim set to
-    ``batch``; other dynamic dims must come from ``overrides``."""
-    overrides = overrides or {}
+    ``batch``; other dynamic dims must come from ``overrides`` (which may fix any axis of any
+    input, batch included). ``values`` fixes inputs' values (their shapes follow them). An
+    integer scalar input (it may select behaviour) needs a value."""
+    overrides = dict(overrides or {})
+    values = {k: np.asarray(v) for k, v in (values or {}).items()}
     specs = input_specs(model)
-    unknown = set(overrides) - {s.name for s in specs}
+    names = {s.name for s in specs}
+    unknown = (set(overrides) | set(values)) - names
     if unknown:
-        raise UserError(f"--input-shape names unknown input(s) {sorted(unknown)}; the model's inputs "
-                        f"are {[s.name for s in specs]}")
-    out: dict[str, tuple[int, ...]] = {}
+        raise UserError(f"unknown input(s) {sorted(unknown)}; the model's inputs are {sorted(names)}")
+    out = Probe(given=set(overrides) | set(values))
     for spec in specs:
-        if spec.name in overrides:
-            out[spec.name] = overrides[spec.name]
-            continue
         if not spec.type.HasField("tensor_type"):
             raise UserError(f"input {spec.name} is not a tensor")
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(spec.type.tensor_type.elem_type)
+        if spec.name in values:
+            v = values[spec.name]
+            dims = spec.type.tensor_type.shape.dim
+            if len(dims) != v.ndim or any(d.HasField("dim_value") and d.dim_value != s for d, s in zip(dims, v.shape,
+                                                                                                          strict=False)):
+                raise UserError(f"the value given for input {spec.name} has shape {list(v.shape)}, the model wants "
+                                f"{[d.dim_value if d.HasField('dim_value') else d.dim_param or '?' for d in dims]}")
+            out.input_values[spec.name] = v.astype(dtype)
+            out[spec.name] = tuple(v.shape)
+            continue
+        if spec.name in overrides:
+            out[spec.name] = tuple(overrides[spec.name])
+            continue
+        shape_dims = spec.type.tensor_type.shape.dim
+        if not shape_dims and spec.type.tensor_type.HasField("shape") and np.issubdtype(dtype, np.integer):
+            raise UserError(f"input {spec.name} is an integer scalar, which may select what the model does; "
+                            f"give its value with --input-value {spec.name}=VALUE")
         dims = []
-        for i, d in enumerate(spec.type.tensor_type.shape.dim):
+        for i, d in enumerate(shape_dims):
             if d.HasField("dim_value") and d.dim_value > 0:
                 dims.append(int(d.dim_value))
             elif i == 0:
@@ -216,13 +246,20 @@ def _collect(inferred: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> N
 
 def probe_inputs(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]], batch: int | None = 2,
                  seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs of the probe shapes (dynamic batch set to ``batch``), reproducible by seed."""
+    """Random inputs of the probe shapes, reproducible by seed: a dynamic batch is set to
+    ``batch`` unless the user fixed that input's shape; values the user gave are used as they are
+    (see :class:`Probe`)."""
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
+    given = getattr(probe, "given", set())
+    values = getattr(probe, "input_values", {})
     for spec in input_specs(model):
+        if spec.name in values:
+            out[spec.name] = values[spec.name]
+            continue
         shape = list(probe[spec.name])
         dims = spec.type.tensor_type.shape.dim
-        if batch and dims and not dims[0].HasField("dim_value") and shape:
+        if batch and dims and not dims[0].HasField("dim_value") and shape and spec.name not in given:
             shape[0] = batch
         dtype = onnx.helper.tensor_dtype_to_np_dtype(spec.type.tensor_type.elem_type)
         if np.issubdtype(dtype, np.floating):
@@ -447,5 +484,5 @@ def static_shapes(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]]) -> 
     for init in model.graph.initializer:
         shapes[init.name] = tuple(int(d) for d in init.dims)
     if any(n.op_type in ("Shape", "Size") for n in model.graph.node):
-        shapes.values, shapes.probe_values, shapes.origins = _fold_static(model, shapes)
+        shapes.static_values, shapes.probe_values, shapes.origins = _fold_static(model, shapes)
     return shapes

@@ -46,12 +46,30 @@ def _float_init(t: onnx.TensorProto) -> bool:
                            onnx.TensorProto.BFLOAT16)
 
 
+def _subgraph_weights(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
+    """Initializers and Constant-node values inside the subgraphs of ``graph``'s nodes, recursively."""
+    out: list[onnx.TensorProto] = []
+    for node in graph.node:
+        for attr in node.attribute:
+            subs = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])
+            for sub in subs:
+                out.extend(sub.initializer)
+                out.extend(a.t for n in sub.node if n.op_type == "Constant" for a in n.attribute if a.name == "value")
+                out.extend(_subgraph_weights(sub))
+    return out
+
+
 def model_stats(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]],
                 shapes: dict[str, tuple[int, ...]] | None = None) -> ModelStats:
     """Parameters (float initializers), non-zero parameters and FLOPs (batch 1) of ``model``."""
     inits = {t.name: t for t in model.graph.initializer}
     params = nonzero = 0
     for t in inits.values():
+        if _float_init(t):
+            n = math.prod(t.dims)
+            params += n
+            nonzero += int(np.count_nonzero(numpy_helper.to_array(t))) if n else 0
+    for t in _subgraph_weights(model.graph):  # weights of If / Loop / Scan bodies
         if _float_init(t):
             n = math.prod(t.dims)
             params += n
