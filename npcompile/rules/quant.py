@@ -1,0 +1,570 @@
+"""Channel rules for quantized graphs: QDQ (QuantizeLinear / DequantizeLinear) and integer ops.
+
+**Weights through DequantizeLinear.** In a QDQ model a weight arrives as
+``DequantizeLinear(int8 constant, scale, zero point)``. Every rule sees such a tensor as a
+constant (:class:`QuantView`, applied by the registry to each rule of a node that reads one):
+``ctx.const`` returns the dequantized values, so potentials and the dead-channel proof work
+through it (an int8 0 with zero point 0 dequantizes to exactly 0), and ``ctx.add_site`` on it
+records sites on the ``DequantizeLinear`` instead: the int8 tensor on the same axis, and its
+scale and zero point when they are per channel along that axis (per-tensor ones, or per-channel
+ones along another axis, are left alone). A quantized weight read by several nodes, or quantized
+in blocks along the pruned axis, freezes the group.
+
+**Activations.** ``QuantizeLinear`` / ``DequantizeLinear`` on a tracked tensor pass its channels
+through; per-channel scales and zero points along the channel axis become sites. Potentials of
+integer tensors: ``q = round(x / s) + zp`` is exactly ``zp`` where ``x`` is 0, and
+``(q - zp) * s`` is exactly 0 where ``q == zp``; so each integer tensor also keeps its potential
+*relative to its zero point*, and a consumer that subtracts the same zero point (a
+``DequantizeLinear``, ``QLinearConv``, ``ConvInteger`` with the zero point of the same
+``DynamicQuantizeLinear``) reads that one; otherwise a non-zero zero point makes the channel live.
+
+**Integer ops** with constant weights are their float op seen through an adapter (the float
+rule of ``Conv``/``MatMul``/``Gemm`` runs on the dequantized weight and the sites land on the
+integer op's own inputs, with per-channel weight scales and zero points): ``QLinearConv``,
+``ConvInteger``, ``QLinearMatMul``, ``MatMulInteger``, and from ``com.microsoft`` ``QGemm``,
+``DynamicQuantizeMatMul`` and ``MatMulIntegerToFloat``. ``DynamicQuantizeLSTM`` takes the
+channels of its input (the input side of ``W``); its hidden units are not pruned (frozen).
+
+:func:`site_values` (dequantized values of a site's constant, for magnitude criteria) and
+:func:`site_consumer` (the op that reads a site's weight) serve the code that reads sites.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from npcompile.channels.layout import Layout
+from npcompile.rules.common import normalize_axis
+from npcompile.rules.registry import register, rule_for
+
+if TYPE_CHECKING:
+    from npcompile.channels.analysis import ChannelAnalysis, ChannelDim, Site
+
+__all__ = ["QuantView", "run_rule", "dequantize", "dequant_source", "site_values", "site_consumer"]
+
+_QDQ_DOMAINS = ("", "ai.onnx", "com.microsoft")
+_MS = "com.microsoft"
+
+
+# --------------------------------------------------------------------------- weights through DQ
+
+
+def dequant_source(t: gs.Tensor | None) -> gs.Node | None:
+    """The ``DequantizeLinear`` of constants that produces ``t`` (``None`` if ``t`` is not one)."""
+    if not isinstance(t, gs.Variable) or len(t.inputs) != 1:
+        return None
+    dq = t.inputs[0]
+    if dq.op != "DequantizeLinear" or (dq.domain or "") not in _QDQ_DOMAINS or len(dq.inputs) < 2:
+        return None
+    if not isinstance(dq.inputs[0], gs.Constant) or not isinstance(dq.inputs[1], gs.Constant):
+        return None
+    if len(dq.inputs) > 2 and dq.inputs[2].name and not isinstance(dq.inputs[2], gs.Constant):
+        return None
+    return dq
+
+
+def _zero_point(node: gs.Node, index: int) -> np.ndarray | None:
+    if index < len(node.inputs) and node.inputs[index].name and isinstance(node.inputs[index], gs.Constant):
+        return np.asarray(node.inputs[index].values)
+    return None
+
+
+def _per_axis(values: np.ndarray, axis: int, rank: int) -> np.ndarray:
+    """A 1-D per-channel array shaped to broadcast along ``axis`` of a rank-``rank`` tensor."""
+    shape = [1] * rank
+    shape[axis] = values.size
+    return values.reshape(shape)
+
+
+def dequantize(dq: gs.Node) -> np.ndarray:
+    """``(x - zero_point) * scale`` of a ``DequantizeLinear`` of constants, as ONNX defines it
+    (per tensor, per axis, or in blocks), in the scale's dtype."""
+    x = np.asarray(dq.inputs[0].values)
+    scale = np.asarray(dq.inputs[1].values)
+    zp = _zero_point(dq, 2)
+    zp = np.zeros((), np.int64) if zp is None else zp.astype(np.int64)
+    q = x.astype(np.int64)
+    block = int(dq.attrs.get("block_size", 0) or 0)
+    if x.ndim and (block or scale.size > 1):
+        axis = normalize_axis(int(dq.attrs.get("axis", 1)), x.ndim)
+        if block:
+            scale = np.repeat(scale, block, axis=axis).take(range(x.shape[axis]), axis=axis)
+            if zp.ndim:
+                zp = np.repeat(zp, block, axis=axis).take(range(x.shape[axis]), axis=axis)
+        else:
+            scale = _per_axis(scale, axis, x.ndim)
+            if zp.size > 1:
+                zp = _per_axis(zp, axis, x.ndim)
+    out = (q - zp).astype(scale.dtype) * scale
+    return np.asarray(out, dtype=scale.dtype)
+
+
+class QuantView:
+    """The analysis as a rule of a node reading quantized weights sees it: a ``DequantizeLinear``
+    of constants is a constant (its dequantized values), and a site on it is a site on the
+    ``DequantizeLinear``'s int8 tensor (with its per-channel scale and zero point). Everything
+    else is the analysis itself."""
+
+    def __init__(self, ctx: ChannelAnalysis) -> None:
+        object.__setattr__(self, "_ctx", ctx)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ctx, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._ctx, name, value)
+
+    @property
+    def real(self) -> ChannelAnalysis:
+        return self._ctx
+
+    def const(self, t: gs.Tensor | None) -> np.ndarray | None:
+        dq = dequant_source(t)
+        if dq is not None:
+            try:
+                return dequantize(dq)
+            except (ValueError, TypeError, IndexError):  # an encoding numpy cannot read: not a constant
+                return None
+        return self._ctx.const(t)
+
+    def add_site(self, node: gs.Node, index: int, axis: int, layout: Layout, role: str,
+                 pot: np.ndarray | None = None, blocks: int = 1) -> None:
+        t = node.inputs[index]
+        dq = dequant_source(t)
+        if dq is None:
+            self._ctx.add_site(node, index, axis, layout, role, pot, blocks)
+            return
+        readers = len(t.outputs)
+        if readers != 1:
+            self._ctx.freeze(layout, f"quantized weight {t.name} is read by {readers} nodes")
+            return
+        rank = len(dq.inputs[0].shape)
+        axis = normalize_axis(axis, rank)
+        scale = np.asarray(dq.inputs[1].values)
+        block = int(dq.attrs.get("block_size", 0) or 0)
+        q_axis = normalize_axis(int(dq.attrs.get("axis", 1)), rank) if rank else 0
+        params: list[tuple[int, int]] = []  # (input, axis) of the scale and zero point to slice
+        if block:
+            if q_axis == axis:
+                self._ctx.freeze(layout, f"{dq.name} quantizes {t.name} in blocks of {block} along the channel axis")
+                return
+            params = [(1, axis), (2, axis)]
+        elif scale.size > 1 and q_axis == axis:
+            if blocks != 1:
+                self._ctx.freeze(layout, f"{dq.name}: per-channel scales along a grouped channel axis")
+                return
+            params = [(1, 0), (2, 0)]
+        self._ctx.add_site(dq, 0, axis, layout, role, pot, blocks)
+        for i, a in params:
+            if i < len(dq.inputs) and dq.inputs[i].name:
+                self._ctx.add_site(dq, i, a, layout, "param", None, blocks if block else 1)
+
+
+def _reads_quantized(node: gs.Node) -> bool:
+    return any(dequant_source(t) is not None for t in node.inputs)
+
+
+def run_rule(fn: Any, node: gs.Node, ctx: ChannelAnalysis) -> None:
+    """Run rule ``fn`` on ``node``, with a :class:`QuantView` when the node reads a weight through
+    a ``DequantizeLinear`` of constants (with the analysis itself otherwise). The registry runs
+    every rule through this."""
+    if not isinstance(ctx, (QuantView, _OpView)) and _reads_quantized(node):
+        ctx = QuantView(ctx)  # type: ignore[assignment]
+    fn(node, ctx)
+
+
+def _real(ctx: Any) -> ChannelAnalysis:
+    while isinstance(ctx, (QuantView, _OpView)):
+        ctx = ctx.real
+    return ctx
+
+
+# --------------------------------------------------------------------------- potentials of integer tensors
+
+#: analysis -> integer tensor name -> (zero point key, potential relative to that zero point)
+_RELATIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: ops that move values without changing them (a channel equal to its zero point stays so)
+_SAME_VALUES = ("MaxPool", "GlobalMaxPool", "Identity", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")
+
+
+def _zp_key(node: gs.Node, index: int) -> tuple | None:
+    """What identifies zero point input ``index`` of ``node``: its values (a constant), the tensor
+    (computed at run time), or zero (absent)."""
+    if index >= len(node.inputs) or not node.inputs[index].name:
+        return ("c", ())
+    t = node.inputs[index]
+    if isinstance(t, gs.Constant):
+        v = np.asarray(t.values)
+        return ("c", () if not v.any() else tuple(int(x) for x in v.ravel()))
+    return ("t", t.name)
+
+
+def _relative(ctx: Any) -> dict[str, tuple[tuple, np.ndarray]]:
+    real = _real(ctx)
+    table = _RELATIVE.get(real)
+    if table is None:
+        table = _RELATIVE[real] = {}
+    return table
+
+
+def _record(ctx: Any, t: gs.Tensor, key: tuple | None, pot: np.ndarray) -> None:
+    if key is not None:
+        _relative(ctx)[t.name] = (key, np.asarray(pot, np.float64))
+
+
+def _relative_pot(ctx: Any, t: gs.Tensor, key: tuple | None) -> np.ndarray | None:
+    """The potential of integer tensor ``t`` relative to zero point ``key``, if known."""
+    if key is None:
+        return None
+    table = _relative(ctx)
+    for _ in range(64):
+        entry = table.get(t.name)
+        if entry is not None:
+            d = ctx.dim(t)
+            return entry[1] if entry[0] == key and d is not None and entry[1].shape == d.pot.shape else None
+        producer = t.inputs[0] if len(t.inputs) == 1 else None
+        if producer is None or producer.op not in _SAME_VALUES or not producer.inputs:
+            return None
+        src = producer.inputs[0]
+        d_in, d_out = ctx.dim(src), ctx.dim(t)
+        if d_in is None or d_out is None or d_in.layout.pieces != d_out.layout.pieces:
+            return None
+        t = src
+    return None
+
+
+def _input_pot(ctx: Any, node: gs.Node, x: ChannelDim, data: int, zp: int) -> np.ndarray:
+    """Potential of data input ``data`` as ``node`` reads it, after subtracting zero point ``zp``."""
+    key = _zp_key(node, zp)
+    rel = _relative_pot(ctx, node.inputs[data], key)
+    if rel is not None:
+        return rel
+    return x.pot if key == ("c", ()) else x.pot + 1.0
+
+
+def _output_pot(key: tuple, pot: np.ndarray) -> np.ndarray:
+    """Absolute potential of an integer output whose dead channels equal zero point ``key``."""
+    return pot if key == ("c", ()) else pot + 1.0
+
+
+# --------------------------------------------------------------------------- Q / DQ on activations
+
+
+def _scale_sites(node: gs.Node, ctx: Any, x: ChannelDim, what: str) -> bool:
+    """Per-channel scale and zero point of a Q/DQ along the channel axis become sites; False
+    (after freezing) when they cannot be sliced."""
+    scale = ctx.const(node.inputs[1])
+    zp_present = len(node.inputs) > 2 and node.inputs[2].name
+    if scale is None or (zp_present and ctx.const(node.inputs[2]) is None):
+        ctx.freeze(x, f"{what} {node.name} has a non-constant scale or zero point")
+        return False
+    if np.size(scale) <= 1:
+        return True
+    if int(node.attrs.get("block_size", 0) or 0):
+        ctx.freeze(x, f"{what} {node.name} quantizes a channel tensor in blocks")
+        return False
+    rank = ctx.rank(node.inputs[0])
+    if rank is None:
+        ctx.freeze(x, f"{what} {node.name}: unknown rank")
+        return False
+    if normalize_axis(int(node.attrs.get("axis", 1)), rank) == x.axis:
+        ctx.add_site(node, 1, 0, x.layout, "param")
+        if zp_present:
+            ctx.add_site(node, 2, 0, x.layout, "param")
+    return True
+
+
+@register("QuantizeLinear")
+@register("QuantizeLinear", domain=_MS)
+def quantize_linear(node: gs.Node, ctx: ChannelAnalysis) -> None:
+    x = ctx.dim(node.inputs[0])
+    if x is None or not _scale_sites(node, ctx, x, "QuantizeLinear"):
+        return
+    key = _zp_key(node, 2)
+    _record(ctx, node.outputs[0], key, x.pot)  # round(0 / s) + zp == zp exactly
+    ctx.pass_through(node, x, pot=_output_pot(key, x.pot))
+
+
+@register("DequantizeLinear")
+@register("DequantizeLinear", domain=_MS)
+def dequantize_linear(node: gs.Node, ctx: ChannelAnalysis) -> None:
+    x = ctx.dim(node.inputs[0])
+    if x is None or not _scale_sites(node, ctx, x, "DequantizeLinear"):
+        return  # a constant (weight): its readers see it through QuantView
+    ctx.pass_through(node, x, pot=_input_pot(ctx, node, x, 0, 2))
+
+
+@register("DynamicQuantizeLinear")
+def dynamic_quantize_linear(node: gs.Node, ctx: ChannelAnalysis) -> None:
+    x = ctx.dim(node.inputs[0])
+    if x is None:
+        return
+    y = node.outputs[0]
+    if len(node.outputs) > 2 and node.outputs[2].name:
+        _record(ctx, y, ("t", node.outputs[2].name), x.pot)
+    ctx.set_dim(y, x.axis, x.layout, x.pot + 1.0)  # its zero point is computed at run time
+
+
+# --------------------------------------------------------------------------- integer ops as float ops
+
+
+class _Adapter:
+    """An integer op seen as its float op: ``inputs`` are the data input, a constant holding the
+    dequantized weight and one holding the dequantized bias; attributes and outputs are the
+    node's own (so fixups that set attributes reach the real node)."""
+
+    def __init__(self, node: gs.Node, inputs: list[gs.Tensor]) -> None:
+        self.op = node.op
+        self.name = node.name
+        self.domain = node.domain
+        self.attrs = node.attrs
+        self.inputs = inputs
+        self.outputs = node.outputs
+        self.node = node
+
+
+class _Form:
+    """Where an integer op keeps what its float op has (input indices; ``None``: absent)."""
+
+    def __init__(self, float_op: str, x: int, x_scale: int | None, x_zp: int | None, w: int,
+                 w_scale: int | None, w_zp: int | None, bias: int | None, y_zp: int | None,
+                 float_out: bool = False, y_scale: int | None = None) -> None:
+        self.float_op, self.x, self.x_scale, self.x_zp, self.w = float_op, x, x_scale, x_zp, w
+        self.w_scale, self.w_zp, self.bias, self.y_zp, self.y_scale = w_scale, w_zp, bias, y_zp, y_scale
+        self.float_out = float_out
+
+
+_FORMS: dict[tuple[str, str], _Form] = {
+    ("", "QLinearConv"): _Form("Conv", 0, 1, 2, 3, 4, 5, 8, 7, y_scale=6),
+    ("", "ConvInteger"): _Form("Conv", 0, None, 2, 1, None, 3, None, None),
+    ("", "QLinearMatMul"): _Form("MatMul", 0, 1, 2, 3, 4, 5, None, 7, y_scale=6),
+    ("", "MatMulInteger"): _Form("MatMul", 0, None, 2, 1, None, 3, None, None),
+    (_MS, "QGemm"): _Form("Gemm", 0, 1, 2, 3, 4, 5, 6, 8, y_scale=7),
+    (_MS, "DynamicQuantizeMatMul"): _Form("MatMul", 0, None, None, 1, 2, 3, 4, None, float_out=True),
+    (_MS, "MatMulIntegerToFloat"): _Form("MatMul", 0, 2, 4, 1, 3, 5, 6, None, float_out=True),
+}
+
+
+def _const_input(node: gs.Node, index: int | None) -> np.ndarray | None:
+    if index is None or index >= len(node.inputs) or not node.inputs[index].name:
+        return None
+    t = node.inputs[index]
+    return np.asarray(t.values) if isinstance(t, gs.Constant) else None
+
+
+def _out_axis(form: _Form, node: gs.Node, ndim: int) -> int:
+    """The weight's output-channel axis (where per-channel weight scales run)."""
+    if form.float_op == "Conv":
+        return 0
+    if form.float_op == "Gemm":
+        return 0 if int(node.attrs.get("transB", 0)) else 1
+    return ndim - 1
+
+
+def _dequantized_weight(node: gs.Node, form: _Form) -> np.ndarray:
+    w = np.asarray(node.inputs[form.w].values).astype(np.float64)
+    axis = _out_axis(form, node, w.ndim)
+    zp = _const_input(node, form.w_zp)
+    scale = _const_input(node, form.w_scale)
+    if form.w_scale is None:  # ConvInteger, MatMulInteger: the weight scale comes in a later Mul
+        found = _rescale(node)
+        if found is not None:
+            v = np.asarray(found[0].inputs[found[1]].values)
+            scale = v if v.size in (1, w.shape[axis]) else None
+    if zp is not None:
+        w = w - (_per_axis(zp.astype(np.float64), axis, w.ndim) if zp.size > 1 else zp.astype(np.float64).ravel()[0])
+    if scale is not None:
+        w = w * (_per_axis(scale.astype(np.float64), axis, w.ndim) if scale.size > 1 else float(scale.ravel()[0]))
+    return w.astype(np.float32)
+
+
+def _dequantized_bias(node: gs.Node, form: _Form) -> np.ndarray | None:
+    b = _const_input(node, form.bias)
+    if b is None:
+        return None
+    b = b.astype(np.float64)
+    if not form.float_out:  # int32 bias in units of x_scale * w_scale
+        for idx in (form.x_scale, form.w_scale):
+            s = _const_input(node, idx)
+            if s is not None:
+                b = b * (s.astype(np.float64).ravel() if s.size == b.size else float(s.ravel()[0]))
+    return b.astype(np.float32)
+
+
+class _OpView:
+    """The analysis as the float rule of an :class:`_Adapter` sees it (see the module docstring)."""
+
+    def __init__(self, ctx: Any, adapter: _Adapter, form: _Form, index: dict[int, int], x_pot: np.ndarray | None):
+        self.real = ctx
+        self.adapter, self.form, self.index, self.x_pot = adapter, form, index, x_pot
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def dim(self, t: gs.Tensor | None) -> ChannelDim | None:
+        d = self.real.dim(t)
+        if d is not None and self.x_pot is not None and t is self.adapter.inputs[0]:
+            from npcompile.channels.analysis import ChannelDim
+
+            return ChannelDim(d.axis, d.layout, self.x_pot)
+        return d
+
+    def add_site(self, node: Any, index: int, axis: int, layout: Layout, role: str,
+                 pot: np.ndarray | None = None, blocks: int = 1) -> None:
+        if node is not self.adapter:
+            self.real.add_site(node, index, axis, layout, role, pot, blocks)
+            return
+        real, form = self.adapter.node, self.form
+        idx = self.index[index]
+        rank = len(real.inputs[idx].shape)
+        axis = normalize_axis(axis, rank)
+        self.real.add_site(real, idx, axis, layout, role, pot, blocks)
+        if idx == form.w and axis == _out_axis(form, real, rank):
+            for p in (form.w_scale, form.w_zp):
+                v = _const_input(real, p)
+                if v is not None and v.size > 1:
+                    self.real.add_site(real, p, 0, layout, "param")
+
+    def set_dim(self, t: gs.Tensor, axis: int, layout: Layout, pot: np.ndarray) -> None:
+        real, form = self.adapter.node, self.form
+        if t is real.outputs[0] and form.y_zp is not None and _has_input(real, form.y_scale):
+            key = _zp_key(real, form.y_zp)
+            _record(self.real, t, key, pot)
+            pot = _output_pot(key, pot)
+        elif t is real.outputs[0] and not form.float_out:
+            _record(self.real, t, ("c", ()), pot)  # an int32 accumulator: zero is zero
+        self.real.set_dim(t, axis, layout, pot)
+
+
+def _has_input(node: gs.Node, index: int | None) -> bool:
+    return index is not None and index < len(node.inputs) and bool(node.inputs[index].name)
+
+
+def _integer_op(node: gs.Node, ctx: ChannelAnalysis) -> None:
+    form = _FORMS[(node.domain or "", node.op)]
+    x_t = node.inputs[form.x]
+    w_t = node.inputs[form.w] if form.w < len(node.inputs) else None
+    params = [i for i in (form.w_scale, form.w_zp, form.bias) if _has_input(node, i)]
+    if not isinstance(w_t, gs.Constant) or any(not isinstance(node.inputs[i], gs.Constant) for i in params):
+        ctx.freeze_inputs(node, f"{node.op} {node.name} has non-constant weights")
+        return
+    for i in (form.x_scale, form.x_zp):
+        v = _const_input(node, i)
+        if _has_input(node, i) and isinstance(node.inputs[i], gs.Constant) and v is not None and v.size > 1:
+            ctx.freeze_inputs(node, f"{node.op} {node.name} quantizes its input per channel")
+            return
+    w_syn = gs.Constant(f"{w_t.name}_npc_dequantized", _dequantized_weight(node, form))
+    inputs: list[gs.Tensor] = [x_t, w_syn]
+    index = {0: form.x, 1: form.w}
+    bias = _dequantized_bias(node, form)
+    if bias is not None:
+        inputs.append(gs.Constant(f"{node.inputs[form.bias].name}_npc_dequantized", bias))
+        index[2] = form.bias
+    x = ctx.dim(x_t)
+    x_pot = None
+    if x is not None:
+        x_pot = x.pot if form.x_zp is None else _input_pot(ctx, node, x, form.x, form.x_zp)
+    adapter = _Adapter(node, inputs)
+    view = _OpView(ctx, adapter, form, index, x_pot)
+    rule = rule_for(form.float_op)
+    if rule is None:  # pragma: no cover - the float rules are built in
+        ctx.freeze_inputs(node, f"no channel rule for {form.float_op}")
+        return
+    rule(adapter, view)  # type: ignore[arg-type]
+    _scales_after(node, ctx)
+
+
+def _rescale(node: gs.Node) -> tuple[gs.Node, int, gs.Tensor] | None:
+    """Dynamic quantization rescales an integer accumulator: ``Mul(Cast(acc), Mul(x_scale, w_scale))``
+    with ``x_scale`` computed at run time. Returns (the inner ``Mul``, the input holding the
+    constant ``w_scale``, the product tensor), or ``None`` when the output is not used that way."""
+    t = node.outputs[0]
+    for _ in range(2):
+        readers = list(t.outputs)
+        if len(readers) != 1:
+            return None
+        reader = readers[0]
+        if reader.op == "Cast":
+            t = reader.outputs[0]
+            continue
+        if reader.op != "Mul":
+            return None
+        other = next((i for i in reader.inputs if i is not t), None)
+        producer = other.inputs[0] if isinstance(other, gs.Variable) and len(other.inputs) == 1 else None
+        if producer is None or producer.op != "Mul":
+            return None
+        consts = [i for i, inp in enumerate(producer.inputs) if isinstance(inp, gs.Constant)]
+        return (producer, consts[0], other) if len(consts) == 1 else None
+    return None
+
+
+def _scales_after(node: gs.Node, ctx: Any) -> None:
+    """With per-channel ``w_scale`` the rescaling product (see :func:`_rescale`) runs along the
+    output channels: it joins the group, and ``w_scale`` becomes a site."""
+    y = ctx.dim(node.outputs[0])
+    found = _rescale(node) if y is not None else None
+    if found is None:
+        return
+    producer, i, other = found
+    v = np.asarray(producer.inputs[i].values)
+    if ctx.dim(other) is None and v.ndim == 1 and v.size == y.layout.size and v.size > 1:
+        ctx.add_site(producer, i, 0, y.layout, "param")
+        ctx.set_dim(other, 0, y.layout, np.ones(y.layout.channels))
+
+
+for (_domain, _op) in _FORMS:
+    register(_op, domain=_domain)(_integer_op)
+
+
+@register("DynamicQuantizeLSTM", domain=_MS)
+def dynamic_quantize_lstm(node: gs.Node, ctx: ChannelAnalysis) -> None:
+    """The input features of the LSTM are the input side of ``W`` ``[directions, input, 4*hidden]``;
+    its hidden units are not pruned."""
+    x = ctx.dim(node.inputs[0])
+    w = node.inputs[1] if len(node.inputs) > 1 else None
+    if x is None:
+        return
+    rank = ctx.rank(node.inputs[0])
+    if not isinstance(w, gs.Constant) or rank != 3 or x.axis != 2 or len(w.shape) != 3:
+        ctx.freeze(x, f"DynamicQuantizeLSTM {node.name} reads features it cannot slice")
+        return
+    w_zp = node.inputs[9] if len(node.inputs) > 9 else None
+    if w_zp is not None and w_zp.name and not isinstance(w_zp, gs.Constant):
+        ctx.freeze(x, f"DynamicQuantizeLSTM {node.name} has a non-constant weight zero point")
+        return
+    ctx.add_site(node, 1, 1, x.layout, "in", pot=x.pot)
+
+
+# --------------------------------------------------------------------------- for readers of sites
+
+
+def site_values(site: Site) -> np.ndarray:
+    """The values of a site's constant as its op computes with them: dequantized for the int8
+    tensor of a ``DequantizeLinear`` or the weight of an integer op, the constant otherwise."""
+    node, t = site.node, site.node.inputs[site.index]
+    if node.op == "DequantizeLinear" and site.index == 0 and dequant_source(node.outputs[0]) is node:
+        return dequantize(node)
+    form = _FORMS.get((node.domain or "", node.op))
+    if form is not None and site.index == form.w:
+        return _dequantized_weight(node, form)
+    if form is not None and site.index == form.bias:
+        bias = _dequantized_bias(node, form)
+        if bias is not None:
+            return bias
+    return np.asarray(t.values)
+
+
+def site_consumer(site: Site) -> tuple[gs.Node, int]:
+    """The op that reads a site's weight and the input it reads it on: the reader of a
+    ``DequantizeLinear``'s output for a site on its int8 tensor, the site's own node otherwise."""
+    node = site.node
+    if node.op == "DequantizeLinear" and site.index == 0 and node.outputs and len(node.outputs[0].outputs) == 1:
+        reader = node.outputs[0].outputs[0]
+        for i, t in enumerate(reader.inputs):
+            if t is node.outputs[0]:
+                return reader, i
+    return node, site.index
