@@ -44,7 +44,8 @@ from npcompile.rules.registry import register, rule_for
 if TYPE_CHECKING:
     from npcompile.channels.analysis import ChannelAnalysis, ChannelDim, Site
 
-__all__ = ["QuantView", "run_rule", "dequantize", "dequant_source", "site_values", "site_consumer"]
+__all__ = ["QuantView", "run_rule", "dequantize", "dequant_source", "site_values", "site_consumer", "weight_constant",
+           "is_parameter"]
 
 _QDQ_DOMAINS = ("", "ai.onnx", "com.microsoft")
 _MS = "com.microsoft"
@@ -568,3 +569,36 @@ def site_consumer(site: Site) -> tuple[gs.Node, int]:
             if t is node.outputs[0]:
                 return reader, i
     return node, site.index
+
+
+def weight_constant(t: gs.Tensor) -> gs.Tensor:
+    """The constant holding a weight: the int8 tensor of a ``DequantizeLinear`` of constants, or
+    ``t`` itself."""
+    dq = dequant_source(t)
+    return dq.inputs[0] if dq is not None else t
+
+
+#: inputs of integer ops that are quantization parameters (scales, zero points), not weights
+_QPARAM_INPUTS = {("", "QuantizeLinear"): (1, 2), ("", "DequantizeLinear"): (1, 2),
+                  (_MS, "QuantizeLinear"): (1, 2), (_MS, "DequantizeLinear"): (1, 2),
+                  **{key: tuple(i for i in (f.x_scale, f.x_zp, f.w_scale, f.w_zp, f.y_scale, f.y_zp) if i is not None)
+                     for key, f in _FORMS.items()}}
+
+
+def is_parameter(t: gs.Constant) -> bool:
+    """Whether a constant counts as parameters: a float tensor that no quantization op reads as a
+    scale or zero point, or an integer tensor a ``DequantizeLinear`` (input 0) or an integer op
+    (weight, bias) reads."""
+    floating = np.issubdtype(np.asarray(t.values).dtype, np.floating)
+    quant_param = False
+    quant_weight = False
+    for node in t.outputs:
+        key = (node.domain or "", node.op)
+        for i, inp in enumerate(node.inputs):
+            if inp is not t:
+                continue
+            if i in _QPARAM_INPUTS.get(key, ()):
+                quant_param = True
+            elif key in _QPARAM_INPUTS or node.op == "DynamicQuantizeLSTM":
+                quant_weight = True
+    return quant_weight or (floating and not quant_param)
