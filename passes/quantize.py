@@ -8,7 +8,8 @@ edit into int8 or float16 ones; passes that rewrite float weights cannot follow 
   ``--calib``) by ``method`` ``minmax`` | ``entropy`` | ``percentile`` (``percentile``, default
   99.999), in batches of ``batch_size`` (``samples`` caps the samples used); ``activations``
   ``uint8`` (asymmetric, what ONNX Runtime's CPU kernels want) or ``int8`` (symmetric, zero point
-  0: TensorRT). The model is pre-processed first as ONNX Runtime recommends (``preprocess``).
+  0, biases kept in float: what TensorRT runs; ``quantize_bias`` overrides the bias choice). The
+  model is pre-processed first as ONNX Runtime recommends (``preprocess``).
 - ``scheme="int8-dynamic"`` - ``quantize_dynamic``: int8 weights, activations quantized at run
   time; for MatMul-heavy graphs (MatMul/Gemm, Attention, LSTM by default; ``op_types`` to change),
   no calibration data needed.
@@ -57,11 +58,12 @@ class QuantizePass(Pass):
                  batch_size: int = 32, exclude: str | Sequence[str] | None = None, per_channel: bool = True,
                  keep_io_types: bool = True, activations: str = "uint8", samples: int | None = None,
                  percentile: float = 99.999, preprocess: bool = True, reduce_range: bool = False,
-                 op_types: str | Sequence[str] | None = None, threads: int = 0, check: bool = True) -> None:
+                 op_types: str | Sequence[str] | None = None, quantize_bias: bool | None = None, threads: int = 0,
+                 check: bool = True) -> None:
         opts = QuantizeOptions.make(scheme=scheme, method=method, per_channel=per_channel, activations=activations,
                                     exclude=exclude, keep_io_types=keep_io_types, batch_size=batch_size,
                                     samples=samples, percentile=percentile, preprocess=preprocess,
-                                    reduce_range=reduce_range, op_types=op_types)
+                                    reduce_range=reduce_range, op_types=op_types, quantize_bias=quantize_bias)
         if opts.calibrated and calib is None:
             raise UserError(missing_calib_message("--calib") + " (pipeline option calib)")
         if calib is not None and not isinstance(calib, Dataset):
@@ -70,7 +72,7 @@ class QuantizePass(Pass):
                          exclude=list(opts.exclude) or None, per_channel=opts.per_channel,
                          keep_io_types=opts.keep_io_types, activations=opts.activations, samples=opts.samples,
                          percentile=opts.percentile, preprocess=opts.preprocess, reduce_range=opts.reduce_range,
-                         op_types=list(opts.op_types) or None, check=bool(check),
+                         op_types=list(opts.op_types) or None, quantize_bias=opts.quantize_bias, check=bool(check),
                          calib=calib.source if calib is not None else None)
         self.opts = opts
         self.calib = calib

@@ -49,18 +49,26 @@ class QuantizeOptions:
     preprocess: bool = True
     reduce_range: bool = False
     op_types: tuple[str, ...] = field(default_factory=tuple)
+    quantize_bias: bool = True
 
     @classmethod
     def make(cls, scheme: str = "int8", method: str = "minmax", per_channel: bool = True,
              activations: str = "uint8", exclude: str | Sequence[str] | None = None, keep_io_types: bool = True,
              batch_size: int = 32, samples: int | None = None, percentile: float = 99.999, preprocess: bool = True,
-             reduce_range: bool = False, op_types: str | Sequence[str] | None = None) -> QuantizeOptions:
-        """Checked options from loose values (strings from a flag or a pipeline file)."""
+             reduce_range: bool = False, op_types: str | Sequence[str] | None = None,
+             quantize_bias: bool | None = None) -> QuantizeOptions:
+        """Checked options from loose values (strings from a flag or a pipeline file).
+        ``quantize_bias`` (static int8): biases as int32 through a DequantizeLinear (``True``, what
+        ONNX Runtime's CPU kernels fuse) or kept in float (``False``, what TensorRT needs: its
+        Q/DQ take int8 only); ``None``: int32 with ``uint8`` activations, float with ``int8`` ones."""
         scheme = _choice("quantization scheme", scheme, SCHEMES)
         method = _choice("calibration method", method, METHODS)
         activations = _choice("activation type", activations, ACTIVATIONS)
+        if quantize_bias is None:
+            quantize_bias = activations == "uint8"
         for name, flag in (("per_channel", per_channel), ("keep_io_types", keep_io_types),
-                           ("preprocess", preprocess), ("reduce_range", reduce_range)):
+                           ("preprocess", preprocess), ("reduce_range", reduce_range),
+                           ("quantize_bias", quantize_bias)):
             if not isinstance(flag, bool):
                 raise UserError(f"quantize option {name} must be true or false, got {flag!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -76,7 +84,7 @@ class QuantizeOptions:
         return cls(scheme=scheme, method=method, per_channel=per_channel, activations=activations,
                    exclude=tuple(name_patterns(exclude)), keep_io_types=keep_io_types, batch_size=batch_size,
                    samples=samples, percentile=pct, preprocess=preprocess, reduce_range=reduce_range,
-                   op_types=tuple(name_patterns(op_types)))
+                   op_types=tuple(name_patterns(op_types)), quantize_bias=quantize_bias)
 
     @property
     def calibrated(self) -> bool:
@@ -86,6 +94,7 @@ class QuantizeOptions:
     def describe(self) -> str:
         if self.scheme == "int8":
             acts = "uint8 asymmetric" if self.activations == "uint8" else "int8 symmetric"
+            acts += "" if self.quantize_bias else ", float biases"
             method = f"percentile {self.percentile:g}" if self.method == "percentile" else self.method
             return (f"static int8 QDQ ({'per-channel' if self.per_channel else 'per-tensor'} symmetric int8 weights, "
                     f"{acts} activations, {method} calibration)")

@@ -129,7 +129,7 @@ def quantize_qdq(model: onnx.ModelProto, reader: Any, opts: QuantizeOptions, exc
     ``uint8`` activations are asymmetric, ``int8`` ones symmetric (zero point 0)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    extra: dict[str, Any] = {"WeightSymmetric": True}
+    extra: dict[str, Any] = {"WeightSymmetric": True, "QuantizeBias": opts.quantize_bias}
     if opts.activations == "int8":
         extra["ActivationSymmetric"] = True
     if opts.method == "percentile":
