@@ -66,8 +66,42 @@ def _finish(model: onnx.ModelProto) -> onnx.ModelProto:
     model.opset_import.extend(keep)
     graph = to_graph(model)
     graph.cleanup().toposort()
+    _short_names(graph)
     out = to_model(graph, model)
+    del out.graph.value_info[:]  # stale after renaming; ONNX Runtime and npcompile infer shapes again
     return out
+
+
+#: suffixes ONNX Runtime's quantizer appends to the names it creates, and shorter ones (the file
+#: stores every name; on a small net the long ones cost several % of the file)
+_SUFFIXES = (("_QuantizeLinear_Output", "_q"), ("_DequantizeLinear_Output", "_dq"), ("_QuantizeLinear_Input", "_qi"),
+             ("_QuantizeLinear", "_Q"), ("_DequantizeLinear", "_DQ"), ("_quantized_scale", "_qs"),
+             ("_quantized_zero_point", "_qzp"), ("_quantized", "_qv"), ("_zero_point", "_zp"), ("_scale", "_s"))
+
+
+def _short(name: str) -> str:
+    for long, short in _SUFFIXES:
+        if name.endswith(long):
+            return name[: -len(long)] + short
+    return name
+
+
+def _short_names(graph: Any) -> None:
+    """Shorten the quantizer's generated tensor and node names (graph inputs and outputs keep
+    theirs); nothing is renamed when a shorter name would collide."""
+    io = {t.name for t in (*graph.inputs, *graph.outputs)}
+    qdq = [n for n in graph.nodes if n.op in ("QuantizeLinear", "DequantizeLinear")]
+    touched = {t.name for n in qdq for t in (*n.inputs, *n.outputs)}
+    tensors = graph.tensors()
+    new_t = {name: (_short(name) if name in touched and name not in io else name) for name in tensors}
+    new_n = [_short(n.name) if n.name and n.op in ("QuantizeLinear", "DequantizeLinear") else n.name
+             for n in graph.nodes]
+    if len(set(new_t.values())) != len(new_t) or len({n for n in new_n if n}) != len([n for n in new_n if n]):
+        return
+    for name, t in tensors.items():
+        t.name = new_t[name]
+    for node, name in zip(graph.nodes, new_n, strict=True):
+        node.name = name
 
 
 def _feeds(dataset: Dataset | None, model: onnx.ModelProto, probe: dict[str, tuple[int, ...]] | None,
