@@ -24,9 +24,10 @@ def _run(model: onnx.ModelProto, batches: list[dict[str, np.ndarray]], threads: 
     from npcompile.runtime.verify import make_session
 
     session = make_session(model, threads, optimize=True)
+    types = {i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type) for i in model.graph.input}
     outs: list[list[np.ndarray]] = []
-    for feeds in batches:
-        outs.append(session.run(None, feeds))
+    for feeds in batches:  # a float16 model without float32 I/O takes float16 inputs
+        outs.append(session.run(None, {k: v.astype(types.get(k, v.dtype), copy=False) for k, v in feeds.items()}))
     return [np.concatenate([o[i] for o in outs]) if outs[0][i].ndim else outs[0][i] for i in range(len(outs[0]))]
 
 
