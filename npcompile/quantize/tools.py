@@ -10,6 +10,7 @@ float16 converter, as ``onnxconverter-common`` ships it).
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -50,16 +51,21 @@ class _FromOrt(logging.Filter):
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """ONNX Runtime's quantization tools log advice as warnings; keep them out of the user's log."""
+    """ONNX Runtime's quantization tools log advice as warnings and print progress; keep both out of
+    the user's terminal (at debug level in this module's log)."""
     root, ort_log = logging.getLogger(), logging.getLogger("onnxruntime")
     flt, old = _FromOrt(), ort_log.level
     root.addFilter(flt)
     ort_log.setLevel(logging.ERROR)
+    printed = io.StringIO()  # the histogram calibrators print their progress
     try:
-        yield
+        with contextlib.redirect_stdout(printed):
+            yield
     finally:
         root.removeFilter(flt)
         ort_log.setLevel(old)
+        for line in printed.getvalue().splitlines():
+            log.debug("onnxruntime: %s", line)
 
 
 def _save(model: onnx.ModelProto, path: Path) -> None:

@@ -203,3 +203,17 @@ name = "cleanup"
     assert report["accuracy"]["after"] > 80
     assert "## Quantization" in (out / "report.md").read_text()
     onnx.checker.check_model(onnx.load(out / "model.onnx"))
+
+
+def test_shipped_lenet_pipeline(tmp_path: Path) -> None:
+    """examples/lenet_mnist/prune_int8.toml as its README runs it: 0.3x the pruned float file."""
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "npcompile", str(LENET / "model.onnx"), "--pipeline",
+                        str(LENET / "prune_int8.toml"), "--eval", str(LENET / "eval.npz"), "-o", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    q = report["quantization"]
+    assert q["size"]["ratio"] <= 0.3 and q["nodes"]["float"] == 0
+    assert report["accuracy"]["before"] - report["accuracy"]["after"] < 2.0
+    assert [p["name"] for p in report["passes"]] == ["magnitude", "select", "reconstruct", "quantize", "cleanup"]
