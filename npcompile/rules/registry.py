@@ -63,8 +63,8 @@ def registered_ops() -> list[str]:
     return sorted(f"{d + '::' if d else ''}{op}" for d, op in _RULES)
 
 
-BUILTIN_FAMILIES = ("activation", "concat", "conv", "elementwise", "linear", "norm", "pool", "quant", "reduce",
-                    "shape")
+BUILTIN_FAMILIES = ("activation", "concat", "conv", "elementwise", "integer", "linear", "norm", "pool", "quant",
+                    "reduce", "shape")
 
 
 def load_builtin_rules() -> None:
