@@ -9,11 +9,12 @@ from npcompile.passes import (  # noqa: F401
     magnitude,
     maxout,
     prune,
+    quantize,
     reconstruct,
     search,
     select,
     sparsity,
 )
 
-__all__ = ["activation", "cleanup", "finetune", "hidden", "latency", "magnitude", "maxout", "prune", "reconstruct",
-           "search", "select", "sparsity"]
+__all__ = ["activation", "cleanup", "finetune", "hidden", "latency", "magnitude", "maxout", "prune", "quantize",
+           "reconstruct", "search", "select", "sparsity"]

@@ -11,6 +11,7 @@ import numpy as np
 
 from npcompile.channels.analysis import ChannelAnalysis, Group
 from npcompile.pipeline import Context, Pass, PassResult, register_pass
+from npcompile.rules.quant import site_values
 
 __all__ = ["MagnitudePass", "group_magnitude"]
 
@@ -23,7 +24,7 @@ def _sums(analysis: ChannelAnalysis, group: Group, p: int) -> np.ndarray:
     acc = np.zeros(group.size)
     # a head's weights are its q/k/v rows (its neurons' out sites) and its output columns
     for site in group.sites_of("out") + (group.sites_of("in") if group.kind == "heads" else []):
-        per_slot = site.layout.slot_sums(site.node.inputs[site.index].values, site.axis, power=p)
+        per_slot = site.layout.slot_sums(site_values(site), site.axis, power=p)
         off = 0
         for piece in site.layout.pieces:
             if piece.group is not None and analysis.find(piece.group) == group.id:

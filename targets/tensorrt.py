@@ -1,8 +1,9 @@
 """The ``tensorrt`` target: a serialized TensorRT engine (``<name>.engine``) and its GPU latency.
 
-Written against the TensorRT 10 Python API. ``tensorrt`` and ``torch`` are imported lazily,
-inside the methods that need them, so this module imports (and ``available()`` answers) on
-machines without TensorRT or a GPU.
+Written against the TensorRT 10 and 11 Python APIs (11 builds strongly typed networks only:
+precisions come from the model - Q/DQ nodes for INT8, float16 tensors for FP16).
+``tensorrt`` and ``torch`` are imported lazily, inside the methods that need them, so this module
+imports (and ``available()`` answers) on machines without TensorRT or a GPU.
 
 Build: ``trt.Builder`` -> ``create_network`` -> ``trt.OnnxParser.parse`` -> one optimization
 profile for the dynamic batch dimension -> ``build_serialized_network`` -> ``trt.Runtime
@@ -27,6 +28,7 @@ import onnx
 from npcompile.errors import NpcompileError, UserError
 from npcompile.graph.model_io import atomic_write_bytes, save_model
 from npcompile.targets.base import Artifact, BenchmarkOptions, LatencyStats, Target
+from npcompile.targets.tensorrt_precision import precision_plan
 
 __all__ = ["TensorRTTarget"]
 
@@ -80,13 +82,6 @@ def _trt_logger_class(trt: Any) -> type:
 
     _logger_class = _CapturingLogger
     return _logger_class
-
-
-def _trt_major(trt: Any) -> int:
-    try:
-        return int(str(trt.__version__).split(".")[0])
-    except (AttributeError, ValueError):
-        return 0
 
 
 def profile_shapes(name: str, shape: Sequence[int], batch: tuple[int, int, int]
@@ -177,7 +172,10 @@ class _Bound:
 class TensorRTTarget(Target):
     """TensorRT engine built from the compiled ONNX model, timed with CUDA events.
 
-    Options: ``fp16`` (allow FP16 kernels; default True), ``sparse`` (``BuilderFlag.SPARSE_WEIGHTS``:
+    Options: ``fp16`` (allow FP16 kernels; default True), ``int8`` (INT8 for an explicitly
+    quantized QDQ model: ``None``, the default, enables it exactly when the model has Q/DQ nodes;
+    see :mod:`npcompile.targets.tensorrt_precision`), ``strongly_typed`` (``None``: weakly typed
+    with precision flags on TensorRT 10, strongly typed on 11), ``sparse`` (``BuilderFlag.SPARSE_WEIGHTS``:
     2:4 structured-sparse kernels where the weights have that pattern; channel pruning alone does
     not create it), ``workspace_mb`` (workspace memory pool limit), ``timing_cache`` (a file: loaded
     when it exists, written after each build), ``min_batch``/``opt_batch``/``max_batch`` (the
@@ -189,10 +187,13 @@ class TensorRTTarget(Target):
 
     def __init__(self, fp16: bool = True, sparse: bool = False, workspace_mb: int = 1024,
                  timing_cache: str | Path | None = None, min_batch: int = 1, opt_batch: int = 8,
-                 max_batch: int = 32, threads: int = 0, **options: Any) -> None:
+                 max_batch: int = 32, threads: int = 0, int8: bool | None = None,
+                 strongly_typed: bool | None = None, **options: Any) -> None:
         super().__init__(fp16=fp16, sparse=sparse, workspace_mb=workspace_mb, timing_cache=timing_cache,
                          min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, threads=threads,
-                         **options)
+                         int8=int8, strongly_typed=strongly_typed, **options)
+        self.int8 = None if int8 is None else bool(int8)
+        self.strongly_typed = None if strongly_typed is None else bool(strongly_typed)
         if not 1 <= int(min_batch) <= int(opt_batch) <= int(max_batch):
             raise UserError(f"TensorRT batch profile needs 1 <= min_batch <= opt_batch <= max_batch, "
                             f"got {min_batch}, {opt_batch}, {max_batch}")
@@ -252,23 +253,18 @@ class TensorRTTarget(Target):
         builder = trt.Builder(logger)
         if builder is None:
             raise NpcompileError("TensorRT could not create a builder: " + _last(logger.errors))
-        flags = 0
-        if _trt_major(trt) < 10 and hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):
-            flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)  # always on in TRT 10
-        network = builder.create_network(flags)
+        plan = precision_plan(trt, model, self.fp16, self.int8, self.strongly_typed)
+        for note in plan.notes:
+            log.info("tensorrt: %s", note)
+        network = builder.create_network(plan.network_flags)
         parser = trt.OnnxParser(network, logger)
         self._parse(parser, model, outdir, name)
 
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace_mb << 20)
-        fp16 = self.fp16
-        if fp16:
-            if hasattr(trt.BuilderFlag, "FP16"):
-                config.set_flag(trt.BuilderFlag.FP16)
-            else:
-                log.warning("this TensorRT (%s) has no BuilderFlag.FP16 (strongly typed only); "
-                            "building with the model's own precision", trt.__version__)
-                fp16 = False
+        for flag in plan.builder_flags:  # FP16 / INT8 of a weakly typed 10.x network
+            config.set_flag(getattr(trt.BuilderFlag, flag))
+        fp16 = plan.fp16
         if self.sparse:
             config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
             config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
@@ -293,7 +289,7 @@ class TensorRTTarget(Target):
                                  + _last(logger.errors))
 
         info: dict[str, Any] = {
-            "tensorrt": str(trt.__version__), "fp16": fp16, "sparse": self.sparse,
+            "tensorrt": str(trt.__version__), **plan.info(), "fp16": fp16, "sparse": self.sparse,
             "workspace_mb": self.workspace_mb, "profiles": profiles,
             "timing_cache": str(self.timing_cache) if self.timing_cache else None,
             "engine_bytes": len(data), "outputs": [o.name for o in model.graph.output],

@@ -21,6 +21,7 @@ import onnx_graphsurgeon as gs
 
 from npcompile.channels.analysis import ChannelAnalysis
 from npcompile.channels.layout import Layout
+from npcompile.rules.quant import is_parameter, weight_constant
 
 __all__ = ["Cost", "CostModel", "group_costs", "node_macs"]
 
@@ -67,10 +68,6 @@ def node_macs(node: gs.Node, shapes: Mapping[str, tuple[int, ...]]) -> int | Non
     return out_elems * w[-2]
 
 
-def _is_float(values: np.ndarray) -> bool:
-    return np.issubdtype(values.dtype, np.floating)
-
-
 @dataclass
 class _Weight:
     """A constant some group's sites slice: its shape, the layout on each pruned axis, and the
@@ -108,7 +105,7 @@ class CostModel:
                 key = id(const)
                 w = weights.get(key)
                 if w is None:
-                    w = weights[key] = _Weight(tuple(const.shape), counts_params=_is_float(const.values))
+                    w = weights[key] = _Weight(tuple(const.shape), counts_params=is_parameter(const))
                 w.axes.setdefault(site.axis, (site.layout, site.blocks))
                 if key not in keys:
                     keys.append(key)
@@ -119,12 +116,12 @@ class CostModel:
             if macs is None:
                 continue
             flops += 2 * macs
-            w = node.inputs[1]
+            w = weight_constant(node.inputs[1])  # the int8 tensor of a quantized weight
             if isinstance(w, gs.Constant) and id(w) in weights and math.prod(w.shape):
                 weights[id(w)].flops_per_element += 2 * macs / math.prod(w.shape)
         params = 0
         for t in graph.tensors().values():
-            if isinstance(t, gs.Constant) and _is_float(t.values):
+            if isinstance(t, gs.Constant) and is_parameter(t):
                 params += math.prod(t.shape)
         self._weights = weights
         self.base = Cost(int(flops), int(params))

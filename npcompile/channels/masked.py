@@ -30,13 +30,18 @@ import onnx_graphsurgeon as gs
 from npcompile.channels.analysis import ChannelAnalysis, Site
 from npcompile.channels.layout import Layout
 from npcompile.graph.model_io import to_model
+from npcompile.rules.quant import site_consumer, site_values
 
-__all__ = ["MaskedModel", "MaskedRunner", "MaskInput", "RemovalEvaluator", "prune_copy", "CONSUMER_OPS"]
+__all__ = ["MaskedModel", "MaskedRunner", "MaskInput", "RemovalEvaluator", "prune_copy", "CONSUMER_OPS", "NotMaskable"]
 
 log = logging.getLogger(__name__)
 
 #: ops whose ``in`` sites read the group's channels on data input 0
 CONSUMER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+class NotMaskable(ValueError):
+    """A consumer whose input cannot be masked by a multiplication (an integer op)."""
 
 
 @dataclass
@@ -71,8 +76,8 @@ class MaskInput:
 
 def _trailing_ones(site: Site) -> int:
     """How many axes follow the channel axis of the consumer's data input."""
-    if site.node.op in ("Conv", "ConvTranspose"):
-        return site.node.inputs[1].values.ndim - 2
+    if site_consumer(site)[0].op in ("Conv", "ConvTranspose"):
+        return site.node.inputs[site.index].values.ndim - 2  # the weight (its int8 tensor in a QDQ model)
     return 0  # Gemm (axis 1 of 2) and MatMul (last axis)
 
 
@@ -143,22 +148,23 @@ class MaskedModel:
                 seen.add(id(site))
                 if not (site.layout.groups(find) & self.maskable):
                     continue
-                if site.node.op not in CONSUMER_OPS or id(site.node) not in index:
-                    raise ValueError(f"cannot mask the input of {site.node.op} {site.node.name}")
-                data = site.node.inputs[0]
+                consumer, _ = site_consumer(site)  # the Conv/Gemm/MatMul reading a quantized weight
+                if consumer.op not in CONSUMER_OPS or id(consumer) not in index:
+                    raise NotMaskable(f"cannot mask the input of {consumer.op} {consumer.name}")
+                data = consumer.inputs[0]
                 trailing = _trailing_ones(site)
                 key = (data.name, site.layout, trailing)
                 if key not in by_key:
                     name = f"npc_mask_{len(by_key)}"
                     shape = (site.layout.size, *([1] * trailing))
-                    dtype = np.dtype(site.node.inputs[1].values.dtype)
+                    dtype = np.dtype(site_values(site).dtype)
                     mi = MaskInput(name, data.name, site.layout, shape, dtype,
                                    positions=_positions(site.layout, find, self.maskable))
                     by_key[key] = (mi, [])
                 mi, nodes = by_key[key]
-                if index[id(site.node)] not in nodes:
-                    nodes.append(index[id(site.node)])
-                    mi.consumers.append(site.node.name)
+                if index[id(consumer)] not in nodes:
+                    nodes.append(index[id(consumer)])
+                    mi.consumers.append(consumer.name)
         for mi, node in self._maxout_masks(index):
             by_key[(mi.tensor, mi.layout, -1 - len(by_key))] = (mi, [node])
         copy = graph.copy()
@@ -192,7 +198,7 @@ class MaskedModel:
             if node is None or rank is None or not outs:
                 raise ValueError(f"cannot mask the neurons of maxout {lk.node}")
             layout = Layout.of_group(neurons, analysis.group(neurons).size)
-            dtype = np.dtype(outs[0].node.inputs[outs[0].index].values.dtype)
+            dtype = np.dtype(site_values(outs[0]).dtype)
             name = f"npc_maxout_mask_{len(out)}"
             mi = MaskInput(name, lk.tensor, layout, (layout.size, *([1] * (rank - 1 - lk.axis))), dtype,
                            [node.name], _positions(layout, find, self.groups), additive=True)
@@ -329,7 +335,7 @@ class RemovalEvaluator:
         self.check_diff: float | None = None
         self._masked: MaskedModel | None = None
         self.needs_model = bool(getattr(evaluator, "needs_model", False))
-        if check_removal and not self.needs_model:
+        if check_removal and self.fast:
             from npcompile.runtime.verify import probe_inputs
 
             feeds = probe_inputs(model, probe, batch=2, seed=0)
@@ -348,7 +354,13 @@ class RemovalEvaluator:
 
     @property
     def fast(self) -> bool:
-        """Whether evaluations run on the masked session."""
+        """Whether evaluations run on the masked session (not when a consumer cannot be masked)."""
+        if self.exact is not False and not self.needs_model and self._masked is None:
+            try:
+                _ = self.masked
+            except NotMaskable as e:
+                log.warning("%s; evaluating really pruned models instead (slower)", e)
+                self.exact = False
         return self.exact is not False and not self.needs_model
 
     def __call__(self, removal: Mapping[int, np.ndarray]) -> float:

@@ -59,13 +59,44 @@ def _subgraph_weights(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
     return out
 
 
+#: inputs of integer ops that hold quantized weights or biases (counted as parameters)
+_INT_WEIGHTS = {"DequantizeLinear": (0,), "QLinearConv": (3, 8), "QLinearMatMul": (3,), "QGemm": (3, 6),
+                "ConvInteger": (1,), "MatMulInteger": (1,), "DynamicQuantizeMatMul": (1,),
+                "MatMulIntegerToFloat": (1,), "DynamicQuantizeLSTM": (1, 2)}
+#: inputs of quantization ops that hold scales (quantization metadata, not parameters)
+_SCALES = {"QuantizeLinear": (1,), "DequantizeLinear": (1,), "QLinearConv": (1, 4, 6), "QLinearMatMul": (1, 4, 6),
+           "QGemm": (1, 4, 7), "DynamicQuantizeMatMul": (2,), "MatMulIntegerToFloat": (2, 3),
+           "DynamicQuantizeLSTM": (8, 10)}
+
+
+def _quantized_inits(model: onnx.ModelProto) -> tuple[set[str], set[str], dict[str, str]]:
+    """Scale initializers, quantized weight initializers, and weight tensor -> its quantized
+    initializer for weights that arrive through a ``DequantizeLinear`` of a constant."""
+    scales: set[str] = set()
+    quantized: set[str] = set()
+    dq: dict[str, str] = {}
+    for node in model.graph.node:
+        for i in _SCALES.get(node.op_type, ()):
+            if i < len(node.input):
+                scales.add(node.input[i])
+        for i in _INT_WEIGHTS.get(node.op_type, ()):
+            if i < len(node.input):
+                quantized.add(node.input[i])
+        if node.op_type == "DequantizeLinear" and node.output:
+            dq[node.output[0]] = node.input[0]
+    return scales, quantized, dq
+
+
 def model_stats(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]],
                 shapes: dict[str, tuple[int, ...]] | None = None) -> ModelStats:
-    """Parameters (float initializers), non-zero parameters and FLOPs (batch 1) of ``model``."""
+    """Parameters (float initializers, and quantized weights: integer initializers a
+    ``DequantizeLinear`` or an integer op reads; scales are not counted), non-zero parameters and
+    FLOPs (batch 1) of ``model``."""
     inits = {t.name: t for t in model.graph.initializer}
+    scales, quantized, dq = _quantized_inits(model)
     params = nonzero = 0
     for t in inits.values():
-        if _float_init(t):
+        if (_float_init(t) and t.name not in scales) or t.name in quantized:
             n = math.prod(t.dims)
             params += n
             nonzero += int(np.count_nonzero(numpy_helper.to_array(t))) if n else 0
@@ -101,7 +132,7 @@ def model_stats(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]],
         else:
             cin, cout = w[-2], w[-1]
             macs = out_elems * cin
-        p = sum(math.prod(inits[i].dims) for i in node.input[1:] if i in inits)
+        p = sum(math.prod(inits[i].dims) for i in (dq.get(i, i) for i in node.input[1:]) if i in inits)
         name = node.name or node.output[0]
         layers.append(LayerInfo(name, node.op_type, int(cin), int(cout), int(p), int(2 * macs)))
     flops = sum(layer.flops for layer in layers)

@@ -126,6 +126,28 @@ def _num(x: float) -> str:
     return f"{x:g}"
 
 
+def _quantization_lines(q: Any) -> list[str]:
+    """The quantization section (see :mod:`npcompile.passes.quantize`)."""
+    if not isinstance(q, dict) or not q.get("nodes"):
+        return []
+    size, nodes = q["size"], q["nodes"]
+    lines = ["## Quantization", "", f"{q['description']}.", "",
+             f"Model {_num(size['before'])}B → {_num(size['after'])}B ({size['ratio']:.3f}x); weights "
+             f"{_num(size['weights_before'])}B → {_num(size['weights_after'])}B. Nodes: {nodes['quantized']} "
+             f"quantized, {nodes['float']} in float.", ""]
+    cal = q.get("calibration")
+    if cal:
+        lines += [f"Calibration: {cal['method']} on {cal['samples']} samples ({cal['batches']} batches of "
+                  f"{cal['batch_size']}) from {cal['source'] or 'the calibration data'}.", ""]
+    for row in (q.get("fidelity") or {}).get("outputs", []):
+        agree = f", top-1 agreement {100 * row['top1_agreement']:.1f} %" if row.get("top1_agreement") is not None \
+            else ""
+        rel = f"relative L2 error {row['rel_l2']:.3g}" if row.get("rel_l2") is not None else "no error figure"
+        lines.append(f"- against the float model on {q['fidelity']['source']}: output `{row['name']}` {rel}{agree}")
+    lines += [f"- left in float ({count}): {reason}" for reason, count in nodes.get("reasons", {}).items()]
+    return lines + [""]
+
+
 def render_markdown(report: dict[str, Any], images: list[str] | tuple[str, ...] = ()) -> str:
     """A human-readable summary of a report document; ``images`` names plot files beside it."""
     s = report["summary"]
@@ -201,6 +223,7 @@ def render_markdown(report: dict[str, Any], images: list[str] | tuple[str, ...] 
         lines += [f"| {x['name']} | {x['op']} | {_num(x['params'])} | {_num(x['nonzero'])} | "
                   f"{100 * x['sparsity']:.1f} % |" for x in sp["layers"]]
         lines += [""] + [f"- skipped `{x['name']}`: {x['reason']}" for x in sp.get("skipped", [])] + [""]
+    lines += _quantization_lines(report.get("quantization"))
     if report.get("width_flags"):
         lines += [f"Widths that may hurt {report['target']['name']}:", ""]
         lines += [f"- `{f['group']}`: {f['note']}" for f in report["width_flags"]]

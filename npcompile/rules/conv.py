@@ -24,7 +24,7 @@ def _row_pot(w: np.ndarray, axis: int, bias: np.ndarray | None, layout: Layout) 
 def _open_output(node: gs.Node, ctx: ChannelAnalysis, w_axis: int, size: int) -> Layout:
     layout = ctx.new_group(node, size)
     ctx.add_site(node, 1, w_axis, layout, "out")
-    if len(node.inputs) > 2 and isinstance(node.inputs[2], gs.Constant):
+    if len(node.inputs) > 2 and ctx.const(node.inputs[2]) is not None:
         ctx.add_site(node, 2, 0, layout, "out")
     elif len(node.inputs) > 2 and node.inputs[2].name:
         ctx.freeze(layout, f"{node.op} {node.name} has a non-constant bias")

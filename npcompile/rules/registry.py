@@ -35,14 +35,28 @@ def register(*ops: str, domain: str = "") -> Callable[[Rule], Rule]:
         raise ValueError("register() needs at least one op type")
 
     def deco(fn: Rule) -> Rule:
+        wrapped = _through_dequantize(fn)
         for op in ops:
             key = (domain, op)
             if key in _RULES:
                 raise ValueError(f"a channel rule for {domain or 'ai.onnx'}::{op} is already registered")
-            _RULES[key] = fn
+            _RULES[key] = wrapped
         return fn
 
     return deco
+
+
+def _through_dequantize(fn: Rule) -> Rule:
+    """``fn`` as the analysis runs it: a weight that arrives through a ``DequantizeLinear`` of
+    constants looks like a constant weight (see :mod:`npcompile.rules.quant`)."""
+
+    def rule(node: gs.Node, ctx: ChannelAnalysis) -> None:
+        from npcompile.rules.quant import run_rule
+
+        run_rule(fn, node, ctx)
+
+    rule.__name__, rule.__doc__, rule.__wrapped__ = fn.__name__, fn.__doc__, fn  # type: ignore[attr-defined]
+    return rule
 
 
 def rule_for(op: str, domain: str = "") -> Rule | None:
@@ -55,8 +69,8 @@ def registered_ops() -> list[str]:
     return sorted(f"{d + '::' if d else ''}{op}" for d, op in _RULES)
 
 
-BUILTIN_FAMILIES = ("activation", "attention", "concat", "conv", "elementwise", "linear", "norm", "pool", "recurrent",
-                    "reduce", "shape")
+BUILTIN_FAMILIES = ("activation", "attention", "concat", "conv", "elementwise", "integer", "linear", "norm", "pool",
+                    "quant", "recurrent", "reduce", "shape")
 
 
 def load_builtin_rules() -> None:

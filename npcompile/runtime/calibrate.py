@@ -34,6 +34,7 @@ from npcompile.channels.analysis import ChannelAnalysis, ChannelDim, Group
 from npcompile.channels.layout import Layout
 from npcompile.errors import UserError
 from npcompile.graph.shapes import input_specs
+from npcompile.rules.quant import site_consumer
 from npcompile.runtime.data import Dataset
 
 __all__ = ["Accumulator", "Calibrator", "CalibrationRun", "ReductionBuilder", "WinCounts", "SlotStats",
@@ -498,13 +499,21 @@ def _nonneg_const(analysis: ChannelAnalysis, t) -> bool:
     return c is not None and bool((np.asarray(c) >= 0).all())
 
 
+#: consumers whose data input holds float activations
+_FLOAT_CONSUMERS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul",
+                    "MatMulIntegerToFloat")
+
+
 def group_inputs(analysis: ChannelAnalysis, group: Group) -> list[tuple[str, ChannelDim]]:
     """The tensors the consumers of ``group`` read, with their channel axis: the data input of
     every ``in`` site (a Conv, Gemm or MatMul reading the channels) and the input of every maxout
     whose neurons the group holds. Each tensor once."""
     out: dict[str, ChannelDim] = {}
     for site in group.sites_of("in"):
-        for t in site.node.inputs:
+        consumer = site_consumer(site)[0]  # a quantized weight's reader, not its DequantizeLinear
+        if consumer.op not in _FLOAT_CONSUMERS:
+            continue  # an integer op reads quantized values (offset by a zero point): no float statistics
+        for t in consumer.inputs:
             d = analysis.dim(t)
             if d is not None and group.id in d.layout.groups(analysis.find):
                 out.setdefault(t.name, d)
