@@ -72,7 +72,6 @@ class _Step:
     node: OpNode
     inputs: list[str]
     outputs: list[str]
-    single: bool
     release: list[str] = field(default_factory=list)
 
 
@@ -193,7 +192,7 @@ class GraphModule(nn.Module):
                             self._add_const(name, v, persistent=False)
                             const_env[name] = v
                     continue
-                steps.append(_Step(spec.fn, n, list(n.inputs), list(n.outputs), len(n.outputs) == 1))
+                steps.append(_Step(spec.fn, n, list(n.inputs), list(n.outputs)))
         return steps
 
     # -- parameters and buffers -------------------------------------------------
@@ -238,7 +237,7 @@ class GraphModule(nn.Module):
                 out = step.fn(step.node, *args_)
             except Exception as e:
                 raise _node_error(step.node, e) from e
-            if step.single or isinstance(out, torch.Tensor):
+            if isinstance(out, torch.Tensor):
                 env[step.outputs[0]] = out
             else:
                 for name, v in zip(step.outputs, out, strict=False):

@@ -3,6 +3,7 @@ them all (see :func:`npcompile.finetune.registry.register`)."""
 
 from npcompile.finetune.ops import (  # noqa: F401  (imported to register their ops)
     activation,
+    attention,
     conv,
     elementwise,
     index,
@@ -10,6 +11,8 @@ from npcompile.finetune.ops import (  # noqa: F401  (imported to register their 
     norm,
     pad,
     pool,
+    quant,
+    recurrent,
     reduce,
     resize,
     shape,

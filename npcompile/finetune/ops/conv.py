@@ -11,7 +11,7 @@ from npcompile.finetune.ops.pad import auto_pads, torch_pads
 from npcompile.finetune.registry import OpNode, register
 from npcompile.finetune.tensors import present
 
-__all__ = ["nd_check"]
+__all__ = ["conv", "nd_check"]
 
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -26,7 +26,7 @@ def nd_check(node: OpNode) -> str | None:
 
 
 @register("Conv", weights=(1, 2), check=nd_check)
-def _conv(node: OpNode, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+def conv(node: OpNode, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
     key = tuple(x.shape[2:])
     cached = node.cache.get(key)
     if cached is None:

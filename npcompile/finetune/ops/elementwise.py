@@ -30,6 +30,18 @@ for _op, _fn in {
     register(_op)(unary(_fn))
 
 
+@register("IsInf")
+def _isinf(node: OpNode, x: torch.Tensor) -> torch.Tensor:
+    pos, neg = node.get("detect_positive", 1), node.get("detect_negative", 1)
+    if pos and neg:
+        return torch.isinf(x)
+    if pos:
+        return torch.isposinf(x)
+    if neg:
+        return torch.isneginf(x)
+    return torch.zeros_like(x, dtype=torch.bool)
+
+
 @register("Identity")
 def _identity(node: OpNode, x: torch.Tensor) -> torch.Tensor:
     return x

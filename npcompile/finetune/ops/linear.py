@@ -25,3 +25,8 @@ def _gemm(node: OpNode, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None
 @register("MatMul")
 def _matmul(node: OpNode, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.matmul(a, b)
+
+
+@register("Einsum")
+def _einsum(node: OpNode, *xs: torch.Tensor) -> torch.Tensor:
+    return torch.einsum(node.get("equation").replace(" ", ""), *xs)

@@ -1,5 +1,6 @@
 """Normalisation: BatchNormalization (frozen or batch statistics), InstanceNormalization,
-LayerNormalization, GroupNormalization, LRN."""
+LayerNormalization, RMS normalisation (ONNX Runtime's SimplifiedLayerNormalization and opset 23's
+RMSNormalization; the decomposed Pow/ReduceMean/Sqrt/Div form runs op by op), GroupNormalization, LRN."""
 
 from __future__ import annotations
 
@@ -43,6 +44,22 @@ def _layer_norm(node: OpNode, x: torch.Tensor, scale: torch.Tensor, bias: torch.
         return F.layer_norm(x, shape, scale, bias, eps)
     y = F.layer_norm(x, shape, None, None, eps) * scale
     return y if bias is None else y + bias
+
+
+@register("SimplifiedLayerNormalization", "RMSNormalization", weights=(1,), check=_extra_outputs_check)
+def _rms_norm(node: OpNode, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x / sqrt(mean(x², over the axes from axis on) + epsilon) * scale``, in float32 at least
+    (``stash_type`` 1, the default) for half-precision inputs."""
+    axis = node.get("axis", -1) % x.ndim
+    shape = tuple(x.shape[axis:])
+    eps = node.get("epsilon", 1e-5)
+    low = x.dtype in (torch.float16, torch.bfloat16) and node.get("stash_type", 1) == 1
+    xs = x.float() if low else x
+    if tuple(scale.shape) == shape and scale.dtype == xs.dtype:
+        y = F.rms_norm(xs, shape, scale, eps)
+        return y.to(x.dtype) if low else y
+    y = F.rms_norm(xs, shape, None, eps)
+    return (y.to(x.dtype) if low else y) * scale
 
 
 @register("GroupNormalization", weights=(1, 2))
