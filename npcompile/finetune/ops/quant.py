@@ -54,10 +54,14 @@ def _quant_check(node: OpNode) -> str | None:
     return None
 
 
-def fake_round(v: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    """``clamp(round(v))`` whose gradient is 1 inside ``[lo, hi]`` and 0 outside."""
-    c = v.clamp(lo, hi)
-    return c + (torch.round(c) - c).detach()
+def quantize(v: torch.Tensor, zp: torch.Tensor | float, lo: int, hi: int, fake: bool) -> torch.Tensor:
+    """``saturate(round(v) + zp)`` (``v = x / scale``, rounding half to even). ``fake``: as floats,
+    with the gradient of ``clamp(v + zp)`` (1 inside the range, 0 outside: straight through)."""
+    q = (torch.round(v) + zp).clamp(lo, hi)
+    if not fake:
+        return q
+    c = (v + zp).clamp(lo, hi)
+    return c + (q - c).detach()
 
 
 @register("QuantizeLinear", static=(1, 2), check=_quant_check)
@@ -67,11 +71,9 @@ def _quantize(node: OpNode, x: torch.Tensor, scale: torch.Tensor, zp: torch.Tens
     lo, hi = _RANGES[qtype]
     s = _broadcast(node, scale, x)
     v = x.float() / s.float() if x.dtype in (torch.float16, torch.bfloat16) else x / s.to(x.dtype)
-    if zp is not None:
-        v = v + _broadcast(node, zp, x).to(v.dtype)
-    if node.state.training:
-        return fake_round(v, lo, hi)
-    return torch.round(v).clamp(lo, hi).to(qtype)
+    z = _broadcast(node, zp, x).to(v.dtype) if zp is not None else 0.0
+    q = quantize(v, z, lo, hi, node.state.training)
+    return q if node.state.training else q.to(qtype)
 
 
 @register("DequantizeLinear", static=(1, 2), check=_quant_check)
@@ -88,19 +90,16 @@ def _dequantize(node: OpNode, x: torch.Tensor, scale: torch.Tensor, zp: torch.Te
 
 @register("DynamicQuantizeLinear")
 def _dynamic_quantize(node: OpNode, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """uint8 quantization with the scale and zero point of ``x``'s range (extended to include 0)."""
+    """uint8 quantization with the scale and zero point of ``x``'s range (extended to include 0); the
+    scale and zero point carry no gradient."""
     with torch.no_grad():
         lo = torch.clamp(x.min(), max=0.0) if x.numel() else x.new_zeros(())
         hi = torch.clamp(x.max(), min=0.0) if x.numel() else x.new_zeros(())
         scale = ((hi - lo) / 255.0).to(torch.float32)
-        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-        zp = torch.round(-lo / safe).clamp(0, 255)
-    v = x / safe + zp
-    if node.state.training:
-        y = fake_round(v, 0, 255)
-    else:
-        y = torch.round(v).clamp(0, 255).to(torch.uint8)
-    return y, scale, zp.to(torch.uint8)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # all zeros: scale 1 (as ONNX Runtime)
+        zp = torch.round(-lo / scale).clamp(0, 255)
+    y = quantize(x / scale, zp, 0, 255, node.state.training)
+    return (y if node.state.training else y.to(torch.uint8)), scale, zp.to(torch.uint8)
 
 
 def _centered(node: OpNode, x: torch.Tensor, zp: torch.Tensor | None, axis: int) -> torch.Tensor:
