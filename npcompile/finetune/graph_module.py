@@ -13,8 +13,10 @@ What becomes what:
   Gather, layer-scale factors, position embeddings. A floating-point *scalar* is a parameter only
   where it is a weight or a bias (a Gemm bias of one unit); elsewhere a scalar is an architecture
   constant (``x / 8`` in attention, the ``+ 3`` of a decomposed hard-swish, an epsilon) and stays
-  fixed. A tensor holding a non-finite value (the ``-inf`` of a precomputed attention mask) is
-  never a weight.
+  fixed. Never a weight: a tensor holding a non-finite value (the ``-inf`` of a precomputed
+  attention mask), a table of angles (consumed only by Cos/Sin), and what the dynamo exporter's
+  metadata shows is a PyTorch buffer, a folded mask or a folded rotary table (see
+  :mod:`npcompile.finetune.roles`).
 - **Constants** (buffers, never trained): integer and boolean tensors, values in *static* input
   slots (shapes, axes, pads, Resize scales, Clip bounds, Pow exponents, quantization scales and
   zero points) and the running mean and variance of BatchNormalization.
@@ -61,6 +63,7 @@ from npcompile.finetune.registry import (
     registered_ops,
     unsupported_ops,
 )
+from npcompile.finetune.roles import exporter_constants, role
 from npcompile.finetune.tensors import store, tensor_from_proto, torch_dtype
 
 __all__ = ["GraphModule", "OpNode", "register", "registered_ops", "unsupported_ops", "torch_dtype"]
@@ -146,6 +149,7 @@ class GraphModule(nn.Module):
 
     def _register_tensors(self, plan: _Plan, trainable: Collection[str] | None) -> dict[str, torch.Tensor]:
         """Initializers and Constant values as parameters or buffers; returns the constants."""
+        fixed = exporter_constants(self.model)
         self.param_names: list[str] = []
         self.stat_names: list[str] = []
         self.params = nn.ParameterList()
@@ -155,7 +159,8 @@ class GraphModule(nn.Module):
         const_env: dict[str, torch.Tensor] = {}
         for name, t in plan.values.items():
             used = name in plan.consumers or name in plan.graph_outputs
-            r = _role(name, t, plan, trainable) if used else "const"
+            r = role(name, t, plan.consumers.get(name, []), plan.nodes, plan.specs, trainable, fixed) \
+                if used else "const"
             if r == "param":
                 self.param_names.append(name)
                 self.params.append(nn.Parameter(t))
@@ -305,24 +310,6 @@ def _collect_constants(graph: onnx.GraphProto, plan: _Plan) -> None:
         if n.op == "Constant" and op_key(proto) == ("", "Constant") and "value" in n.attrs:
             plan.values[n.outputs[0]] = constant_value(n)
             plan.sources[n.outputs[0]] = ("node", k)
-
-
-def _role(name: str, t: torch.Tensor, plan: _Plan, trainable: Collection[str] | None) -> str:
-    """``"param"``, ``"stat"`` (running statistics) or ``"const"``: see the module docstring."""
-    uses = plan.consumers.get(name, [])
-    specs = plan.specs
-    if any(slot in specs[k].stats for k, slot in uses):
-        return "stat"
-    data = [(k, slot) for k, slot in uses if slot not in specs[k].static]
-    if not data or not t.is_floating_point():
-        return "const"
-    if trainable is not None:
-        return "param" if name in trainable else "const"
-    if not bool(torch.isfinite(t).all()):
-        return "const"
-    if t.numel() > 1 or any(slot in specs[k].weights for k, slot in data):
-        return "param"
-    return "const"
 
 
 def _plan_release(steps: list[_Step], keep: set[str]) -> None:
