@@ -172,3 +172,26 @@ def _if_dynamic(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[st
     except Exception:  # noqa: BLE001 - a traced size baked into a Reshape
         return None
     return feeds
+
+
+def fit_random_target(gm: nn.Module, feeds: dict[str, np.ndarray], lr: float, steps: int = 6) -> list[float]:
+    """Train ``gm`` (Adam, MSE of its first output towards a fixed random target) on one batch;
+    returns the losses, and leaves the module in eval mode."""
+
+    def first(out: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return out[0] if isinstance(out, tuple) else out
+
+    args = {k: torch.from_numpy(v) for k, v in feeds.items()}
+    with torch.no_grad():
+        target = torch.randn(first(gm.eval()(**args)).shape, generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.Adam(gm.parameters(), lr=lr)
+    gm.train()
+    losses = []
+    for _ in range(steps):
+        loss = torch.nn.functional.mse_loss(first(gm(**args)), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    gm.eval()
+    return losses

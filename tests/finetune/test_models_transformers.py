@@ -9,25 +9,29 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import onnx
 import pytest
 import torch
-from models_kit import Exported, export_transformer
+from models_kit import Exported, export_transformer, fit_random_target
 
 from npcompile.finetune.graph_module import GraphModule
 from npcompile.runtime.verify import make_session
 
 pytest.importorskip("transformers")
 
-CASES = list(itertools.product(["bert", "vit", "gpt2", "llama"], ["eager", "sdpa"], [False, True]))
+# the dynamo exports take a few seconds each: marked slow
+CASES = [pytest.param(case, id="-".join([case[0], case[1], "dynamo" if case[2] else "legacy"]),
+                      marks=[pytest.mark.slow] if case[2] else [])
+         for case in itertools.product(["bert", "vit", "gpt2", "llama"], ["eager", "sdpa"], [False, True])]
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module", params=CASES, ids=["-".join([k, a, "dynamo" if d else "legacy"]) for k, a, d in CASES])
+@pytest.fixture(scope="module", params=CASES)
 def exported(request: pytest.FixtureRequest) -> Exported:
     return export_transformer(*request.param)
 
 
-def _ort(ex: Exported, feeds: dict[str, np.ndarray], model=None) -> np.ndarray:  # noqa: ANN001
+def _ort(ex: Exported, feeds: dict[str, np.ndarray], model: onnx.ModelProto | None = None) -> np.ndarray:
     return make_session(ex.model if model is None else model).run(None, feeds)[0]
 
 
@@ -51,22 +55,10 @@ def test_training_lowers_the_loss_and_writes_back(exported: Exported) -> None:
         vocab = {t.name for t in exported.model.graph.initializer if len(t.dims) == 2 and t.dims[0] == 96}
         tables = {n.input[0] for n in exported.model.graph.node if n.op_type == "Gather" and n.input[0] in vocab}
         assert len(tables) == 1 and tables <= set(gm.param_names), tables
-    feeds = {k: torch.from_numpy(v) for k, v in exported.feeds.items()}
-    with torch.no_grad():
-        target = torch.randn(gm.eval()(**feeds).shape, generator=torch.Generator().manual_seed(0))
-    opt = torch.optim.Adam(gm.parameters(), lr=3e-3)
-    gm.train()
-    losses = []
-    for _ in range(6):
-        loss = torch.nn.functional.mse_loss(gm(**feeds), target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+    losses = fit_random_target(gm, exported.feeds, lr=3e-3)
     assert losses[-1] < 0.98 * losses[0], losses
-    gm.eval()
     trained = gm.write_back()
     with torch.no_grad():
-        got = gm(**feeds)
+        got = gm(**exported.feeds)
     _close(got, _ort(exported, exported.feeds, trained))
     assert float(np.abs(_ort(exported, exported.feeds) - got.numpy()).max()) > 1e-3  # the weights did change
