@@ -28,8 +28,9 @@ What becomes what:
   statistics, and frozen statistics keep the model the ONNX graph describes.
 - ``Dropout`` is the identity (as in every exported inference graph).
 - **Quantization** (QuantizeLinear, DequantizeLinear, DynamicQuantizeLinear) is exact in eval mode;
-  in training mode it is fake quantization with a straight-through gradient (see
-  :mod:`npcompile.finetune.ops.quant`).
+  in training mode it is fake quantization with a straight-through gradient. Quantized weights
+  (integer initializers a DequantizeLinear dequantizes, as in ONNX Runtime's QDQ models) train
+  through float copies and are written back as integers (see :mod:`npcompile.finetune.ops.quant`).
 - One initializer consumed in several places is one parameter: weights an exporter deduplicated
   (two LayerNorms both initialised to ones, say) stay tied, as the ONNX graph describes them.
 
@@ -155,13 +156,21 @@ class GraphModule(nn.Module):
         self.params = nn.ParameterList()
         self._consts = nn.Module()
         self._sources = plan.sources
+        self._nodes, self._specs = plan.nodes, plan.specs
         self._const_keys: dict[str, str] = {}
+        #: quantized weights trained through float copies: name -> index of their node
+        self._shadows: dict[str, int] = {}
         const_env: dict[str, torch.Tensor] = {}
         for name, t in plan.values.items():
             used = name in plan.consumers or name in plan.graph_outputs
-            r = role(name, t, plan.consumers.get(name, []), plan.nodes, plan.specs, trainable, fixed) \
-                if used else "const"
-            if r == "param":
+            uses = plan.consumers.get(name, [])
+            r = role(name, t, uses, plan.nodes, plan.specs, trainable, fixed, plan.values) if used else "const"
+            if r == "shadow":
+                k = uses[0][0]
+                node, spec = plan.nodes[k], plan.specs[k]
+                t = spec.shadow.value(node, t, *[plan.values[x] if x else None for x in node.inputs[1:]])
+                self._shadows[name] = k
+            if r in ("param", "shadow"):
                 self.param_names.append(name)
                 self.params.append(nn.Parameter(t))
                 continue
@@ -183,9 +192,10 @@ class GraphModule(nn.Module):
     def _fold_constants(self, plan: _Plan, const_env: dict[str, torch.Tensor]) -> list[_Step]:
         """Evaluate nodes whose inputs are all constants (not parameters) once; the rest are steps."""
         param_set = set(self.param_names)
+        shadowed = set(self._shadows.values())
         steps: list[_Step] = []
         with torch.no_grad():
-            for n, spec in zip(plan.nodes, plan.specs, strict=True):
+            for k, (n, spec) in enumerate(zip(plan.nodes, plan.specs, strict=True)):
                 if n.op == "Constant" and n.outputs[0] in plan.values:
                     continue
                 ins = [x for x in n.inputs if x]
@@ -197,7 +207,8 @@ class GraphModule(nn.Module):
                             self._add_const(name, v, persistent=False)
                             const_env[name] = v
                     continue
-                steps.append(_Step(spec.fn, n, list(n.inputs), list(n.outputs)))
+                fn = spec.shadow.run if k in shadowed else spec.fn
+                steps.append(_Step(fn, n, list(n.inputs), list(n.outputs)))
         return steps
 
     # -- parameters and buffers -------------------------------------------------
@@ -282,6 +293,11 @@ class GraphModule(nn.Module):
         names = list(self.param_names) + ([] if self.freeze_bn_stats else list(self.stat_names))
         for name in names:
             value = self._env[name].detach()
+            if name in self._shadows:  # back to the integers of a quantized weight
+                k = self._shadows[name]
+                node = self._nodes[k]
+                value = self._specs[k].shadow.store(node, value, *[self._env[x] if x else None
+                                                                   for x in node.inputs[1:]])
             kind, idx = self._sources[name]
             if kind == "init":
                 tp = inits.get(name)

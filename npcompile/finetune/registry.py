@@ -14,10 +14,22 @@ from typing import Any
 import onnx
 from onnx import helper
 
-__all__ = ["OpFn", "OpNode", "OpSpec", "State", "op_key", "op_label", "op_spec", "register", "registered_ops",
-           "unsupported_ops"]
+__all__ = ["OpFn", "OpNode", "OpSpec", "Shadow", "State", "op_key", "op_label", "op_spec", "register",
+           "registered_ops", "unsupported_ops"]
 
 OpFn = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Shadow:
+    """How an integer constant in input slot 0 trains through a floating-point copy (a quantized
+    weight): ``value(node, q, *rest)`` is the parameter it starts as, ``run(node, w, *rest)`` the op
+    computed from that parameter, ``store(node, w, *rest)`` the integers written back (``rest``:
+    the node's other inputs, constants)."""
+
+    value: Callable[..., Any]
+    run: OpFn
+    store: Callable[..., Any]
 
 
 @dataclass(frozen=True)
@@ -28,6 +40,7 @@ class OpSpec:
     ``weights``: slots holding weights or biases: trainable even when scalar. ``stats``: running
     statistics (buffers, updated only when batch statistics are enabled). ``check``: an optional
     function of the node returning why it cannot run (an unsupported attribute value) or ``None``.
+    ``shadow``: an integer constant in slot 0 trains as a float parameter (see :class:`Shadow`).
     """
 
     fn: OpFn
@@ -35,14 +48,15 @@ class OpSpec:
     weights: tuple[int, ...] = ()
     stats: tuple[int, ...] = ()
     check: Callable[[OpNode], str | None] | None = None
+    shadow: Shadow | None = None
 
 
 _OPS: dict[tuple[str, str], OpSpec] = {}
 
 
 def register(*ops: str, domain: str = "", static: Sequence[int] = (), weights: Sequence[int] = (),
-             stats: Sequence[int] = (), check: Callable[[OpNode], str | None] | None = None
-             ) -> Callable[[OpFn], OpFn]:
+             stats: Sequence[int] = (), check: Callable[[OpNode], str | None] | None = None,
+             shadow: Shadow | None = None) -> Callable[[OpFn], OpFn]:
     """Register ``fn(node, *inputs)`` as the torch function of ``ops`` (twice is an error).
 
     The function receives the :class:`OpNode` (attributes, opset) and the input tensors (``None``
@@ -58,7 +72,7 @@ def register(*ops: str, domain: str = "", static: Sequence[int] = (), weights: S
             key = (domain, op)
             if key in _OPS:
                 raise ValueError(f"a torch function for {domain or 'ai.onnx'}::{op} is already registered")
-            _OPS[key] = OpSpec(fn, tuple(static), tuple(weights), tuple(stats), check)
+            _OPS[key] = OpSpec(fn, tuple(static), tuple(weights), tuple(stats), check, shadow)
         return fn
 
     return deco

@@ -189,31 +189,35 @@ def _float_model() -> onnx.ModelProto:
     return onnx.load_from_string(buf.getvalue())
 
 
-def test_onnxruntime_static_qdq_model(tmp_path: Path) -> None:
+def _static_qdq(tmp_path: Path) -> onnx.ModelProto:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     src, dst = tmp_path / "f.onnx", tmp_path / "q.onnx"
     onnx.save(_float_model(), src)
-    calib = [{"input": _f(4, 1, 6, 6)} for _ in range(4)]
+    calib = iter([{"input": _f(4, 1, 6, 6)} for _ in range(4)])
 
     class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter(calib)
-
         def get_next(self) -> dict | None:
-            return next(self.it, None)
+            return next(calib, None)
 
     quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
-    model = onnx.load(dst)
+    return onnx.load(dst)
+
+
+def _qdq_reference(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(
+        None, {"input": x})[0]
+
+
+def test_onnxruntime_static_qdq_model(tmp_path: Path) -> None:
+    model = _static_qdq(tmp_path)
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in model.graph.node}
     x = _f(5, 1, 6, 6)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the QDQ function itself
-    expected = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(
-        None, {"input": x})[0]
     got = GraphModule(model).eval()(x).detach().numpy()
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, _qdq_reference(model, x), rtol=1e-5, atol=1e-5)  # the QDQ function itself
     fused = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         None, {"input": x})[0]  # ONNX Runtime's integer kernels: within a few quantization steps
     assert float(np.abs(got - fused).max()) < 0.1 * float(np.abs(fused).max())
@@ -237,3 +241,36 @@ def test_onnxruntime_dynamic_model_runs_and_passes_gradients(tmp_path: Path) -> 
     xt = torch.from_numpy(x).requires_grad_(True)
     gm.train()(xt).sum().backward()
     assert xt.grad is not None and float(xt.grad.abs().sum()) > 0
+
+
+def test_quantized_weights_train_through_float_copies(tmp_path: Path) -> None:
+    """ONNX Runtime's int8 weights and int32 biases are parameters (their dequantized values); the
+    module computes the same function; after training, the weights go back as integers of the
+    same types, and ONNX Runtime runs them."""
+    model = _static_qdq(tmp_path)
+    dequantized = {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    ints = {t.name: t for t in model.graph.initializer if t.name in dequantized and t.data_type in (I8, I32)}
+    gm = GraphModule(model)
+    assert ints and set(ints) <= set(gm.param_names)
+    x = _f(16, 1, 6, 6)
+    np.testing.assert_allclose(gm.eval()(x).detach().numpy(), _qdq_reference(model, x), rtol=1e-5, atol=1e-5)
+    unchanged = gm.write_back()
+    assert [t.SerializeToString() for t in unchanged.graph.initializer] == \
+        [t.SerializeToString() for t in model.graph.initializer]
+
+    y = torch.from_numpy(RNG.integers(0, 10, 16))
+    opt = torch.optim.Adam(gm.parameters(), lr=5e-3)
+    gm.train()
+    losses = []
+    for _ in range(8):
+        loss = torch.nn.functional.cross_entropy(gm(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0], losses
+    trained = gm.eval().write_back()
+    new = {t.name: t for t in trained.graph.initializer}
+    assert all(new[n].data_type == ints[n].data_type for n in ints)
+    assert any(not np.array_equal(numpy_helper.to_array(new[n]), numpy_helper.to_array(ints[n])) for n in ints)
+    np.testing.assert_allclose(_qdq_reference(trained, x), gm(x).detach().numpy(), rtol=1e-5, atol=1e-5)

@@ -8,6 +8,11 @@ into the zero point's integer type, as ONNX Runtime does. Training (``module.tra
 passes straight through the rounding (zero outside the representable range, like
 ``torch.fake_quantize_per_tensor_affine``); DequantizeLinear, MatMulInteger and ConvInteger accept
 those floats, so a QDQ graph trains as its quantized function. Scales and zero points are constants.
+
+Quantized weights train too: an integer constant dequantized by a DequantizeLinear with constant
+scale and zero point (the int8 weights and int32 biases of ONNX Runtime's QDQ models) becomes a
+float parameter holding its dequantized value; the node fake-quantizes it back (the same values
+until it changes, the gradient straight through), and writing back stores its integers again.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from npcompile.finetune.ops.conv import conv, nd_check
-from npcompile.finetune.registry import OpNode, register
+from npcompile.finetune.registry import OpNode, Shadow, register
 from npcompile.finetune.tensors import present, torch_dtype
 
 _RANGES: dict[torch.dtype, tuple[int, int]] = {
@@ -76,16 +81,58 @@ def _quantize(node: OpNode, x: torch.Tensor, scale: torch.Tensor, zp: torch.Tens
     return q if node.state.training else q.to(qtype)
 
 
-@register("DequantizeLinear", static=(1, 2), check=_quant_check)
+def _out_dtype(node: OpNode, scale: torch.Tensor) -> torch.dtype:
+    return torch_dtype(node.get("output_dtype")) if node.get("output_dtype") else scale.dtype
+
+
 def _dequantize(node: OpNode, x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None = None
                 ) -> torch.Tensor:
+    """``(x - zero_point) * scale``; integers are centred exactly, then converted (as ONNX Runtime)."""
     s = _broadcast(node, scale, x)
-    out = torch_dtype(node.get("output_dtype")) if node.get("output_dtype") else scale.dtype
-    wide = torch.float64 if x.dtype == torch.int32 else torch.float32
-    v = x.to(wide) if not x.is_floating_point() else x.to(torch.promote_types(x.dtype, torch.float32))
-    if present(zp):
-        v = v - _broadcast(node, zp, x).to(v.dtype)
+    out = _out_dtype(node, scale)
+    if x.is_floating_point():  # fake-quantized integers while training
+        v = x.to(torch.promote_types(x.dtype, torch.float32))
+        if present(zp):
+            v = v - _broadcast(node, zp, x).to(v.dtype)
+    else:
+        v = x.long() - _broadcast(node, zp, x).long() if present(zp) else x
+        v = v.to(torch.promote_types(out, torch.float32))
     return (v * s.to(v.dtype)).to(out)
+
+
+def _shadow_value(node: OpNode, q: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+    """The float weight an integer constant stands for (float64 for int32, exact to 2**53)."""
+    node.cache["shadow_dtype"] = q.dtype
+    wide = torch.float64 if q.dtype == torch.int32 else torch.float32
+    v = q.long() - _broadcast(node, zp, q).long() if present(zp) else q
+    return v.to(wide) * _broadcast(node, scale, q).to(wide)
+
+
+def _shadow_quantize(node: OpNode, w: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, fake: bool
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | float]:
+    lo, hi = _RANGES[node.cache["shadow_dtype"]]
+    s = _broadcast(node, scale, w).to(w.dtype)
+    z = _broadcast(node, zp, w).to(w.dtype) if present(zp) else 0.0
+    return quantize(w / s, z, lo, hi, fake), s, z
+
+
+def _shadow_run(node: OpNode, w: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """DequantizeLinear of the integers the float weight ``w`` quantizes to, with the gradient
+    passing straight through the rounding (exactly the original values while ``w`` is unchanged)."""
+    q, s, z = _shadow_quantize(node, w, scale, zp, True)
+    return ((q - z) * s).to(_out_dtype(node, scale))
+
+
+def _shadow_store(node: OpNode, w: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+    q, _, _ = _shadow_quantize(node, w.detach(), scale, zp, False)
+    return q.to(node.cache["shadow_dtype"])
+
+
+register("DequantizeLinear", static=(1, 2), check=_quant_check,
+         shadow=Shadow(_shadow_value, _shadow_run, _shadow_store))(_dequantize)
 
 
 @register("DynamicQuantizeLinear")
