@@ -139,3 +139,24 @@ def test_shapes_from_onnx_runtime_where_onnx_infers_none() -> None:
     result = npcompile.compile(model, ratio=0.5, round_to=1, input_shapes={"x": (2, 1, 203)}, benchmark=False)
     assert result.report["summary"]["flops_before"] > 0
     assert result.report["summary"]["param_reduction"] > 0
+
+
+def test_symbolic_shape_inference_writes_nothing_into_the_working_directory(tmp_path, monkeypatch):
+    """ONNX Runtime's tool saves ``sym_shape_infer_temp.onnx`` into the working directory when it
+    cannot infer every shape; npcompile drives it so that nothing is written there and the shapes it
+    did infer are kept."""
+    from onnx import TensorProto, helper
+
+    from npcompile.graph.shapes import _symbolic
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])
+    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, None)
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Foo", ["r"], ["y"], domain="custom.x"),
+             helper.make_node("Relu", ["y"], ["z"])]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [z]),
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom.x", 1)])
+    monkeypatch.chdir(tmp_path)
+    shapes: dict[str, tuple[int, ...]] = {}
+    _symbolic(model, shapes)
+    assert list(tmp_path.iterdir()) == []
+    assert shapes.get("r") == (2, 4)

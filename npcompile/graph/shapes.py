@@ -9,6 +9,7 @@ inputs (:func:`probe_inputs`).
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import onnx
@@ -277,12 +278,20 @@ def _wanted(model: onnx.ModelProto) -> set[str]:
 
 
 def _symbolic(sk: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> None:
-    """Fill ``shapes`` from ONNX Runtime's symbolic shape inference (where it knows more)."""
+    """Fill ``shapes`` from ONNX Runtime's symbolic shape inference (where it knows more).
+
+    The tool's ``infer_shapes`` writes ``sym_shape_infer_temp.onnx`` (and its external data) into the
+    working directory when it cannot infer everything, then raises; its steps are driven here instead
+    so that nothing is written and the shapes it did infer are kept. Where its internals differ (another
+    ONNX Runtime version), the public entry point runs inside a temporary directory.
+    """
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        out = SymbolicShapeInference.infer_shapes(sk, int_max=2**31 - 1, auto_merge=True,
-                                                  guess_output_rank=False, verbose=0)
+    except Exception as e:  # pragma: no cover - the tool ships with onnxruntime
+        log.info("symbolic shape inference unavailable: %s", e)
+        return
+    try:
+        out = _symbolic_steps(SymbolicShapeInference, sk)
     except Exception as e:  # the tool refuses some graphs; the observed shapes come next
         log.info("symbolic shape inference failed: %s", e)
         return
@@ -291,6 +300,28 @@ def _symbolic(sk: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> None:
         _collect(out, found)
         for k, v in found.items():
             shapes.setdefault(k, v)
+
+
+def _symbolic_steps(tool: type, sk: onnx.ModelProto) -> onnx.ModelProto | None:
+    """Run ONNX Runtime's symbolic shape inference on ``sk``; the (possibly partial) inferred model."""
+    args = dict(int_max=2**31 - 1, auto_merge=True, guess_output_rank=False, verbose=0)
+    steps = ("_preprocess", "_infer_impl", "_update_output_from_vi")
+    if all(hasattr(tool, s) for s in steps):
+        inferer = tool(args["int_max"], args["auto_merge"], args["guess_output_rank"], args["verbose"])
+        inferer._preprocess(sk)
+        while inferer.run_:
+            inferer._infer_impl()
+        inferer._update_output_from_vi()
+        return inferer.out_mp_
+    import tempfile
+
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="npcompile-shapes-") as tmp:
+        os.chdir(tmp)
+        try:
+            return tool.infer_shapes(sk, **args)
+        finally:
+            os.chdir(cwd)
 
 
 def _observed(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]], missing: set[str],
