@@ -455,11 +455,13 @@ class ChannelAnalysis:
         self.set_dim(t, axis, layout, np.full(layout.channels, float(abs(value.astype(np.float64)))))
         rank = len(shape)
 
+        graph = self.graph  # the graph (or If branch) the fill lives in
+
         def prepare(removed, find):
             kept = layout.kept_size(removed, find)
 
             def apply() -> None:
-                _replace_fill(self.graph, t, axis, rank, kept, value)
+                _replace_fill(graph, t, axis, rank, kept, value)
 
             return apply
 
@@ -872,10 +874,26 @@ def analyze(graph: gs.Graph, shapes: dict[str, tuple[int, ...]],
     ctx = ChannelAnalysis(graph, shapes, options)
     for t in graph.inputs:
         ctx.dims.pop(t.name, None)
+    _walk(ctx, graph)
+    ctx.current = None
+    _finish(ctx)
+    return ctx
+
+
+def _walk(ctx: ChannelAnalysis, graph: gs.Graph) -> None:
+    """Apply the channel rules to ``graph``'s nodes in order. The branches of an ``If`` are walked
+    in place, before the ``If`` itself (their nodes read the values of the enclosing graphs, and
+    their weights are pruned where they are): channels born inside a branch are groups like any
+    other, and channels that leave a branch through its outputs are frozen. The bodies of ``Loop``
+    and ``Scan`` (iterated, with carried state) freeze the channels they read."""
     for node in graph.nodes:
         ctx.current = node
-        for name in _sub_graph_inputs(node):
-            ctx.freeze(ctx.dims.get(name), f"used inside a subgraph of {node.op} {node.name}")
+        if node.op == "If" and (node.domain or "") in ("", "ai.onnx"):
+            _walk_branches(ctx, graph, node)
+        else:
+            for name in _sub_graph_inputs(node):
+                ctx.freeze(ctx.dims.get(name), f"used inside a subgraph of {node.op} {node.name}")
+        ctx.current = node
         rule = registry.rule_for(node.op, node.domain or "")
         if rule is None:
             ctx.freeze_inputs(node, f"no channel rule for op {node.op}")
@@ -893,9 +911,49 @@ def analyze(graph: gs.Graph, shapes: dict[str, tuple[int, ...]],
         except Exception as e:
             e.add_note(f"in the channel rule for {node.op} on node {node.name!r}")
             raise
-    ctx.current = None
-    _finish(ctx)
-    return ctx
+
+
+def _walk_branches(ctx: ChannelAnalysis, graph: gs.Graph, node: gs.Node) -> None:
+    """Walk both branches of If ``node``; an output whose channels come out of both branches on the
+    same axis (counted from the end) couples them and carries them on; other channels that leave a
+    branch are frozen."""
+    leaving: dict[str, list[Any]] = {}
+    for attr in ("then_branch", "else_branch"):
+        branch = node.attrs.get(attr)
+        if not isinstance(branch, gs.Graph):
+            continue
+        ctx.graph = branch
+        try:
+            _walk(ctx, branch)
+        finally:
+            ctx.graph = graph
+        leaving[attr] = [(t, ctx.dims.get(t.name)) for t in branch.outputs]
+    outer = {t.name for t in graph.outputs}
+    for k, out in enumerate(node.outputs):
+        ends = [leaving[a][k] for a in leaving if k < len(leaving[a])]
+        dims = [d for _, d in ends]
+        if not any(d is not None for d in dims):
+            continue
+        reason = "leaves a branch of If " + node.name
+        if out.name in outer:
+            reason = f"reaches graph output {out.name} ({reason})"
+        if len(ends) == 2 and all(d is not None for d in dims) and out.name not in outer:
+            ranks = [ctx.rank(t) for t, _ in ends]
+            rank = ctx.rank(out)
+            from_end = {None if r is None else r - d.axis for (_, d), r in zip(ends, ranks, strict=True)}
+            axis = None  # the same axis counted from the start, or from the end, in both branches
+            if rank is not None and dims[0].axis == dims[1].axis < rank:
+                axis = dims[0].axis
+            elif rank is not None and len(from_end) == 1 and None not in from_end and 0 < next(iter(from_end)) <= rank:
+                axis = rank - next(iter(from_end))
+            if axis is not None and dims[0].layout.size == dims[1].layout.size:
+                layout = ctx.couple(dims, f"If {node.name}: its branches give channels whose groups do not "
+                                          "line up")
+                if layout is not None:
+                    ctx.set_dim(out, axis, layout, dims[0].pot + dims[1].pot)
+                    continue
+        for d in dims:
+            ctx.freeze(d, reason)
 
 
 def merged_pot(*parts: Any) -> np.ndarray:

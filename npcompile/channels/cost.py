@@ -111,7 +111,7 @@ class CostModel:
                     keys.append(key)
             self._group_weights[group.id] = keys
         flops = 0
-        for node in graph.nodes:
+        for node in _all_nodes(graph):  # both branches of an If are counted
             macs = node_macs(node, shapes)
             if macs is None:
                 continue
@@ -120,9 +120,12 @@ class CostModel:
             if isinstance(w, gs.Constant) and id(w) in weights and math.prod(w.shape):
                 weights[id(w)].flops_per_element += 2 * macs / math.prod(w.shape)
         params = 0
-        for t in graph.tensors().values():
-            if isinstance(t, gs.Constant) and is_parameter(t):
-                params += math.prod(t.shape)
+        seen: set[int] = set()
+        for g in _all_graphs(graph):
+            for t in g.tensors().values():
+                if isinstance(t, gs.Constant) and is_parameter(t) and id(t) not in seen:
+                    seen.add(id(t))
+                    params += math.prod(t.shape)
         self._weights = weights
         self.base = Cost(int(flops), int(params))
         self._neighbours: dict[int, set[int]] = {}
@@ -190,3 +193,18 @@ def group_costs(analysis: ChannelAnalysis, shapes: Mapping[str, tuple[int, ...]]
         saved = model.step_saving({}, {g.id: mask.ravel()}, g.id)
         out[g.id] = (saved.flops / g.blocks, saved.params / g.blocks)
     return out
+
+
+def _all_graphs(graph: gs.Graph) -> list[gs.Graph]:
+    """``graph`` and the bodies of its If / Loop / Scan nodes, recursively."""
+    out = [graph]
+    for node in graph.nodes:
+        for value in node.attrs.values():
+            for sub in value if isinstance(value, list) else [value]:
+                if isinstance(sub, gs.Graph):
+                    out.extend(_all_graphs(sub))
+    return out
+
+
+def _all_nodes(graph: gs.Graph) -> list[gs.Node]:
+    return [n for g in _all_graphs(graph) for n in g.nodes]

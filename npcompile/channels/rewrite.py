@@ -130,12 +130,22 @@ def apply_removal(graph: gs.Graph, analysis: ChannelAnalysis, removed: dict[int,
     # 4. mutate
     for change in changes:
         change()
-    io = {t.name for t in (*graph.inputs, *graph.outputs)}
-    for t in graph.tensors().values():
-        if isinstance(t, gs.Variable) and t.name not in io:
-            t.shape = None
+    _forget_shapes(graph, {t.name for t in (*graph.inputs, *graph.outputs)})
     stats = RewriteStats(len(removed), int(sum(m.sum() for m in removed.values())), len(by_const),
                          len(fixups))
     log.info("removed %d channels from %d groups (%d weights, %d shape fixups)", stats.channels_removed,
              stats.groups, stats.weights_rewritten, stats.fixups)
     return stats
+
+
+def _forget_shapes(graph: gs.Graph, keep: set[str]) -> None:
+    """Drop the recorded shapes of ``graph``'s values (those of If / Loop / Scan bodies included),
+    except ``keep``: the shapes that changed are inferred again on export."""
+    for t in graph.tensors().values():
+        if isinstance(t, gs.Variable) and t.name not in keep:
+            t.shape = None
+    for node in graph.nodes:
+        for value in node.attrs.values():
+            for sub in value if isinstance(value, list) else [value]:
+                if isinstance(sub, gs.Graph):
+                    _forget_shapes(sub, keep)

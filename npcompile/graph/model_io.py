@@ -219,14 +219,52 @@ def _constant_node_value(node: gs.Node) -> np.ndarray | None:
     return None
 
 
+def _fold_slice(node: gs.Node) -> np.ndarray | None:
+    """The value of a Slice of a constant by constant starts/ends/axes/steps (opset 10+), or by its
+    attributes (opset 1-9)."""
+    ins = list(node.inputs)
+    if not ins or not isinstance(ins[0], gs.Constant):
+        return None
+    x = ins[0].values
+    if len(ins) == 1:
+        starts, ends = node.attrs.get("starts"), node.attrs.get("ends")
+        axes, steps = node.attrs.get("axes"), None
+        if starts is None or ends is None:
+            return None
+    else:
+        parts = []
+        for t in ins[1:5] + [None] * (5 - len(ins)):
+            if t is None or (isinstance(t, gs.Variable) and not t.name):
+                parts.append(None)
+            elif isinstance(t, gs.Constant):
+                parts.append([int(v) for v in t.values.reshape(-1)])
+            else:
+                return None
+        starts, ends, axes, steps = parts
+        if starts is None or ends is None:
+            return None
+    axes = list(axes) if axes is not None else list(range(len(starts)))
+    steps = list(steps) if steps is not None else [1] * len(starts)
+    index = [slice(None)] * x.ndim
+    for a, b, e, st in zip(axes, starts, ends, steps, strict=True):
+        index[int(a) % x.ndim] = slice(int(b), int(e), int(st))
+    return x[tuple(index)]
+
+
 def _fold_value(node: gs.Node) -> np.ndarray | None:
     """The value of a node whose inputs are all constants, for the few ops exporters apply to
     weights (a transposed Linear weight, a cast, a reshape, a filled shape); ``None`` otherwise."""
     if node.op == "Constant":
         return _constant_node_value(node)
+    if node.op == "Slice":  # optional inputs may be left out (empty names)
+        return _fold_slice(node)
     if not node.inputs or not all(isinstance(t, gs.Constant) for t in node.inputs):
         return None
     x = node.inputs[0].values
+    if node.op == "Concat":  # gates reordered by an exporter (Slice + Concat of a recurrent weight)
+        return np.concatenate([t.values for t in node.inputs], axis=int(node.attrs["axis"]))
+    if node.op == "Gather" and x.size <= 1 << 24:
+        return np.take(x, node.inputs[1].values.astype(np.int64), axis=int(node.attrs.get("axis", 0)))
     if node.op == "ConstantOfShape":
         fill = node.attrs.get("value")
         fill = fill.values.reshape(-1)[:1] if isinstance(fill, gs.Constant) else np.zeros(1, np.float32)
@@ -259,8 +297,18 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
     initializers."""
     graph = gs.import_onnx(model)
     graph.toposort()
+    _fold_constants(graph)
+    return graph
+
+
+def _fold_constants(graph: gs.Graph) -> None:
+    """Fold constant-only nodes of ``graph`` and of the bodies of its If / Loop / Scan nodes."""
     outputs = {t.name for t in graph.outputs}
     for node in list(graph.nodes):
+        for value in node.attrs.values():
+            for sub in value if isinstance(value, list) else [value]:
+                if isinstance(sub, gs.Graph):
+                    _fold_constants(sub)
         if (node.domain or "") not in ("", "ai.onnx") or len(node.outputs) != 1:
             continue
         out = node.outputs[0]
@@ -280,7 +328,6 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
                     consumer.inputs[i] = const
         node.outputs.clear()
     graph.cleanup()
-    return graph
 
 
 def to_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import numpy as np
 import onnx
@@ -235,8 +236,14 @@ def _eval_int(node: onnx.NodeProto, v: list[np.ndarray | None]) -> np.ndarray | 
     return None
 
 
-def _collect(inferred: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> None:
-    for vi in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]:
+def _collect(inferred: onnx.ModelProto | onnx.GraphProto, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Static shapes of ``inferred``'s values, those of If / Loop / Scan bodies included."""
+    graph = inferred.graph if isinstance(inferred, onnx.ModelProto) else inferred
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                _collect(sub, shapes)
+    for vi in [*graph.value_info, *graph.output, *graph.input]:
         tt = vi.type.tensor_type
         if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
             continue
@@ -273,8 +280,20 @@ def probe_inputs(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]], batc
 
 
 def _wanted(model: onnx.ModelProto) -> set[str]:
-    """Names of the tensors the main graph's nodes produce."""
-    return {o for n in model.graph.node for o in n.output if o}
+    """Names of the tensors the main graph's nodes produce, and those of the nodes of its If
+    branches (whose channels are followed too)."""
+    out: set[str] = set()
+
+    def visit(graph: onnx.GraphProto) -> None:
+        for n in graph.node:
+            out.update(o for o in n.output if o)
+            if n.op_type == "If":
+                for attr in n.attribute:
+                    if attr.HasField("g"):
+                        visit(attr.g)
+
+    visit(model.graph)
+    return out
 
 
 def _symbolic(sk: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> None:
@@ -326,29 +345,78 @@ def _symbolic_steps(tool: type, sk: onnx.ModelProto) -> onnx.ModelProto | None:
 
 def _observed(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]], missing: set[str],
               shapes: dict[str, tuple[int, ...]]) -> None:
-    """Fill ``shapes`` with the shapes of ``missing`` tensors seen in one ONNX Runtime run on probe
-    inputs at the probe shapes."""
-    import onnxruntime as ort
-
+    """Fill ``shapes`` with the shapes of ``missing`` tensors seen in ONNX Runtime runs on probe
+    inputs at the probe shapes. Values inside If branches cannot be fetched from a session, so
+    the If nodes are inlined for observing (both branches, where both run on the probe: the
+    taken one gives the If's outputs) and the run repeated, nested Ifs one level per run."""
+    feeds = probe_inputs(model, probe, batch=None)
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    names = sorted(missing - have)
-    m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
+    for _ in range(4):
+        conds = [n.input[0] for n in m.graph.node if n.op_type == "If" and n.input]
+        names = set(missing) & {o for n in m.graph.node for o in n.output}
+        seen = _observe_run(m, sorted(names | set(conds)), feeds)
+        if seen is None:
+            return
+        for name, v in seen.items():
+            if name in missing and isinstance(v, np.ndarray):
+                shapes.setdefault(name, tuple(int(d) for d in v.shape))
+        taken = {c: bool(np.asarray(seen[c]).reshape(-1)[0]) for c in conds if c in seen}
+        if not taken or not (missing - shapes.keys()):
+            return
+        inlined = _inline_ifs(m, taken, both=True)
+        if _observe_run(inlined, [], feeds) is None:
+            inlined = _inline_ifs(m, taken, both=False)
+        m = inlined
+
+
+def _observe_run(m: onnx.ModelProto, names: list[str], feeds: dict[str, np.ndarray]) -> dict[str, Any] | None:
+    """The values of ``names`` (exposed as outputs) in one ONNX Runtime run of ``m``; ``None``
+    when the model does not run."""
+    import onnxruntime as ort
+
+    run = onnx.ModelProto()
+    run.CopyFrom(m)
+    have = {o.name for o in run.graph.output}
+    run.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in have)
     so = ort.SessionOptions()
     so.log_severity_level = 4
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.intra_op_num_threads = 1
     try:
-        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        wanted = [o.name for o in sess.get_outputs() if o.name in missing]
-        values = sess.run(wanted, probe_inputs(model, probe, batch=None))
+        sess = ort.InferenceSession(run.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        wanted = [o.name for o in sess.get_outputs() if o.name in set(names)] or [sess.get_outputs()[0].name]
+        values = sess.run(wanted, {k: v for k, v in feeds.items() if k in {i.name for i in sess.get_inputs()}})
     except Exception as e:
         log.info("could not observe shapes in an ONNX Runtime run: %s", e)
-        return
-    for name, v in zip(wanted, values, strict=True):
-        if isinstance(v, np.ndarray):
-            shapes.setdefault(name, tuple(int(d) for d in v.shape))
+        return None
+    return dict(zip(wanted, values, strict=True))
+
+
+def _inline_ifs(m: onnx.ModelProto, taken: dict[str, bool], both: bool) -> onnx.ModelProto:
+    """A copy of ``m`` whose top-level If nodes with an observed condition are replaced by the
+    nodes of their branches (for observing shapes only): the taken branch's outputs become the
+    If's outputs; with ``both`` the other branch's nodes are kept beside it."""
+    out = onnx.ModelProto()
+    out.CopyFrom(m)
+    nodes: list[onnx.NodeProto] = []
+    for n in m.graph.node:
+        if n.op_type != "If" or not n.input or n.input[0] not in taken:
+            nodes.append(n)
+            continue
+        branches = {a.name: a.g for a in n.attribute if a.HasField("g")}
+        chosen = "then_branch" if taken[n.input[0]] else "else_branch"
+        for name, g in branches.items():
+            if name != chosen and not both:
+                continue
+            nodes.extend(g.node)
+            out.graph.initializer.extend(g.initializer)
+        for src, dst in zip(branches[chosen].output, n.output, strict=False):
+            if dst:
+                nodes.append(helper.make_node("Identity", [src.name], [dst]))
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
 
 
 def _symbolic_dims(model: onnx.ModelProto) -> dict[str, list[int | None]]:

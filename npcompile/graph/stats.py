@@ -59,6 +59,32 @@ def _subgraph_weights(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
     return out
 
 
+def _nodes_recursive(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """``graph``'s nodes and those of its If / Loop / Scan bodies (both branches of an If)."""
+    out: list[onnx.NodeProto] = []
+    for node in graph.node:
+        out.append(node)
+        for attr in node.attribute:
+            for sub in list(attr.graphs) + ([attr.g] if attr.HasField("g") else []):
+                out.extend(_nodes_recursive(sub))
+    return out
+
+
+def _subgraph_weight_shapes(graph: onnx.GraphProto) -> dict[str, tuple[int, ...]]:
+    """Shapes of the initializers and Constant-node outputs of ``graph``'s subgraphs, by name."""
+    out: dict[str, tuple[int, ...]] = {}
+    for node in _nodes_recursive(graph):
+        for attr in node.attribute:
+            for sub in list(attr.graphs) + ([attr.g] if attr.HasField("g") else []):
+                out.update((t.name, tuple(t.dims)) for t in sub.initializer)
+                for n in sub.node:
+                    if n.op_type == "Constant" and n.output:
+                        for a in n.attribute:
+                            if a.name == "value":
+                                out[n.output[0]] = tuple(a.t.dims)
+    return out
+
+
 #: inputs of integer ops that hold quantized weights or biases (counted as parameters)
 _INT_WEIGHTS = {"DequantizeLinear": (0,), "QLinearConv": (3, 8), "QLinearMatMul": (3,), "QGemm": (3, 6),
                 "ConvInteger": (1,), "MatMulInteger": (1,), "DynamicQuantizeMatMul": (1,),
@@ -108,11 +134,12 @@ def model_stats(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]],
     if shapes is None:
         shapes = static_shapes(model, probe)
     layers: list[LayerInfo] = []
-    for node in model.graph.node:
+    inner = _subgraph_weight_shapes(model.graph)
+    for node in _nodes_recursive(model.graph):  # both branches of an If are counted
         if node.op_type not in _WEIGHTED or len(node.input) < 2:
             continue
         out = shapes.get(node.output[0])
-        w = shapes.get(node.input[1])
+        w = shapes.get(node.input[1]) or inner.get(node.input[1])
         if out is None or w is None:
             continue
         batch = out[0] if out and out[0] > 0 else 1

@@ -148,6 +148,7 @@ def _override_fixup(node: gs.Node, ctx: ChannelAnalysis, index: int, at_probe: n
     for every input size, so dynamic dimensions stay dynamic."""
     target = node.inputs[index]
     length = len(at_probe)
+    owner = ctx.graph
     origins = {axis: _origin_layout(ctx, target, axis) for axis, _ in entries}
 
     def prepare(removed, find):
@@ -169,10 +170,11 @@ def _override_fixup(node: gs.Node, ctx: ChannelAnalysis, index: int, at_probe: n
         def apply() -> None:
             if (div == 1).all() and (mul == 1).all():
                 return
+            graph = owner  # the graph (or If branch) the node lives in
             base = f"{target.name}_npc_{node.name}"
             part = gs.Variable(f"{base}_part", dtype=np.int64)
             new_shape = gs.Variable(f"{base}_new", dtype=np.int64)
-            ctx.graph.nodes.extend([
+            graph.nodes.extend([
                 gs.Node("Div", f"{base}_Div", inputs=[target, gs.Constant(f"{base}_div", div)], outputs=[part]),
                 gs.Node("Mul", f"{base}_Mul", inputs=[part, gs.Constant(f"{base}_mul", mul)], outputs=[new_shape])])
             node.inputs[index] = new_shape

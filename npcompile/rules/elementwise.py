@@ -73,9 +73,11 @@ def broadcast_op(node: gs.Node, ctx: ChannelAnalysis, combine: Combine, inputs: 
             ctx.add_site(node, i, axis_i, layout, role)
             pots.append(layout.slot_sums(value, axis_i))
         else:
+            # frozen, and followed on: what the channels meet downstream, a graph output among them,
+            # is named and coupled
             ctx.freeze(layout, f"{node.op} {node.name}: operand {t.name} spans the channel axis "
                                "but no group owns its channels")
-            return
+            pots.append(np.ones(layout.channels))
     ctx.set_dim(node.outputs[0], ax, layout, combine(pots))
 
 

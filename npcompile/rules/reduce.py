@@ -73,5 +73,6 @@ def softmax(node: gs.Node, ctx: ChannelAnalysis) -> None:
     over_channels = x.axis == axis if opset >= 13 else x.axis >= axis
     if over_channels:
         ctx.freeze(x, f"{node.op} {node.name} normalises over the channel axis")
-        return
+    # the output's channel axis is still the input's (frozen or not): where it goes is followed, so
+    # that what it meets downstream is coupled and a graph output it reaches is named
     ctx.pass_through(node, x, pot=x.pot + 1.0)
