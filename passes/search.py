@@ -186,11 +186,11 @@ class BinarySearchPass(Pass):
             def probe(levels: Sequence[int], g: Group = g, counts: list[int] = counts) -> list[float]:
                 return ev.many([{**removal, g.id: lowest_mask(g, ctx.scores[g.id], counts[i])} for i in levels])
 
-            # with W workers, W levels per round (the classic binary search when W == 1)
+            # with W workers, W levels of the sequential search's decision tree per round
             found = search_levels(len(counts), probe, lambda m: m >= floor, getattr(ev, "width", 1))
-            for level, metric, ok in found.probes:
+            for level, metric, ok, on_path in found.probes:
                 probes.append({"group": g.name, "removed": counts[level] * g.blocks, "width": g.size,
-                               "metric": metric, "accepted": ok})
+                               "metric": metric, "accepted": ok, "on_path": on_path})
                 log.debug("%s: remove %d/%d -> %.6g (%s)", g.name, counts[level] * g.blocks, g.size, metric,
                           "ok" if ok else "too low")
             rounds += found.rounds
@@ -206,7 +206,7 @@ class BinarySearchPass(Pass):
         ctx.removal = removal
         if non_monotone:
             ctx.notes.append(f"binary search: the metric was not monotone in the channels removed in "
-                             f"{', '.join(non_monotone)}; a sequential search may choose differently there")
+                             f"{', '.join(non_monotone)} (the search decided as the sequential one does)")
         n = int(sum(m.sum() for m in removal.values()))
         unit = _unit(self.evaluator)
         summary = (f"removed {n} channels in {len(removal)} of {len(groups)} groups, {ev.evaluations} evaluations; "

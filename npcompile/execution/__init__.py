@@ -26,12 +26,9 @@ def check_options(workers: int, ray: str | None, timeout: float) -> None:
     if ray is not None:
         if not ray.strip():
             raise UserError("--ray needs an address (host:port, ray://host:port) or auto")
-        import importlib.util
+        from npcompile.execution.ray_backend import require_ray
 
-        from npcompile.execution.ray_backend import INSTALL_HINT
-
-        if importlib.util.find_spec("ray") is None:
-            raise UserError(f"--ray needs Ray, which is not installed: {INSTALL_HINT}")
+        require_ray()
 
 
 def make_backend(workers: int = 0, ray: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> Backend:
