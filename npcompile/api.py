@@ -16,6 +16,7 @@ from typing import Any
 import onnx
 
 from npcompile.errors import GateError, UserError, VerificationError
+from npcompile.execution import make_backend
 from npcompile.graph.model_io import atomic_write_bytes, load_model, save_model
 from npcompile.graph.shapes import input_specs, probe_shapes
 from npcompile.graph.stats import model_stats
@@ -112,6 +113,10 @@ class CompileOptions:
     sparsity: float | str | None = None
     sparsity_scope: str = "layer"  # layer or global (unstructured only)
     sparsity_steps: int = 1  # reach an unstructured level in this many prune (-> fine-tune) steps
+    # execution of probes (search, sensitivity, budgets): local worker processes or a Ray cluster
+    workers: int = 0  # 0 or 1: in this process
+    ray: str | None = None  # a Ray cluster address, or "auto"
+    probe_timeout: float = 600.0  # seconds without a finished probe before the backend gives up
 
     def validate(self) -> None:
         criteria = _criteria()
@@ -195,6 +200,9 @@ class CompileOptions:
             raise UserError(f"--sparsity-steps must be >= 1, got {self.sparsity_steps}")
         if self.mode == "maxout" and self.maxout_per_unit == 0 and self.maxout_units == 0:
             raise UserError("maxout pruning with --maxout-per-unit 0 and --maxout-units 0 removes nothing")
+        from npcompile.execution import check_options
+
+        check_options(self.workers, self.ray, self.probe_timeout)
         self.gates.validate()
 
     @property
@@ -445,7 +453,9 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
     groups_before = [(g.id, g.name, g.op, g.size, list(g.frozen), int(g.dead.sum()) if g.dead is not None
                       else 0) for g in analysis.groups]
     shapes_before = ctx.shapes
-    records = Pipeline(passes).run(ctx)
+    with make_backend(options.workers, options.ray, options.probe_timeout) as ctx.backend:
+        records = Pipeline(passes).run(ctx)
+        ctx.report_extras["execution"] = ctx.backend.describe()
     compiled = ctx.model
     for name in ("binary-search", "sensitivity", "budget", "maxout", "maxout-select"):
         result = ctx.results.get(name)

@@ -1,6 +1,10 @@
-"""Helpers for testing compiled models: planting dead channels in a model."""
+"""Helpers for testing compiled models: planting dead channels in a model; an evaluator whose
+worker process dies once (fault tests of :mod:`npcompile.execution`)."""
 
 from __future__ import annotations
+
+import os
+from typing import Any
 
 import numpy as np
 import onnx
@@ -9,7 +13,7 @@ from npcompile.channels.analysis import analyze
 from npcompile.graph.model_io import to_graph, to_model
 from npcompile.graph.shapes import static_shapes
 
-__all__ = ["plant_dead_channels"]
+__all__ = ["plant_dead_channels", "CrashOnceEvaluator"]
 
 
 def plant_dead_channels(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]], fraction: float = 0.25,
@@ -54,3 +58,37 @@ def plant_dead_channels(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]
                     rows[tuple(index)] = 0
                 const.values = rows.reshape(values.shape)
     return to_model(graph, model), planted
+
+
+class CrashOnceEvaluator:
+    """Wraps a shardable evaluator; the first worker process to evaluate a probe creates
+    ``marker`` and dies on the spot (``os._exit``), as a killed worker does. Every later probe,
+    and the retried one, is evaluated by the wrapped evaluator."""
+
+    needs_model = False
+
+    def __init__(self, inner: Any, marker: str) -> None:
+        self.inner, self.marker = inner, str(marker)
+
+    def __getattr__(self, name: str) -> Any:  # name, unit, calls, num_batches, reduce, describe...
+        if name in ("inner", "marker"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    @property
+    def shardable(self) -> bool:
+        return True
+
+    def shard(self, index: int, count: int) -> CrashOnceEvaluator:
+        return CrashOnceEvaluator(self.inner.shard(index, count), self.marker)
+
+    def sample_scores(self, runner: Any) -> np.ndarray:
+        try:
+            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return self.inner.sample_scores(runner)
+        os.close(fd)
+        os._exit(1)
+
+    def evaluate(self, target: Any) -> float:
+        return self.inner.evaluate(target)

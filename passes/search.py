@@ -31,6 +31,8 @@ from npcompile.channels.cost import Cost, CostModel
 from npcompile.channels.masked import RemovalEvaluator
 from npcompile.channels.select import name_patterns
 from npcompile.errors import UserError
+from npcompile.execution.bisect import search_levels
+from npcompile.execution.probes import probe_evaluator
 from npcompile.pipeline import Context, Pass, PassResult, register_pass
 
 __all__ = ["BinarySearchPass", "SensitivityPass", "BudgetPass", "removal_levels", "lowest_mask",
@@ -112,8 +114,9 @@ def _check_removal(groups: list[Group], scores: dict[int, np.ndarray]) -> dict[i
 
 def _evaluator_for(ctx: Context, evaluator: Any, groups: list[Group], threads: int,
                    check: bool) -> RemovalEvaluator:
-    return RemovalEvaluator(ctx.model, ctx.analysis, evaluator, [g.id for g in groups], dict(ctx.probe), threads,
-                            _check_removal(groups, ctx.scores) if check else None)
+    """Probes of ``groups`` on the context's execution backend (:mod:`npcompile.execution`)."""
+    return probe_evaluator(ctx, evaluator, [g.id for g in groups], threads,
+                           _check_removal(groups, ctx.scores) if check else None)
 
 
 def _options_check(round_to: int, min_channels: int) -> None:
@@ -176,23 +179,24 @@ class BinarySearchPass(Pass):
         probes: list[dict[str, Any]] = []
         decisions: list[dict[str, Any]] = []
         final = baseline
+        rounds, non_monotone = 0, []
         for g in groups:
             counts = removal_levels(g, self.round_to, self.min_channels)
-            lo, hi = 0, len(counts) - 1
-            best = None
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                mask = lowest_mask(g, ctx.scores[g.id], counts[mid])
-                metric = ev({**removal, g.id: mask})
-                ok = metric >= floor
-                probes.append({"group": g.name, "removed": counts[mid] * g.blocks, "width": g.size,
-                               "metric": metric, "accepted": ok})
-                log.debug("%s: remove %d/%d -> %.6g (%s)", g.name, counts[mid] * g.blocks, g.size, metric,
+
+            def probe(levels: Sequence[int], g: Group = g, counts: list[int] = counts) -> list[float]:
+                return ev.many([{**removal, g.id: lowest_mask(g, ctx.scores[g.id], counts[i])} for i in levels])
+
+            # with W workers, W levels of the sequential search's decision tree per round
+            found = search_levels(len(counts), probe, lambda m: m >= floor, getattr(ev, "width", 1))
+            for level, metric, ok, on_path in found.probes:
+                probes.append({"group": g.name, "removed": counts[level] * g.blocks, "width": g.size,
+                               "metric": metric, "accepted": ok, "on_path": on_path})
+                log.debug("%s: remove %d/%d -> %.6g (%s)", g.name, counts[level] * g.blocks, g.size, metric,
                           "ok" if ok else "too low")
-                if ok:
-                    lo, best = mid, metric
-                else:
-                    hi = mid - 1
+            rounds += found.rounds
+            if not found.monotone:
+                non_monotone.append(g.name)
+            lo, best = found.level, found.metric
             removed = counts[lo] * g.blocks
             if removed:
                 removal[g.id] = lowest_mask(g, ctx.scores[g.id], counts[lo])
@@ -200,6 +204,9 @@ class BinarySearchPass(Pass):
             decisions.append({"group": g.name, "width": g.size, "removed": removed, "kept": g.size - removed})
             log.info("%s: removes %d of %d channels", g.name, removed, g.size)
         ctx.removal = removal
+        if non_monotone:
+            ctx.notes.append(f"binary search: the metric was not monotone in the channels removed in "
+                             f"{', '.join(non_monotone)} (the search decided as the sequential one does)")
         n = int(sum(m.sum() for m in removal.values()))
         unit = _unit(self.evaluator)
         summary = (f"removed {n} channels in {len(removal)} of {len(groups)} groups, {ev.evaluations} evaluations; "
@@ -207,7 +214,9 @@ class BinarySearchPass(Pass):
         return PassResult(False, summary, {
             "baseline": baseline, "final": final, "tolerance": self.tolerance, "probes": probes,
             "evaluations": ev.evaluations, "groups": decisions, "channels": n,
-            "evaluator": _describe(self.evaluator), "fast_path": ev.fast, "check_diff": ev.check_diff})
+            "evaluator": _describe(self.evaluator), "fast_path": ev.fast, "check_diff": ev.check_diff,
+            "rounds": rounds, "levels_per_round": getattr(ev, "width", 1), "monotone": not non_monotone,
+            "non_monotone_groups": non_monotone})
 
 
 # -- sensitivity -------------------------------------------------------------------------------
@@ -233,14 +242,18 @@ def _check_fractions(fractions: Sequence[float]) -> tuple[float, ...]:
 def sensitivity_table(ctx: Context, ev: RemovalEvaluator, groups: list[Group], fractions: Sequence[float],
                       round_to: int, min_channels: int, baseline: float) -> list[dict[str, Any]]:
     """Per group, the metric with each fraction of its lowest-ranked channels removed (others intact)."""
+    levels = {g.id: _fraction_counts(g, fractions, round_to, min_channels) for g in groups}
+    wanted = list(dict.fromkeys((g.id, c) for g in groups for _, c in levels[g.id] if c))
+    by_id = {g.id: g for g in groups}
+    # every group's sweep is independent: all probes at once (on the backend's workers)
+    metrics = ev.many([{gid: lowest_mask(by_id[gid], ctx.scores[gid], c)} for gid, c in wanted])
+    measured = dict(zip(wanted, metrics, strict=True))
     table = []
     for g in groups:
         points = []
-        seen: dict[int, float] = {0: baseline}
-        for f, per_block in _fraction_counts(g, fractions, round_to, min_channels):
-            if per_block not in seen:
-                seen[per_block] = ev({g.id: lowest_mask(g, ctx.scores[g.id], per_block)})
-            points.append({"fraction": f, "removed": per_block * g.blocks, "metric": seen[per_block]})
+        for f, per_block in levels[g.id]:
+            metric = measured[(g.id, per_block)] if per_block else baseline
+            points.append({"fraction": f, "removed": per_block * g.blocks, "metric": metric})
         table.append({"group": g.name, "group_id": g.id, "width": g.size, "points": points})
         log.debug("sensitivity %s: %s", g.name, [(p["removed"], round(p["metric"], 4)) for p in points])
     return table

@@ -369,3 +369,8 @@ class RemovalEvaluator:
         if not self.fast:
             return float(self.evaluator.evaluate(prune_copy(self.model, self.analysis, removal, self.probe)))
         return float(self.evaluator.evaluate(self.masked.runner(removal)))
+
+    def many(self, removals: Sequence[Mapping[int, np.ndarray]]) -> list[float]:
+        """The metric of each removal (independent probes, here one after the other; a
+        :class:`~npcompile.execution.probes.ProbeEvaluator` runs them on a backend)."""
+        return [self(r) for r in removals]

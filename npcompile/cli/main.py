@@ -49,10 +49,15 @@ def _cli_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, .
 app = typer.Typer(add_completion=True, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="npcompile: structured channel pruning for ONNX models, verified and deployed.")
 
-SUBCOMMANDS = ("compile", "inspect", "passes", "targets")
+SUBCOMMANDS = ("compile", "inspect", "passes", "targets", "batch")
 
 InputShape = Annotated[list[str] | None, typer.Option(
     "--input-shape", help="Shape of an input with dynamic dimensions, NAME:1x3x224x224 (repeatable).")]
+Workers = Annotated[int, typer.Option(help="Evaluate probes (search, sensitivity) in N local worker processes.")]
+RayAddress = Annotated[str | None, typer.Option(
+    "--ray", help="Evaluate probes on the Ray cluster at ADDRESS ('auto': ray.init() defaults).")]
+ProbeTimeout = Annotated[float, typer.Option(
+    help="Seconds without a finished probe before the workers or the cluster count as lost.")]
 
 
 def _console():
@@ -161,6 +166,9 @@ def compile_cmd(
     junit: Annotated[Path | None, typer.Option(help="Write the gates as a JUnit XML report.")] = None,
     plots: Annotated[bool, typer.Option(help="Draw plots beside report.md (needs matplotlib).")] = True,
     html: Annotated[bool, typer.Option("--html", help="Also write a single-file report.html.")] = False,
+    workers: Workers = 0,
+    ray: RayAddress = None,
+    probe_timeout: ProbeTimeout = 600.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what each pass does.")] = False,
 ) -> None:
@@ -189,7 +197,8 @@ def compile_cmd(
                              maxout_per_unit=maxout_per_unit, maxout_units=maxout_units, sparsity=sparsity,
                              sparsity_scope=sparsity_scope, sparsity_steps=sparsity_steps,
                              reconstruct=reconstruct, reconstruct_select=reconstruct_select,
-                             bias_compensation=bias_compensation, bn_recalibrate=bn_recalibrate)
+                             bias_compensation=bias_compensation, bn_recalibrate=bn_recalibrate,
+                             workers=workers, ray=ray, probe_timeout=probe_timeout)
     if dry_run:
         _dry_run(options)
         return
@@ -353,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         print("npcompile: internal error (please report it with the traceback above)", file=sys.stderr)
         return 3
 
+
+from npcompile.cli import batch as _batch  # noqa: E402,F401  (registers the batch command)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

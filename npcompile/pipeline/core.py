@@ -70,6 +70,8 @@ class Context:
         #: values a pass computes once and reuses in later steps (e.g. the original model's
         #: outputs on the training data, for distillation); kept across model changes
         self.cache: dict[Any, Any] = {}
+        #: where passes that evaluate many probes run them (:mod:`npcompile.execution`; None: here)
+        self.backend: Any = None
 
     @property
     def model(self) -> onnx.ModelProto:

@@ -18,6 +18,7 @@ evaluator is made; every evaluation reuses them.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import logging
@@ -83,6 +84,17 @@ class _Batches:
                 feeds = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in feeds.items()}
             self.feeds.append({k: np.ascontiguousarray(v) for k, v in feeds.items()})
             self.sizes.append(real)
+
+    def subset(self, start: int, stop: int) -> _Batches:
+        """Batches ``start:stop`` (the same batches, not re-split: each runs exactly as here)."""
+        out = object.__new__(_Batches)
+        out.feeds, out.sizes = self.feeds[start:stop], self.sizes[start:stop]
+        out.n = int(sum(out.sizes))
+        return out
+
+    def sample_range(self, start: int, stop: int) -> tuple[int, int]:
+        """The samples batches ``start:stop`` hold (first, one past the last)."""
+        return int(sum(self.sizes[:start])), int(sum(self.sizes[:stop]))
 
     def outputs(self, runner: Runner, output: int | str) -> np.ndarray:
         """The selected output over the whole data set (concatenated batches)."""
@@ -150,6 +162,45 @@ class Evaluator:
     def _evaluate(self, runner: Runner) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    # -- sharding: evaluators whose metric is a mean of per-sample scores ---------------------
+    @property
+    def shardable(self) -> bool:
+        """Whether :meth:`shard`, :meth:`sample_scores` and :meth:`reduce` are available: the metric
+        is a mean of per-sample scores, so shards of the data combine exactly."""
+        return hasattr(self, "_batches")
+
+    @property
+    def num_batches(self) -> int:
+        """Batches of the evaluation data (shards are made of whole batches)."""
+        return len(self._batches.sizes)
+
+    def sample_scores(self, runner: Runner) -> np.ndarray:  # pragma: no cover - abstract
+        """Per-sample scores (float64, in data order) whose :meth:`reduce` is the metric."""
+        raise NotImplementedError
+
+    def reduce(self, scores: np.ndarray) -> float:  # pragma: no cover - abstract
+        """The metric from the per-sample scores of the whole data set (concatenated shards)."""
+        raise NotImplementedError
+
+    def shard(self, index: int, count: int) -> Evaluator:
+        """An evaluator over the ``index``-th of ``count`` contiguous runs of whole batches: the
+        concatenation of every shard's :meth:`sample_scores`, in index order, equals this one's."""
+        if not self.shardable:
+            raise TypeError(f"{self.name} cannot be sharded")
+        if not 0 <= index < count:
+            raise ValueError(f"shard {index} of {count}")
+        n = self.num_batches
+        start, stop = index * n // count, (index + 1) * n // count
+        lo, hi = self._batches.sample_range(start, stop)
+        out = copy.copy(self)
+        out._batches = self._batches.subset(start, stop)
+        out._slice_samples(lo, hi)
+        out.calls = 0
+        return out
+
+    def _slice_samples(self, lo: int, hi: int) -> None:
+        """Keep the per-sample data (labels, references) of samples ``lo:hi`` (for :meth:`shard`)."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name})"
 
@@ -202,13 +253,24 @@ class AccuracyEvaluator(Evaluator):
         return logits
 
     def _evaluate(self, runner: Runner) -> float:
+        return self.reduce(self.sample_scores(runner))
+
+    def sample_scores(self, runner: Runner) -> np.ndarray:
+        """1.0 where the label is among the top-k classes, else 0.0."""
         logits = self._check(self._batches.outputs(runner, self.output))
         if self.top_k == 1:
             hit = np.argmax(logits, axis=1) == self.labels
         else:
             top = np.argpartition(-logits, self.top_k - 1, axis=1)[:, : self.top_k]
             hit = (top == self.labels[:, None]).any(axis=1)
-        return 100.0 * float(hit.mean())
+        return hit.astype(np.float64)
+
+    def reduce(self, scores: np.ndarray) -> float:
+        return 100.0 * float(np.mean(scores))
+
+    def _slice_samples(self, lo: int, hi: int) -> None:
+        self.labels = self.labels[lo:hi]
+        self.samples = hi - lo
 
 
 class FidelityEvaluator(Evaluator):
@@ -259,6 +321,11 @@ class FidelityEvaluator(Evaluator):
         return {**super().describe(), "fidelity": self.fidelity, "samples": self.samples}
 
     def _evaluate(self, runner: Runner) -> float:
+        return self.reduce(self.sample_scores(runner))
+
+    def sample_scores(self, runner: Runner) -> np.ndarray:
+        """Per sample: 1.0 / 0.0 for an unchanged / changed top-1 class, the cosine, or minus the
+        mean squared error."""
         out = self._batches.outputs(runner, self.output).astype(np.float64)
         if out.shape != self.reference.shape:
             raise UserError(f"output shape {list(out.shape)} differs from the original's "
@@ -266,16 +333,26 @@ class FidelityEvaluator(Evaluator):
         n = out.shape[0]
         if self.fidelity == "top1":
             top = np.argmax(out.reshape(n, out.shape[1], -1), axis=1)
-            return 100.0 * float((top == self._ref_top).mean())
+            return (top == self._ref_top).mean(axis=1)
         flat = out.reshape(n, -1)
         if self.fidelity == "neg_mse":
-            return -float(np.mean(np.square(flat - self._ref_flat)))
+            return -np.mean(np.square(flat - self._ref_flat), axis=1)
         norm = np.linalg.norm(flat, axis=1)
         both = norm * self._ref_norm
         dots = np.einsum("ij,ij->i", flat, self._ref_flat)
         # a zero output matches a zero reference exactly, and nothing else
-        cos = np.where(both > 0, dots / np.where(both > 0, both, 1.0), ((norm == 0) & (self._ref_norm == 0)) * 1.0)
-        return float(np.mean(cos))
+        return np.where(both > 0, dots / np.where(both > 0, both, 1.0), ((norm == 0) & (self._ref_norm == 0)) * 1.0)
+
+    def reduce(self, scores: np.ndarray) -> float:
+        value = float(np.mean(scores))
+        return 100.0 * value if self.fidelity == "top1" else value
+
+    def _slice_samples(self, lo: int, hi: int) -> None:
+        self.reference = self.reference[lo:hi]
+        self._ref_flat, self._ref_norm = self._ref_flat[lo:hi], self._ref_norm[lo:hi]
+        if self.fidelity == "top1":
+            self._ref_top = self._ref_top[lo:hi]
+        self.samples = hi - lo
 
 
 def _load_callable(spec: str) -> Callable[[onnx.ModelProto], Any]:

@@ -16,7 +16,7 @@ __all__ = ["probe_inputs", "make_session", "run_session", "compare", "Verificati
 log = logging.getLogger(__name__)
 
 
-def make_session(model: onnx.ModelProto | str, threads: int = 0, optimize: bool = True,
+def make_session(model: onnx.ModelProto | str | bytes, threads: int = 0, optimize: bool = True,
                  optimized_path: str | None = None, providers: list[str] | None = None):
     import onnxruntime as ort
 
@@ -29,7 +29,7 @@ def make_session(model: onnx.ModelProto | str, threads: int = 0, optimize: bool 
                                    else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     if optimized_path:
         so.optimized_model_filepath = optimized_path
-    data = model if isinstance(model, str) else model.SerializeToString()
+    data = model if isinstance(model, (str, bytes)) else model.SerializeToString()
     return ort.InferenceSession(data, so, providers=providers or ["CPUExecutionProvider"])
 
 

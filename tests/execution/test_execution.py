@@ -1,0 +1,89 @@
+"""Execution backends: the level search decides as the sequential one, sharded scores combine
+exactly, local workers give the same tables, plans and model as one process, a killed worker's
+probe is retried, a missing Ray is one line."""
+
+from __future__ import annotations
+
+import random
+import sys
+
+import exekit
+import numpy as np
+import pytest
+
+from npcompile.errors import UserError
+from npcompile.execution import check_options
+from npcompile.execution.bisect import search_levels
+from npcompile.execution.local import LocalProcesses
+from npcompile.testing import CrashOnceEvaluator
+
+
+def _sequential(n: int, f, accept) -> int:
+    lo, hi = 0, n - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if accept(f(mid)) else (lo, mid - 1)
+    return lo
+
+
+def test_level_search_is_the_sequential_one_for_every_width() -> None:
+    rng = random.Random(0)
+    for _ in range(500):
+        n = rng.randint(1, 70)
+        vals = [rng.random() for _ in range(n)]  # not monotone: the decision must still match
+        thr = rng.random()
+        want = _sequential(n, vals.__getitem__, lambda m, t=thr: m >= t)
+        rounds = {}
+        for w in (1, 2, 3, 7):
+            r = search_levels(n, lambda ls, v=vals: [v[i] for i in ls], lambda m, t=thr: m >= t, w)
+            assert r.level == want
+            rounds[w] = r.rounds
+        assert rounds[3] <= rounds[1] and rounds[7] <= rounds[3]
+
+
+def test_sharded_scores_combine_exactly(zoo_case: exekit.Case) -> None:
+    for kind in ("top1", "cosine", "neg_mse"):
+        ev = exekit.evaluator(zoo_case, kind)
+        from npcompile.runtime.verify import make_session
+
+        sess = make_session(zoo_case.model)
+        whole = ev.sample_scores(sess)
+        for k in (2, 3, 6):
+            parts = np.concatenate([ev.shard(i, k).sample_scores(sess) for i in range(k)])
+            assert np.array_equal(parts, whole)
+            assert ev.reduce(parts) == ev.evaluate(zoo_case.model)
+
+
+@pytest.fixture(scope="module")
+def local2():
+    with LocalProcesses(2, timeout=300) as backend:
+        yield backend
+
+
+def test_local_workers_decide_as_one_process(zoo_case: exekit.Case, local2: LocalProcesses) -> None:
+    one = exekit.decisions(exekit.run_passes(zoo_case, None))
+    two = exekit.decisions(exekit.run_passes(zoo_case, local2))
+    assert one["search_removal"], "the search removed nothing: the test says nothing"
+    assert two == one  # tables, search path, plans and the pruned model, byte for byte
+    assert local2.tasks > 0
+
+
+def test_killed_worker_probe_is_retried(zoo_case: exekit.Case, local2: LocalProcesses, tmp_path) -> None:
+    ev = exekit.evaluator(zoo_case)
+    want = exekit.decisions(exekit.run_passes(zoo_case, None, ev))
+    retried = local2.retried
+    got = exekit.decisions(exekit.run_passes(zoo_case, local2, CrashOnceEvaluator(ev, tmp_path / "died")))
+    assert (tmp_path / "died").exists()
+    assert local2.retried > retried
+    assert got == want
+
+
+def test_without_ray_the_flag_names_the_install(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(UserError, match=r"pip install 'npcompile\[ray\]'"):
+        check_options(0, "auto", 600)
+    from npcompile.cli import main
+
+    assert main(["model.onnx", "--ray", "auto"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "npcompile[ray]" in err[0]

@@ -1,0 +1,32 @@
+"""On a local Ray (two CPUs, started once for the module): the same decisions and model as one
+process, and a killed worker's probe retried by Ray's task retries."""
+
+from __future__ import annotations
+
+import exekit
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from npcompile.execution.ray_backend import RayBackend  # noqa: E402
+from npcompile.testing import CrashOnceEvaluator  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ray2():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        with RayBackend("auto", 2, timeout=300) as backend:
+            yield backend
+    finally:
+        ray.shutdown()
+
+
+def test_ray_decides_as_one_process_and_retries_a_dead_worker(zoo_case: exekit.Case, ray2: RayBackend,
+                                                              tmp_path) -> None:
+    ev = exekit.evaluator(zoo_case)
+    want = exekit.decisions(exekit.run_passes(zoo_case, None, ev))
+    assert exekit.decisions(exekit.run_passes(zoo_case, ray2, ev)) == want
+    got = exekit.decisions(exekit.run_passes(zoo_case, ray2, CrashOnceEvaluator(ev, tmp_path / "died")))
+    assert (tmp_path / "died").exists()
+    assert got == want
