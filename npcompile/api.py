@@ -25,6 +25,7 @@ from npcompile.pipeline.plugins import load_plugin
 from npcompile.report.document import build_report, render_markdown
 from npcompile.report.gates import Gates, check_gates, write_junit
 from npcompile.report.html import render_html
+from npcompile.report.outdir import OUTPUT_FILES, publish
 from npcompile.report.plots import render_plots
 from npcompile.runtime.verify import compare, probe_inputs
 from npcompile.targets import BenchmarkOptions, Target, get_target
@@ -45,8 +46,6 @@ CRITERIA: dict[str, tuple[str, dict[str, Any]]] = {
 #: criteria measured on calibration data
 DATA_CRITERIA = ("maxout", "apoz", "mean-abs")
 
-OUTPUT_FILES = ("model.onnx", "model.onnx.data", "model.ort.onnx", "model.engine", "report.json", "report.md",
-                "report.html", "widths.png", "latency.png", "sensitivity.png")
 
 
 @dataclass
@@ -237,6 +236,12 @@ class CompileResult:
     model: onnx.ModelProto
     report: dict[str, Any]
     files: dict[str, Path] = field(default_factory=dict)
+
+    def to_torch(self, freeze_bn_stats: bool = True) -> Any:
+        """The compiled graph as a trainable ``torch.nn.Module`` (:func:`npcompile.finetune.to_torch`)."""
+        from npcompile.finetune import to_torch
+
+        return to_torch(self.model, freeze_bn_stats)
 
 
 def _criteria() -> dict[str, tuple[str, dict[str, Any]]]:
@@ -514,9 +519,7 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
             atomic_write_bytes(staging / "report.md", render_markdown(report, list(images)).encode())
             if options.html:
                 atomic_write_bytes(staging / "report.html", render_html(report, images).encode())
-            for path in sorted(staging.iterdir()):
-                os.replace(path, outdir / path.name)
-                files[path.name] = outdir / path.name
+            files = publish(staging, outdir)
         if options.junit:
             write_junit(options.junit, gate_results, report)
     finally:
@@ -526,7 +529,9 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
     failed = [g for g in gate_results if not g.passed]
     if failed:
         more = f" (and {len(failed) - 1} more gate(s))" if len(failed) > 1 else ""
-        raise GateError(f"gate failed: {failed[0].message}{more}")
+        err = GateError(f"gate failed: {failed[0].message}{more}")
+        err.result = CompileResult(compiled, report, files)  # the CLI still prints what the run did
+        raise err
     return CompileResult(compiled, report, files)
 
 

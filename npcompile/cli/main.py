@@ -193,14 +193,17 @@ def compile_cmd(
     if dry_run:
         _dry_run(options)
         return
+    from npcompile.cli.summary import print_summary
+
     try:
         result = compile(str(model), output, options)
-    except GateError:
-        if not quiet:
-            typer.echo(f"wrote {output}/model.onnx, report.json, report.md (a gate failed)")
+    except GateError as e:
+        failed = getattr(e, "result", None)
+        if not quiet and failed is not None:
+            print_summary(_console(), failed.report, output, failed.files, options.junit, failed=True)
         raise
     if not quiet:
-        _print_summary(result.report, output)
+        print_summary(_console(), result.report, output, result.files, options.junit)
 
 
 def _int_list(text: str | None, flag: str) -> list[int]:
@@ -220,36 +223,6 @@ def _dry_run(options) -> None:
     prepare(options, {})
     specs, _, _, _ = resolve_specs(options, make_target(options))
     typer.echo(to_toml(specs), nl=False)
-
-
-def _print_summary(report: dict, output: Path) -> None:
-    from rich.table import Table
-
-    from npcompile.report.document import _change, _num
-
-    s = report["summary"]
-    console = _console()
-    if any("only lossless passes ran" in n for n in report.get("notes", [])):
-        console.print("no pruning option given: applied lossless passes only (dead-channel removal, cleanup)")
-    table = Table(title=f"npcompile → {report['target']['name']} ({report['mode']})")
-    for col in ("", "before", "after", "change"):
-        table.add_column(col, justify="right" if col else "left")
-    table.add_row("parameters", _num(s["params_before"]), _num(s["params_after"]),
-                  _change(s["param_reduction"]))
-    table.add_row("FLOPs", _num(s["flops_before"]), _num(s["flops_after"]), _change(s["flops_reduction"]))
-    table.add_row("size", f"{_num(s['size_before'])}B", f"{_num(s['size_after'])}B", "")
-    lat = report.get("latency") or {}
-    if lat:
-        table.add_row("latency p50 (ms)", f"{lat['before']['p50_ms']:.3f}", f"{lat['after']['p50_ms']:.3f}",
-                      f"{lat['speedup']:.2f}x")
-    console.print(table)
-    console.print(f"groups: {s['groups_total']} ({s['groups_prunable']} prunable, {s['groups_frozen']} frozen, "
-                  f"{s['groups_pruned']} pruned, {s['channels_removed']} channels removed) · "
-                  f"round-to {report['rounding']['round_to']} · max output diff {s['max_rel_diff']:.2e} rel")
-    acc = report.get("accuracy")
-    if acc:
-        console.print(f"{acc['metric']}: {acc['before']:.4g} -> {acc['after']:.4g} {acc.get('unit', '')}")
-    console.print(f"wrote {output}/model.onnx, report.json, report.md")
 
 
 @app.command("inspect")
