@@ -159,6 +159,8 @@ def compile_cmd(
     min_param_reduction: Annotated[float | None, typer.Option(
         help="Gate: fail if less than this fraction of parameters was removed.")] = None,
     junit: Annotated[Path | None, typer.Option(help="Write the gates as a JUnit XML report.")] = None,
+    allow_collapse: Annotated[bool, typer.Option(
+        "--allow-collapse", help="Accept an accuracy that fell to chance level (otherwise exit 1).")] = False,
     plots: Annotated[bool, typer.Option(help="Draw plots beside report.md (needs matplotlib).")] = True,
     html: Annotated[bool, typer.Option("--html", help="Also write a single-file report.html.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
@@ -189,7 +191,8 @@ def compile_cmd(
                              maxout_per_unit=maxout_per_unit, maxout_units=maxout_units, sparsity=sparsity,
                              sparsity_scope=sparsity_scope, sparsity_steps=sparsity_steps,
                              reconstruct=reconstruct, reconstruct_select=reconstruct_select,
-                             bias_compensation=bias_compensation, bn_recalibrate=bn_recalibrate)
+                             bias_compensation=bias_compensation, bn_recalibrate=bn_recalibrate,
+                             allow_collapse=allow_collapse)
     if dry_run:
         _dry_run(options)
         return
@@ -222,7 +225,15 @@ def _dry_run(options) -> None:
 
     prepare(options, {})
     specs, _, _, _ = resolve_specs(options, make_target(options))
-    typer.echo(to_toml(specs), nl=False)
+    for spec in specs:  # a pipeline file reads paths relative to itself: write them absolute
+        for key, value in spec.options.items():
+            if isinstance(value, str) and key != "evaluator" and Path(value).suffix and Path(value).exists():
+                spec.options[key] = str(Path(value).resolve())
+    text = to_toml(specs)
+    if 'evaluator = "evaluator"' in text:
+        text = text.replace("# npcompile pipeline", "# npcompile pipeline\n# evaluator = \"evaluator\": the one "
+                            "--eval DATA.npz / --evaluator give when this file runs (--pipeline FILE --eval ...)", 1)
+    typer.echo(text, nl=False)
 
 
 @app.command("inspect")
@@ -302,6 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     root_flags = ("--help", "-h", "--version", "-V", "--install-completion", "--show-completion")
     if args and args[0] not in SUBCOMMANDS and args[0] not in root_flags:
         args.insert(0, "compile")  # the bare form: npcompile MODEL [options]
+    if not args:  # bare npcompile: the usage, and one line saying what is missing
+        app(args=["--help"], prog_name="npcompile", standalone_mode=False)
+        print("npcompile: error: give a model: npcompile MODEL [options] (npcompile --help lists them)",
+              file=sys.stderr)
+        return 2
     exits, aborts, usage = _cli_exceptions()
     try:
         rv = app(args=args, prog_name="npcompile", standalone_mode=False)

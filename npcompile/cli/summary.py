@@ -3,6 +3,7 @@ latency), why groups stayed whole, and every file written. Printed on success an
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,15 @@ def kept_whole(report: dict[str, Any]) -> list[dict[str, Any]]:
     ratio = opts.get("ratio")
     if report["mode"] == "ratio" and not ratio:
         return []
+    inc, exc = opts.get("include") or [], opts.get("exclude") or []
+
+    def chosen(name: str) -> bool:
+        hit = lambda pats: any(fnmatch.fnmatchcase(name, p) for pat in pats for p in pat.split(","))  # noqa: E731
+        return (not inc or hit(inc)) and not (exc and hit(exc))
+
     out = []
     for g in report.get("groups", []):
-        if not g["prunable"] or g["width_after"] != g["width_before"]:
+        if not g["prunable"] or g["width_after"] != g["width_before"] or not chosen(g["name"]):
             continue
         if report["mode"] == "ratio" and round(ratio * g["width_before"]) < 1:
             continue  # the ratio itself asked for nothing in this group
