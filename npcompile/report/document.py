@@ -148,6 +148,27 @@ def _quantization_lines(q: Any) -> list[str]:
     return lines + [""]
 
 
+def _sensitivity_lines(sens: Any, images: list[str] | tuple[str, ...]) -> list[str]:
+    """The per-layer sensitivity table (metric after removing each fraction of one group) and plot."""
+    if not isinstance(sens, dict) or not sens.get("table"):
+        return []
+    rows = sens["table"]
+    rows = [{"group": k, "points": v} for k, v in rows.items()] if isinstance(rows, dict) else rows
+    fracs = sens.get("fractions") or [p["fraction"] for p in rows[0]["points"]]
+    lines = ["## Sensitivity", "", f"Metric after removing a fraction of one group's channels (baseline "
+             f"{sens.get('baseline', 'n/a')}).", "",
+             "| group | width | " + " | ".join(f"{f:g}" for f in fracs) + " |",
+             "|---|---:|" + "---:|" * len(fracs)]
+    for r in rows:
+        by = {p["fraction"]: p["metric"] for p in r["points"]}
+        cells = " | ".join(f"{by[f]:.4g}" if f in by else "" for f in fracs)
+        lines.append(f"| {r['group']} | {r.get('width', '')} | {cells} |")
+    lines.append("")
+    if "sensitivity.png" in images:
+        lines += ["![sensitivity curves](sensitivity.png)", ""]
+    return lines
+
+
 def render_markdown(report: dict[str, Any], images: list[str] | tuple[str, ...] = ()) -> str:
     """A human-readable summary of a report document; ``images`` names plot files beside it."""
     s = report["summary"]
@@ -228,8 +249,7 @@ def render_markdown(report: dict[str, Any], images: list[str] | tuple[str, ...] 
         lines += [f"Widths that may hurt {report['target']['name']}:", ""]
         lines += [f"- `{f['group']}`: {f['note']}" for f in report["width_flags"]]
         lines.append("")
-    if "sensitivity.png" in images:
-        lines += ["## Sensitivity", "", "![sensitivity curves](sensitivity.png)", ""]
+    lines += _sensitivity_lines(report.get("sensitivity"), images)
     if report.get("gates"):
         lines += ["## Gates", "", "| gate | result |", "|---|---|"]
         lines += [f"| {g['name']} | {'pass' if g['passed'] else '**FAIL**'}: {g['message']} |" for g in report["gates"]]

@@ -107,4 +107,5 @@ def write_junit(path: str | Path, results: list[GateResult], report: dict[str, A
             lines.append(f"      <failure message={quoteattr(msg)}>{escape(msg)}</failure>")
         lines.append("    </testcase>")
     lines += ["  </testsuite>", "</testsuites>", ""]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(Path(path), "\n".join(lines).encode())

@@ -5,6 +5,7 @@ checked against the model; read in batches.
 
 from __future__ import annotations
 
+import logging
 import os
 import zipfile
 from collections.abc import Iterator
@@ -20,6 +21,8 @@ from npcompile.graph.shapes import input_specs
 __all__ = ["Dataset", "load_data"]
 
 LABELS = "labels"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -69,6 +72,13 @@ def load_data(path: str | os.PathLike, model: onnx.ModelProto, labels: str = "op
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{what} file not found: {p}")
+    with open(p, "rb") as f:
+        magic = f.read(6)
+    if magic == b"\x93NUMPY":
+        raise UserError(f"{what} file {p} is a single .npy array; save an .npz with one array per model input "
+                        "(np.savez(path, input=x, labels=y))")
+    if magic[:4] != b"PK\x03\x04" and magic[:4] != b"PK\x05\x06":
+        raise UserError(f"{what} file {p} is not an .npz archive (np.savez writes one)")
     try:
         with np.load(p, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
@@ -91,7 +101,9 @@ def load_data(path: str | os.PathLike, model: onnx.ModelProto, labels: str = "op
         want = onnx.helper.tensor_dtype_to_np_dtype(spec.type.tensor_type.elem_type)
         if a.dtype != want:
             if np.issubdtype(want, np.floating) and np.issubdtype(a.dtype, np.floating):
-                a = a.astype(want)  # float64 data for a float32 model: same values, narrower
+                log.warning("%s file %s: input %s is %s, converted to the model's %s", what, p, spec.name,
+                            a.dtype, np.dtype(want))
+                a = a.astype(want)
             else:
                 raise UserError(f"{what} file {p}: input {spec.name} has dtype {a.dtype}, the model wants {want}")
         dims = list(spec.type.tensor_type.shape.dim)

@@ -10,6 +10,7 @@ import onnx
 
 from npcompile.errors import VerificationError
 from npcompile.graph.shapes import probe_inputs
+from npcompile.runtime.ort_errors import ort_message
 
 __all__ = ["probe_inputs", "make_session", "run_session", "compare", "Verification"]
 
@@ -60,11 +61,11 @@ def compare(original: onnx.ModelProto, compiled: onnx.ModelProto, feeds: dict[st
     try:
         ref = run_session(make_session(original, threads), feeds)
     except Exception as e:
-        raise VerificationError(f"ONNX Runtime cannot run the original model: {str(e).splitlines()[0]}") from e
+        raise VerificationError(f"ONNX Runtime cannot run the original model: {ort_message(e)}") from e
     try:
         got = run_session(make_session(compiled, threads), feeds)
     except Exception as e:
-        raise VerificationError(f"ONNX Runtime cannot run the compiled model: {str(e).splitlines()[0]}") from e
+        raise VerificationError(f"ONNX Runtime cannot run the compiled model: {ort_message(e)}") from e
     names = [o.name for o in original.graph.output]
     rows = []
     worst_abs = worst_rel = 0.0
