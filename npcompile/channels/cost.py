@@ -111,7 +111,8 @@ class CostModel:
                     keys.append(key)
             self._group_weights[group.id] = keys
         flops = 0
-        for node in _all_nodes(graph):  # both branches of an If are counted
+        graphs = [graph, *graph.subgraphs(recursive=True)]  # both branches of an If are counted
+        for node in (n for g in graphs for n in g.nodes):
             macs = node_macs(node, shapes)
             if macs is None:
                 continue
@@ -121,7 +122,7 @@ class CostModel:
                 weights[id(w)].flops_per_element += 2 * macs / math.prod(w.shape)
         params = 0
         seen: set[int] = set()
-        for g in _all_graphs(graph):
+        for g in graphs:
             for t in g.tensors().values():
                 if isinstance(t, gs.Constant) and is_parameter(t) and id(t) not in seen:
                     seen.add(id(t))
@@ -194,17 +195,3 @@ def group_costs(analysis: ChannelAnalysis, shapes: Mapping[str, tuple[int, ...]]
         out[g.id] = (saved.flops / g.blocks, saved.params / g.blocks)
     return out
 
-
-def _all_graphs(graph: gs.Graph) -> list[gs.Graph]:
-    """``graph`` and the bodies of its If / Loop / Scan nodes, recursively."""
-    out = [graph]
-    for node in graph.nodes:
-        for value in node.attrs.values():
-            for sub in value if isinstance(value, list) else [value]:
-                if isinstance(sub, gs.Graph):
-                    out.extend(_all_graphs(sub))
-    return out
-
-
-def _all_nodes(graph: gs.Graph) -> list[gs.Node]:
-    return [n for g in _all_graphs(graph) for n in g.nodes]

@@ -141,11 +141,7 @@ def apply_removal(graph: gs.Graph, analysis: ChannelAnalysis, removed: dict[int,
 def _forget_shapes(graph: gs.Graph, keep: set[str]) -> None:
     """Drop the recorded shapes of ``graph``'s values (those of If / Loop / Scan bodies included),
     except ``keep``: the shapes that changed are inferred again on export."""
-    for t in graph.tensors().values():
-        if isinstance(t, gs.Variable) and t.name not in keep:
-            t.shape = None
-    for node in graph.nodes:
-        for value in node.attrs.values():
-            for sub in value if isinstance(value, list) else [value]:
-                if isinstance(sub, gs.Graph):
-                    _forget_shapes(sub, keep)
+    for g in (graph, *graph.subgraphs(recursive=True)):
+        for t in g.tensors().values():
+            if isinstance(t, gs.Variable) and t.name not in keep:
+                t.shape = None

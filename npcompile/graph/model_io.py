@@ -305,10 +305,8 @@ def _fold_constants(graph: gs.Graph) -> None:
     """Fold constant-only nodes of ``graph`` and of the bodies of its If / Loop / Scan nodes."""
     outputs = {t.name for t in graph.outputs}
     for node in list(graph.nodes):
-        for value in node.attrs.values():
-            for sub in value if isinstance(value, list) else [value]:
-                if isinstance(sub, gs.Graph):
-                    _fold_constants(sub)
+        for sub in node.subgraphs():
+            _fold_constants(sub)
         if (node.domain or "") not in ("", "ai.onnx") or len(node.outputs) != 1:
             continue
         out = node.outputs[0]

@@ -352,22 +352,24 @@ def _observed(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]], missing
     feeds = probe_inputs(model, probe, batch=None)
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    for _ in range(4):
+    fallback: onnx.ModelProto | None = None  # the taken branches only, for when both do not run
+    for _ in range(8):
         conds = [n.input[0] for n in m.graph.node if n.op_type == "If" and n.input]
         names = set(missing) & {o for n in m.graph.node for o in n.output}
         seen = _observe_run(m, sorted(names | set(conds)), feeds)
         if seen is None:
-            return
+            if fallback is None:
+                return
+            m, fallback = fallback, None
+            continue
         for name, v in seen.items():
             if name in missing and isinstance(v, np.ndarray):
                 shapes.setdefault(name, tuple(int(d) for d in v.shape))
         taken = {c: bool(np.asarray(seen[c]).reshape(-1)[0]) for c in conds if c in seen}
         if not taken or not (missing - shapes.keys()):
             return
-        inlined = _inline_ifs(m, taken, both=True)
-        if _observe_run(inlined, [], feeds) is None:
-            inlined = _inline_ifs(m, taken, both=False)
-        m = inlined
+        fallback = _inline_ifs(m, taken, both=False)
+        m = _inline_ifs(m, taken, both=True)
 
 
 def _observe_run(m: onnx.ModelProto, names: list[str], feeds: dict[str, np.ndarray]) -> dict[str, Any] | None:

@@ -46,17 +46,9 @@ def _float_init(t: onnx.TensorProto) -> bool:
                            onnx.TensorProto.BFLOAT16)
 
 
-def _subgraph_weights(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
-    """Initializers and Constant-node values inside the subgraphs of ``graph``'s nodes, recursively."""
-    out: list[onnx.TensorProto] = []
-    for node in graph.node:
-        for attr in node.attribute:
-            subs = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])
-            for sub in subs:
-                out.extend(sub.initializer)
-                out.extend(a.t for n in sub.node if n.op_type == "Constant" for a in n.attribute if a.name == "value")
-                out.extend(_subgraph_weights(sub))
-    return out
+def _bodies(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The If / Loop / Scan bodies held in ``node``'s attributes."""
+    return [g for attr in node.attribute for g in [*attr.graphs, *([attr.g] if attr.HasField("g") else [])]]
 
 
 def _nodes_recursive(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
@@ -64,24 +56,20 @@ def _nodes_recursive(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     out: list[onnx.NodeProto] = []
     for node in graph.node:
         out.append(node)
-        for attr in node.attribute:
-            for sub in list(attr.graphs) + ([attr.g] if attr.HasField("g") else []):
-                out.extend(_nodes_recursive(sub))
+        for sub in _bodies(node):
+            out.extend(_nodes_recursive(sub))
     return out
 
 
-def _subgraph_weight_shapes(graph: onnx.GraphProto) -> dict[str, tuple[int, ...]]:
-    """Shapes of the initializers and Constant-node outputs of ``graph``'s subgraphs, by name."""
-    out: dict[str, tuple[int, ...]] = {}
+def _subgraph_weights(graph: onnx.GraphProto) -> list[tuple[str, onnx.TensorProto]]:
+    """Initializers and Constant-node values inside the subgraphs of ``graph``'s nodes, recursively,
+    with the name their readers use."""
+    out: list[tuple[str, onnx.TensorProto]] = []
     for node in _nodes_recursive(graph):
-        for attr in node.attribute:
-            for sub in list(attr.graphs) + ([attr.g] if attr.HasField("g") else []):
-                out.update((t.name, tuple(t.dims)) for t in sub.initializer)
-                for n in sub.node:
-                    if n.op_type == "Constant" and n.output:
-                        for a in n.attribute:
-                            if a.name == "value":
-                                out[n.output[0]] = tuple(a.t.dims)
+        for sub in _bodies(node):
+            out.extend((t.name, t) for t in sub.initializer)
+            out.extend((n.output[0] if n.output else "", a.t) for n in sub.node if n.op_type == "Constant"
+                       for a in n.attribute if a.name == "value")
     return out
 
 
@@ -126,7 +114,8 @@ def model_stats(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]],
             n = math.prod(t.dims)
             params += n
             nonzero += int(np.count_nonzero(numpy_helper.to_array(t))) if n else 0
-    for t in _subgraph_weights(model.graph):  # weights of If / Loop / Scan bodies
+    inner = _subgraph_weights(model.graph)
+    for _, t in inner:  # weights of If / Loop / Scan bodies
         if _float_init(t):
             n = math.prod(t.dims)
             params += n
@@ -134,12 +123,12 @@ def model_stats(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]],
     if shapes is None:
         shapes = static_shapes(model, probe)
     layers: list[LayerInfo] = []
-    inner = _subgraph_weight_shapes(model.graph)
+    inner_shapes = {name: tuple(t.dims) for name, t in inner}
     for node in _nodes_recursive(model.graph):  # both branches of an If are counted
         if node.op_type not in _WEIGHTED or len(node.input) < 2:
             continue
         out = shapes.get(node.output[0])
-        w = shapes.get(node.input[1]) or inner.get(node.input[1])
+        w = shapes.get(node.input[1]) or inner_shapes.get(node.input[1])
         if out is None or w is None:
             continue
         batch = out[0] if out and out[0] > 0 else 1
