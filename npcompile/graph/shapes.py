@@ -236,13 +236,17 @@ def _eval_int(node: onnx.NodeProto, v: list[np.ndarray | None]) -> np.ndarray | 
     return None
 
 
+def bodies(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The If / Loop / Scan bodies held in ``node``'s attributes."""
+    return [g for attr in node.attribute for g in [*attr.graphs, *([attr.g] if attr.HasField("g") else [])]]
+
+
 def _collect(inferred: onnx.ModelProto | onnx.GraphProto, shapes: dict[str, tuple[int, ...]]) -> None:
     """Static shapes of ``inferred``'s values, those of If / Loop / Scan bodies included."""
     graph = inferred.graph if isinstance(inferred, onnx.ModelProto) else inferred
     for node in graph.node:
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                _collect(sub, shapes)
+        for sub in bodies(node):
+            _collect(sub, shapes)
     for vi in [*graph.value_info, *graph.output, *graph.input]:
         tt = vi.type.tensor_type
         if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
@@ -288,9 +292,8 @@ def _wanted(model: onnx.ModelProto) -> set[str]:
         for n in graph.node:
             out.update(o for o in n.output if o)
             if n.op_type == "If":
-                for attr in n.attribute:
-                    if attr.HasField("g"):
-                        visit(attr.g)
+                for sub in bodies(n):
+                    visit(sub)
 
     visit(model.graph)
     return out

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from npcompile.graph.shapes import static_shapes
+from npcompile.graph.shapes import bodies, static_shapes
 
 __all__ = ["LayerInfo", "ModelStats", "model_stats"]
 
@@ -46,17 +46,12 @@ def _float_init(t: onnx.TensorProto) -> bool:
                            onnx.TensorProto.BFLOAT16)
 
 
-def _bodies(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    """The If / Loop / Scan bodies held in ``node``'s attributes."""
-    return [g for attr in node.attribute for g in [*attr.graphs, *([attr.g] if attr.HasField("g") else [])]]
-
-
 def _nodes_recursive(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     """``graph``'s nodes and those of its If / Loop / Scan bodies (both branches of an If)."""
     out: list[onnx.NodeProto] = []
     for node in graph.node:
         out.append(node)
-        for sub in _bodies(node):
+        for sub in bodies(node):
             out.extend(_nodes_recursive(sub))
     return out
 
@@ -66,7 +61,7 @@ def _subgraph_weights(graph: onnx.GraphProto) -> list[tuple[str, onnx.TensorProt
     with the name their readers use."""
     out: list[tuple[str, onnx.TensorProto]] = []
     for node in _nodes_recursive(graph):
-        for sub in _bodies(node):
+        for sub in bodies(node):
             out.extend((t.name, t) for t in sub.initializer)
             out.extend((n.output[0] if n.output else "", a.t) for n in sub.node if n.op_type == "Constant"
                        for a in n.attribute if a.name == "value")
