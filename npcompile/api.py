@@ -92,6 +92,7 @@ class CompileOptions:
     target_params: float | None = None  # keep this fraction of parameters
     target_latency: float | None = None  # reach this fraction of the original latency, measured on the target
     sensitivity: bool = False
+    prune_hidden: bool = False  # the hidden width of transformers as one more (lossy) group
     # fine-tuning and iterative schedules
     train: str | None = None
     epochs: int | None = None  # None: enough epochs for ~3000 steps (passes/finetune.py), at most 10
@@ -187,6 +188,8 @@ class CompileOptions:
             raise UserError(f"{recovery[0]} needs calibration data: --calib DATA.npz")
         if recovery and self.lossless:
             raise UserError(f"{recovery[0]} recovers from pruning: give --ratio, --threshold, --search or a budget")
+        if self.prune_hidden and self.lossless and self.pipeline is None:
+            raise UserError("--prune-hidden is lossy: give it with --ratio, --threshold, --search or a budget")
         if self.reconstruct and self.bias_compensation:
             raise UserError("--reconstruct already refits biases; give it or --bias-compensation, not both")
         if self.calib_batch_size < 1 or self.maxout_per_unit < 0 or self.maxout_units < 0:
@@ -370,6 +373,8 @@ def pipeline_specs(options: CompileOptions, round_to: int) -> list[PassSpec]:
             finetune = []
         if options.sensitivity and options.search == "binary":
             specs.insert(1, PassSpec("sensitivity", {"evaluator": "evaluator", **common}))
+    if options.prune_hidden and not options.lossless:
+        specs.insert(0, PassSpec("prune-hidden"))
     if options.sparsity is not None:
         specs += _sparsity_specs(options)
         finetune = []

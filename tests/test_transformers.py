@@ -161,3 +161,30 @@ def test_hidden_width_prunes_the_residual_stream(name, dynamo, exported) -> None
     assert 24 in widths and hf_zoo.HIDDEN not in widths  # every norm and bias of the stream shrank
     other = probe_shapes(model, {})
     assert np.isfinite(compare(model, ctx.model, probe_inputs(model, other, batch=3, seed=2)).max_abs_diff)
+
+
+def test_prune_hidden_flag_from_the_cli(exported, tmp_path) -> None:
+    """``--prune-hidden`` runs the prune-hidden pass first: the hidden width shrinks with the
+    heads and MLP neurons, the report names the pass; alone (lossless default) it is refused."""
+    import json
+    import subprocess
+    import sys
+
+    src = tmp_path / "vit.onnx"
+    onnx.save(exported("vit_hf", False, "eager"), src)
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "npcompile", str(src), *args], capture_output=True, text=True,
+                              timeout=600)
+
+    r = cli("--ratio", "0.25", "--round-to", "1", "--prune-hidden", "--target", "onnx", "-o", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert "prune-hidden" in json.dumps(report)
+    pruned = onnx.load(tmp_path / "out" / "model.onnx")
+    onnx.checker.check_model(pruned, full_check=True)
+    widths = {numpy_helper.to_array(t).shape[0] for t in pruned.graph.initializer if len(t.dims) == 1}
+    assert hf_zoo.HIDDEN not in widths  # every norm scale and bias of the residual stream shrank
+    r = cli("--prune-hidden", "--target", "onnx", "-o", str(tmp_path / "refused"))
+    assert r.returncode == 2 and "--prune-hidden is lossy" in r.stderr
+    assert not (tmp_path / "refused").exists()
