@@ -118,7 +118,8 @@ def compile_cmd(
         help="Budget: reach this fraction of the original latency, measured on the target.")] = None,
     sensitivity: Annotated[bool, typer.Option("--sensitivity", help="Measure per-layer sensitivity.")] = False,
     prune_hidden: Annotated[bool, typer.Option(
-        "--prune-hidden", help="Transformers: prune the hidden width too (lossy; score it with --criterion mean-abs).")] = False,
+        "--prune-hidden",
+        help="Transformers: prune the hidden width too (lossy; score it with --criterion mean-abs).")] = False,
     train: Annotated[Path | None, typer.Option(help="Labelled training data (.npz): fine-tune after pruning.")] = None,
     epochs: Annotated[int | None, typer.Option(
         help="Fine-tuning epochs per fine-tuning pass [default: enough for about 3000 steps, at most 10].")] = None,
@@ -194,7 +195,8 @@ def compile_cmd(
                              plots=plots, html=html, eval=str(eval_data) if eval_data else None,
                              evaluator=evaluator, top_k=top_k, search=search, tolerance=tolerance,
                              include=list(include or []), exclude=list(exclude or []), target_flops=target_flops,
-                             target_params=target_params, target_latency=target_latency, sensitivity=sensitivity, prune_hidden=prune_hidden,
+                             target_params=target_params, target_latency=target_latency, sensitivity=sensitivity,
+                             prune_hidden=prune_hidden,
                              train=str(train) if train else None, epochs=epochs, lr=lr, distill=distill,
                              optimizer=optimizer, batch_size=batch_size, steps=steps,
                              calib=str(calib) if calib else None, calib_batch_size=calib_batch_size,
