@@ -188,7 +188,7 @@ class CompileOptions:
             raise UserError(f"{recovery[0]} needs calibration data: --calib DATA.npz")
         if recovery and self.lossless:
             raise UserError(f"{recovery[0]} recovers from pruning: give --ratio, --threshold, --search or a budget")
-        if self.prune_hidden and self.lossless and self.pipeline is None:
+        if self.prune_hidden and self.lossless:
             raise UserError("--prune-hidden is lossy: give it with --ratio, --threshold, --search or a budget")
         if self.reconstruct and self.bias_compensation:
             raise UserError("--reconstruct already refits biases; give it or --bias-compensation, not both")
