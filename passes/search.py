@@ -31,7 +31,7 @@ from npcompile.channels.cost import Cost, CostModel
 from npcompile.channels.masked import RemovalEvaluator
 from npcompile.channels.select import name_patterns
 from npcompile.errors import UserError
-from npcompile.execution.bisect import search_levels
+from npcompile.execution.bisect import AcceptRate, search_levels
 from npcompile.execution.probes import probe_evaluator
 from npcompile.pipeline import Context, Pass, PassResult, register_pass
 
@@ -180,6 +180,7 @@ class BinarySearchPass(Pass):
         decisions: list[dict[str, Any]] = []
         final = baseline
         rounds, non_monotone = 0, []
+        rate = AcceptRate()  # path decisions so far: steer the extra probes of the next groups
         for g in groups:
             counts = removal_levels(g, self.round_to, self.min_channels)
 
@@ -187,7 +188,7 @@ class BinarySearchPass(Pass):
                 return ev.many([{**removal, g.id: lowest_mask(g, ctx.scores[g.id], counts[i])} for i in levels])
 
             # with W workers, W levels of the sequential search's decision tree per round
-            found = search_levels(len(counts), probe, lambda m: m >= floor, getattr(ev, "width", 1))
+            found = search_levels(len(counts), probe, lambda m: m >= floor, getattr(ev, "width", 1), rate)
             for level, metric, ok, on_path in found.probes:
                 probes.append({"group": g.name, "removed": counts[level] * g.blocks, "width": g.size,
                                "metric": metric, "accepted": ok, "on_path": on_path})

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,6 +25,9 @@ __all__ = ["RayBackend", "INSTALL_HINT", "require_ray"]
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'npcompile[ray]'"
+
+#: seconds to wait for ``ray.init`` to connect (a connection is not a probe: ``--probe-timeout`` does not apply)
+CONNECT_TIMEOUT = 60.0
 
 
 def require_ray() -> Any:
@@ -45,6 +50,46 @@ class _RayShared(Shared):
         return cached(self.key, lambda: ray.get(self.refs[0]))
 
 
+def _reachable(address: str, timeout: float) -> str | None:
+    """Why ``host:port`` cannot be reached over TCP (``None`` when it can, or is no such address)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return None
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=min(timeout, 5.0)):
+            return None
+    except OSError as e:
+        return f"nothing answers at {host}:{port} ({e.strerror or e})"
+
+
+def _connect(ray: Any, address: str, timeout: float) -> None:
+    """``ray.init`` for ``address``, or an :class:`ExecutionError` within ``timeout`` seconds: Ray
+    itself keeps retrying an address where no cluster answers (or one whose token does not match),
+    so the call runs in a helper thread that is given up on when it takes too long."""
+    why = _reachable(address, timeout) if address != "auto" else None
+    if why is not None:
+        raise ExecutionError(f"cannot connect to the Ray cluster at {address}: {why}")
+    box: dict[str, BaseException | bool] = {}
+
+    def init() -> None:
+        try:
+            kwargs: dict[str, Any] = {} if address == "auto" else {"address": address}
+            ray.init(logging_level=logging.ERROR, log_to_driver=False, **kwargs)
+            box["ok"] = True
+        except BaseException as e:  # handed to the caller's thread
+            box["error"] = e
+
+    thread = threading.Thread(target=init, name="npcompile-ray-init", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise ExecutionError(f"the Ray cluster at {address} did not accept a connection within {timeout:g} s "
+                             "(is it up, and does its authentication match?)")
+    if "error" in box:
+        msg = " ".join(str(box["error"]).split())[:300]
+        raise ExecutionError(f"cannot connect to the Ray cluster at {address}: {msg}") from None
+
+
 def _call(fn: Callable[[Any], Any], item: Any) -> Any:
     return fn(item)
 
@@ -61,14 +106,7 @@ class RayBackend(Backend):
         ray = require_ray()
         self._owned = False
         if not ray.is_initialized():
-            try:
-                if address == "auto":
-                    ray.init(logging_level=logging.WARNING, log_to_driver=False)
-                else:
-                    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-            except Exception as e:
-                msg = " ".join(str(e).split())[:300]
-                raise ExecutionError(f"cannot connect to the Ray cluster at {address}: {msg}") from None
+            _connect(ray, address, CONNECT_TIMEOUT)
             self._owned = True
         self.address = address
         cpus = int(ray.cluster_resources().get("CPU", 1) or 1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import sys
+import time
 
 import exekit
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 
 from npcompile.errors import UserError
 from npcompile.execution import check_options
-from npcompile.execution.bisect import search_levels
+from npcompile.execution.bisect import AcceptRate, round_levels, rounds_for, search_levels
 from npcompile.execution.local import LocalProcesses
 from npcompile.testing import CrashOnceEvaluator
 
@@ -39,6 +40,55 @@ def test_level_search_is_the_sequential_one_for_every_width() -> None:
             assert r.level == want
             rounds[w] = r.rounds
         assert rounds[3] <= rounds[1] and rounds[7] <= rounds[3]
+
+
+def test_level_search_decides_as_the_sequential_one_whatever_the_estimate() -> None:
+    rng = random.Random(1)
+    for _ in range(300):
+        n = rng.randint(1, 70)
+        vals = [rng.random() for _ in range(n)]
+        thr = rng.random()
+        want = _sequential(n, vals.__getitem__, lambda m, t=thr: m >= t)
+        for w in (2, 5):
+            rate = AcceptRate(rng.randint(0, 20), rng.randint(0, 20))  # any prior, right or wrong
+            r = search_levels(n, lambda ls, v=vals: [v[i] for i in ls], lambda m, t=thr: m >= t, w, rate)
+            assert r.level == want
+
+
+def test_a_search_that_mostly_accepts_probes_deeper_per_round() -> None:
+    # the monotone case where every probe is accepted: the path goes up at every step
+    n = 64
+    seq = search_levels(n, lambda ls: [1.0] * len(ls), lambda m: m > 0.5, 1)
+    assert seq.level == n - 1 and seq.rounds == 6
+    bfs = round_levels(0, n - 1, 2, (), 0.5)
+    assert bfs == [32, 16]  # no evidence: breadth first, the rejecting branch first (as before)
+    deep = round_levels(0, n - 1, 2, (), AcceptRate(9, 1).p)
+    assert deep == [32, 48]  # mostly accepted so far: the accepting branch
+    many = round_levels(0, n - 1, 3, (), AcceptRate(30, 0).p)
+    assert many == [32, 48, 56]
+    # over several groups the shared estimate learns, and rounds fall towards log2(n) / width
+    rate = AcceptRate()
+    rounds = [search_levels(n, lambda ls: [1.0] * len(ls), lambda m: m > 0.5, 2, rate).rounds for _ in range(6)]
+    assert rounds[0] == 4 and rounds[-1] == 3
+    assert rate.accepted == 36 and rate.rejected == 0
+
+
+def test_rounds_follow_from_the_sequential_outcome_alone() -> None:
+    rng = random.Random(2)
+    groups = []
+    for _ in range(40):
+        n = rng.randint(1, 40)
+        vals = sorted((rng.random() for _ in range(n)), reverse=True)  # monotone metric
+        groups.append((n, vals, rng.random() * 0.8))
+    for w in (1, 2, 4, 9):
+        rate, rounds, probes, outcome = AcceptRate(), 0, 0, []
+        for n, vals, thr in groups:
+            r = search_levels(n, lambda ls, v=vals: [v[i] for i in ls], lambda m, t=thr: m >= t, w, rate)
+            rounds, probes = rounds + r.rounds, probes + len(r.probes)
+            outcome.append((n, r.level))
+        assert rounds_for(outcome, w) == (rounds, probes)
+        if w == 1:
+            assert probes == rounds
 
 
 def test_sharded_scores_combine_exactly(zoo_case: exekit.Case) -> None:
@@ -87,3 +137,12 @@ def test_without_ray_the_flag_names_the_install(monkeypatch: pytest.MonkeyPatch,
     assert main(["model.onnx", "--ray", "auto"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "npcompile[ray]" in err[0]
+
+
+def test_a_probe_past_the_timeout_stops_the_workers() -> None:
+    from npcompile.execution.backend import ExecutionError
+
+    with LocalProcesses(1, timeout=2) as backend:
+        with pytest.raises(ExecutionError, match=r"within 2 s \(--probe-timeout\)"):
+            backend.map(time.sleep, [120.0])
+        assert backend.map(abs, [-3]) == [3]  # a fresh pool serves the next tasks

@@ -30,3 +30,14 @@ def test_ray_decides_as_one_process_and_retries_a_dead_worker(zoo_case: exekit.C
     got = exekit.decisions(exekit.run_passes(zoo_case, ray2, CrashOnceEvaluator(ev, tmp_path / "died")))
     assert (tmp_path / "died").exists()
     assert got == want
+
+
+def test_a_task_past_the_timeout_is_cancelled(ray2: RayBackend) -> None:
+    import time
+
+    from npcompile.execution.backend import ExecutionError
+
+    quick = RayBackend("auto", 1, timeout=2)  # the cluster of the fixture, a shorter patience
+    with pytest.raises(ExecutionError, match=r"finished no task within 2 s"):
+        quick.map(time.sleep, [120.0])
+    assert ray2.map(abs, [-3, 4]) == [3, 4]  # the cluster still serves
