@@ -41,3 +41,25 @@ def test_a_task_past_the_timeout_is_cancelled(ray2: RayBackend) -> None:
     with pytest.raises(ExecutionError, match=r"finished no task within 2 s"):
         quick.map(time.sleep, [120.0])
     assert ray2.map(abs, [-3, 4]) == [3, 4]  # the cluster still serves
+
+
+def test_the_cli_writes_the_same_model_on_every_backend(zoo_case: exekit.Case, ray2: RayBackend, tmp_path) -> None:
+    import json
+
+    from npcompile.cli import main
+
+    models, plans, backends = {}, {}, {}
+    for label, extra in (("one", []), ("workers", ["--workers", "2"]), ("ray", ["--ray", "auto"])):
+        out = tmp_path / label
+        rc = main([str(zoo_case.path), "--search", "binary", "--tolerance", "2", "--eval", str(zoo_case.npz),
+                   "--no-benchmark", "-q", "-o", str(out), *extra])
+        assert rc == 0
+        models[label] = (out / "model.onnx").read_bytes()
+        report = json.loads((out / "report.json").read_text())
+        plans[label] = report["plan"]
+        backends[label] = report["execution"]["name"]
+    assert any(plans["one"][0].values()), "the search removed nothing: the test says nothing"
+    assert backends == {"one": "in-process", "workers": "local", "ray": "ray"}
+    assert models["workers"] == models["one"] and models["ray"] == models["one"]
+    assert plans["workers"] == plans["one"] and plans["ray"] == plans["one"]
+
