@@ -1,27 +1,33 @@
-"""Execution backends: sensitivity analysis and binary search on 1 process, N local workers, Ray.
+"""Execution backends: sensitivity analysis and binary search on 1 process, local workers, Ray.
 
 On the VGG-style network of ``examples/binary_search_vgg`` (its architecture; random weights with
-randomized BatchNorm statistics, so channels differ, and ``--samples`` random 32x32 images, the
-example's padded Fashion-MNIST size, scored by top-1 agreement with the original model: a probe
-costs what a real evaluation set of that size costs), this script runs, in one process and one run:
+BatchNorm statistics randomized by ``tests/zoo.randomize_bn``, so channels differ, and
+``--samples`` random 32x32 images, the example's padded Fashion-MNIST size, scored by top-1
+agreement with the original model: a probe costs what a real evaluation set of that size costs),
+this script runs, in one run:
 
 1. the ``sensitivity`` pass (every group at several levels, each group's sweep independent) and
-2. the ``binary-search`` pass (with W workers, W levels of a group probed at once),
+2. the ``binary-search`` pass (with W workers, the W most likely nodes of a group's decision tree
+   probed at once),
 
-on the in-process backend, on ``--workers`` local worker processes and on a local Ray cluster
-(``ray.init(num_cpus=W)``) with W workers; it prints wall time, probes, time per probe and the
-task overhead per probe, checks that every backend decided the same (tables, plans and the pruned
-model's bytes), and projects the wall time for 8 and 64 workers::
+in-process, on 1 and on ``--workers`` local worker processes, and on a local Ray cluster
+(``ray.init(num_cpus=W)``) with W workers. It prints wall time, probes and rounds, checks that
+every backend decided the same (tables, plans and the pruned model's bytes), and checks a model of
+the wall time against every measured point before projecting it to 8 and 64 workers::
 
-    T(W) = probes x t_probe / W + probes x overhead      (sensitivity: all probes independent)
-    T(W) = rounds(W) x (t_probe + overhead)               (binary search: one round at a time)
+    sensitivity:    T(W) = ceil(P / W) x (t_probe + o)
+    binary search:  T(W) = rounds(W) x (t_probe + o)
 
-where ``t_probe`` is the in-process time per probe and ``overhead`` the per-probe cost measured on
-the backend at W workers (fitted from that one measured point, so the projection is not yet checked
-against a second measured worker count). It is a measurement script, not a test: nothing is
-asserted. Needs torch (and ray for the Ray row).
+``t_probe`` is the in-process time per probe (same ONNX Runtime threads as one worker), ``P`` the
+probes, ``o`` the backend's dispatch cost per task, measured on its own with no-op tasks (not
+fitted from the runs it predicts), and ``rounds(W)`` the rounds the search takes with W workers,
+computed from the sequential search's outcome (``npcompile.execution.bisect.rounds_for``; for the
+measured W it must equal the measured rounds). The projection assumes a core per worker, as on a
+cluster; on this 2-core machine the driver and the workers share two cores with whatever else
+runs, which the check against the measured points shows. Nothing is asserted: it is a measurement
+script. Needs torch (and ray for the Ray row).
 
-Usage: python benchmarks/distributed.py [--samples 2000] [--workers 2] [--no-ray]
+Usage: python benchmarks/distributed.py [--samples 1000] [--workers 2] [--no-ray]
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import argparse
 import importlib.util
 import logging
 import math
+import os
 import sys
 import tempfile
 import time
@@ -37,10 +44,16 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
 
 import numpy as np  # noqa: E402
+import zoo  # noqa: E402
 
+import npcompile.passes.search as search_pass  # noqa: E402
 from npcompile.execution import make_backend  # noqa: E402
+from npcompile.execution.backend import Backend  # noqa: E402
+from npcompile.execution.bisect import rounds_for  # noqa: E402
+from npcompile.execution.local import LocalProcesses  # noqa: E402
 from npcompile.graph.model_io import load_model  # noqa: E402
 from npcompile.graph.shapes import probe_shapes  # noqa: E402
 from npcompile.passes.magnitude import MagnitudePass  # noqa: E402
@@ -51,6 +64,19 @@ from npcompile.runtime.data import Dataset  # noqa: E402
 from npcompile.runtime.evaluate import FidelityEvaluator  # noqa: E402
 
 FRACTIONS = (0.25, 0.5, 0.75)
+OUTCOMES: list[tuple[int, int]] = []  # (levels, chosen level) of each group's search, in order
+
+
+def _recording(search: Any) -> Any:
+    def wrapped(n: int, *args: Any, **kwargs: Any) -> Any:
+        found = search(n, *args, **kwargs)
+        OUTCOMES.append((n, found.level))
+        return found
+
+    return wrapped
+
+
+search_pass.search_levels = _recording(search_pass.search_levels)
 
 
 def vgg_model(tmp: Path) -> Path:
@@ -62,40 +88,43 @@ def vgg_model(tmp: Path) -> Path:
     assert spec.loader is not None
     spec.loader.exec_module(mod)
     torch.manual_seed(0)
-    net = mod.VGG().eval()
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.2, 1.5)
-                m.bias.uniform_(-0.1, 0.1)
+    net = zoo.randomize_bn(mod.VGG().eval())
     path = tmp / "vgg.onnx"
     torch.onnx.export(net, torch.zeros(1, 1, 32, 32), str(path), input_names=["input"], output_names=["logits"],
                       dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
     return path
 
 
-def run_backend(model, ev: FidelityEvaluator, workers: int, ray: str | None) -> dict[str, Any]:
-    """Both passes on one backend: wall times, probes and everything decided."""
-    out: dict[str, Any] = {}
-    with make_backend(workers, ray) as backend:
-        for name, make in (("sensitivity", lambda: SensitivityPass(evaluator=ev, fractions=FRACTIONS)),
-                           ("binary-search", lambda: BinarySearchPass(tolerance=1.0, evaluator=ev))):
-            ctx = Context(model, probe_shapes(model))
-            ctx.backend = backend
-            MagnitudePass().run(ctx)
-            t0 = time.perf_counter()
-            data = make().run(ctx).data
-            wall = time.perf_counter() - t0
-            entry: dict[str, Any] = {"wall": wall, "data": data,
-                                     "removal": {int(k): np.flatnonzero(v).tolist() for k, v in ctx.removal.items()}}
-            entry["probes"] = int(data["evaluations"])
-            entry["rounds"] = data.get("rounds")
-            if name == "binary-search":
-                PrunePass().run(ctx)
-                entry["model"] = ctx.model.SerializeToString()
-            out[name] = entry
+def dispatch_cost(backend: Backend, tasks: int) -> float:
+    """Seconds of backend overhead per task: ``tasks`` no-op tasks (after a warm-up round that starts
+    the workers), divided into rounds of ``workers`` at once."""
+    backend.map(abs, [0] * backend.workers)
+    t0 = time.perf_counter()
+    for _ in range(max(1, tasks // backend.workers)):
+        backend.map(abs, list(range(backend.workers)))
+    return (time.perf_counter() - t0) / max(1, tasks // backend.workers)
+
+
+def run_backend(model: Any, ev: FidelityEvaluator, backend: Backend) -> dict[str, Any]:
+    """Both passes on one backend: wall times, probes, rounds and everything decided."""
+    out: dict[str, Any] = {"overhead": dispatch_cost(backend, 40) if backend.remote else 0.0}
+    for name, make in (("sensitivity", lambda: SensitivityPass(evaluator=ev, fractions=FRACTIONS)),
+                       ("binary-search", lambda: BinarySearchPass(tolerance=1.0, evaluator=ev))):
+        ctx = Context(model, probe_shapes(model))
+        ctx.backend = backend
+        MagnitudePass().run(ctx)
+        OUTCOMES.clear()
+        t0 = time.perf_counter()
+        data = make().run(ctx).data
+        wall = time.perf_counter() - t0
+        entry: dict[str, Any] = {"wall": wall, "data": data, "outcomes": list(OUTCOMES),
+                                 "removal": {int(k): np.flatnonzero(v).tolist() for k, v in ctx.removal.items()}}
+        entry["probes"] = int(data["evaluations"])
+        entry["rounds"] = data.get("rounds")
+        if name == "binary-search":
+            PrunePass().run(ctx)
+            entry["model"] = ctx.model.SerializeToString()
+        out[name] = entry
     return out
 
 
@@ -104,15 +133,26 @@ def decisions(r: dict[str, Any]) -> tuple:
     return (repr(s["data"]["table"]), repr(b["removal"]), b["model"])
 
 
+def predict(phase: str, entry: dict[str, Any], base: dict[str, Any], workers: int, t_probe: float,
+            overhead: float) -> tuple[float, int]:
+    """The modelled wall time at ``workers`` (and the rounds it assumes)."""
+    if phase == "sensitivity":
+        rounds = math.ceil(base["probes"] / workers)
+    else:
+        rounds, _ = rounds_for(base["outcomes"], workers)
+    return rounds * (t_probe + overhead), rounds
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=2000, help="evaluation images per probe")
+    ap.add_argument("--samples", type=int, default=1000, help="evaluation images per probe")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1,
                     help="ONNX Runtime threads per evaluation (1: the in-process row uses one core, each worker one)")
     ap.add_argument("--no-ray", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         model = load_model(str(vgg_model(Path(tmp))))
         x = np.random.default_rng(0).standard_normal((args.samples, 1, 32, 32)).astype(np.float32)
@@ -121,42 +161,42 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         ev.evaluate(model)
         plain = time.perf_counter() - t0
-        rows: list[tuple[str, int, dict[str, Any]]] = [("in-process", 1, run_backend(model, ev, 0, None))]
-        rows.append((f"{args.workers} local workers", args.workers, run_backend(model, ev, args.workers, None)))
+        rows: list[tuple[str, int, dict[str, Any]]] = []
+        with make_backend(0, None) as b:
+            rows.append(("in-process", 1, run_backend(model, ev, b)))
+        with LocalProcesses(1) as b:
+            rows.append(("1 local worker", 1, run_backend(model, ev, b)))
+        with make_backend(args.workers, None) as b:
+            rows.append((f"{args.workers} local workers", args.workers, run_backend(model, ev, b)))
         if not args.no_ray and importlib.util.find_spec("ray") is not None:
             import ray
 
             ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
             try:
-                rows.append((f"Ray, {args.workers} workers", args.workers,
-                             run_backend(model, ev, args.workers, "auto")))
+                with make_backend(args.workers, "auto") as b:
+                    rows.append((f"Ray, {args.workers} workers", args.workers, run_backend(model, ev, b)))
             finally:
                 ray.shutdown()
     base = rows[0][2]
     print(f"VGG-style net, {args.samples} evaluation images per probe, {args.threads} ORT thread(s) per "
-          f"evaluation; one plain evaluation {plain * 1e3:.0f} ms")
+          f"evaluation; one plain evaluation {plain * 1e3:.0f} ms; {os.cpu_count()} cores, load average "
+          f"{load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
     for phase in ("sensitivity", "binary-search"):
         t_probe = base[phase]["wall"] / max(1, base[phase]["probes"])
-        print(f"\n{phase}: in-process time per probe t_probe = {t_probe * 1e3:.1f} ms")
-        print(f"{'backend':<22}{'wall s':>8}{'probes':>8}{'s/probe':>9}{'overhead ms':>13}"
-              f"{'rounds':>7}{'same':>6}{'T(8) s':>9}{'T(64) s':>9}")
+        print(f"\n{phase}: in-process t_probe = {t_probe * 1e3:.1f} ms, {base[phase]['probes']} probes")
+        print(f"{'backend':<20}{'o ms':>7}{'wall s':>8}{'probes':>8}{'rounds':>8}{'model s':>9}{'meas/model':>11}"
+              f"{'same':>6}{'T(8) s':>8}{'T(64) s':>9}")
         for label, w, r in rows:
             e = r[phase]
-            p = max(1, e["probes"])
-            if phase == "sensitivity":
-                over = max(0.0, (e["wall"] - p * t_probe / w) / p) if w > 1 else 0.0
-                proj = [p * t_probe / n + p * over for n in (8, 64)]
-            else:
-                # one round at a time (W levels of a group at once): rounds x (t_probe + overhead);
-                # with W workers a group of n levels takes ~log_(W+1) n rounds instead of log2 n
-                rounds = max(1, int(e["rounds"] or p))
-                over = max(0.0, e["wall"] / rounds - t_probe) if w > 1 else 0.0
-                seq = max(1, int(base[phase]["rounds"] or base[phase]["probes"]))
-                proj = [seq * math.log(2) / math.log(n + 1) * (t_probe + over) for n in (8, 64)]
+            o = r["overhead"]
+            model_s, model_rounds = predict(phase, e, base[phase], w, t_probe, o)
+            if phase == "binary-search" and e["rounds"] is not None and model_rounds != e["rounds"]:
+                print(f"  (rounds_for predicted {model_rounds} rounds, the search took {e['rounds']})")
+            proj = [predict(phase, e, base[phase], n, t_probe, o)[0] for n in (8, 64)] if r is not base else None
             same = decisions(r) == decisions(base)
-            projected = f"{proj[0]:>9.2f}{proj[1]:>9.2f}" if w > 1 else f"{'-':>9}{'-':>9}"
-            print(f"{label:<22}{e['wall']:>8.2f}{e['probes']:>8}{e['wall'] / p:>9.3f}{over * 1e3:>13.1f}"
-                  f"{str(e['rounds']):>7}{'yes' if same else 'NO':>6}{projected}")
+            projected = f"{proj[0]:>8.2f}{proj[1]:>9.2f}" if proj else f"{'-':>8}{'-':>9}"
+            print(f"{label:<20}{o * 1e3:>7.1f}{e['wall']:>8.2f}{e['probes']:>8}{str(e['rounds']):>8}"
+                  f"{model_s:>9.2f}{e['wall'] / model_s:>11.2f}{'yes' if same else 'NO':>6}{projected}")
     print("\nspeedup over in-process: " + ", ".join(
         f"{label} sensitivity {base['sensitivity']['wall'] / r['sensitivity']['wall']:.2f}x, "
         f"search {base['binary-search']['wall'] / r['binary-search']['wall']:.2f}x" for label, _, r in rows[1:]))

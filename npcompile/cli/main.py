@@ -334,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     exits, aborts, usage = _cli_exceptions()
     try:
         rv = app(args=args, prog_name="npcompile", standalone_mode=False)
+        if rv == 130:  # typer returns Ctrl-C as 130 (no command returns that code itself)
+            print("npcompile: interrupted", file=sys.stderr)
         return rv if isinstance(rv, int) else 0
     except exits as e:
         return int(getattr(e, "exit_code", 0))

@@ -146,3 +146,64 @@ def test_a_probe_past_the_timeout_stops_the_workers() -> None:
         with pytest.raises(ExecutionError, match=r"within 2 s \(--probe-timeout\)"):
             backend.map(time.sleep, [120.0])
         assert backend.map(abs, [-3]) == [3]  # a fresh pool serves the next tasks
+
+
+def _children(pid: int) -> set[int]:
+    """Live processes whose parent is ``pid`` (from /proc)."""
+    from pathlib import Path
+
+    out = set()
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(pid) and not fields.get("State", "").startswith("Z"):
+            out.add(int(status.parent.name))
+    return out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_stops_the_workers_and_writes_nothing(tmp_path) -> None:
+    import os
+    import signal
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    example = root / "examples" / "lenet_mnist"
+    data = np.load(example / "eval.npz")
+    big = tmp_path / "eval.npz"  # probes of a few seconds each: the search is surely still running
+    np.savez(big, input=np.tile(data["input"], (30, 1, 1, 1)), labels=np.tile(data["labels"], 30))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)}
+    proc = subprocess.Popen([sys.executable, "-m", "npcompile", str(example / "model.onnx"), "--search", "binary",
+                             "--tolerance", "1", "--eval", str(big), "--workers", "2", "-o", str(out)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        workers: set[int] = set()
+        for _ in range(240):  # wait until both workers run probes
+            time.sleep(0.5)
+            workers = _children(proc.pid)
+            if len(workers) >= 3 or proc.poll() is not None:  # two workers and the pool's resource tracker
+                break
+        assert proc.poll() is None, proc.communicate()
+        assert len(workers) >= 2, "no worker processes seen: the test says nothing"
+        time.sleep(3)
+        proc.send_signal(signal.SIGINT)  # to the driver only: it must stop the workers itself
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "npcompile: interrupted"
+    assert not out.exists()
+    def alive() -> list[int]:
+        return [p for p in workers if Path(f"/proc/{p}/status").exists()
+                and "State:\tZ" not in Path(f"/proc/{p}/status").read_text()]
+
+    for _ in range(20):  # the driver has exited; its workers must follow within moments
+        if not alive():
+            break
+        time.sleep(0.5)
+    assert not alive(), f"workers still running after Ctrl-C: {alive()}"
