@@ -102,7 +102,9 @@ class LocalProcesses(Backend):
                 self._kill()
                 if attempts > self.retries:
                     raise ExecutionError(f"a local worker died {attempts} times running these tasks "
-                                         f"({len(todo)} of {len(items)} unfinished); giving up")
+                                         f"({len(todo)} of {len(items)} unfinished); giving up (from a Python "
+                                         "script, keep the call under `if __name__ == \"__main__\":`, as "
+                                         "worker processes re-import it)")
                 log.warning("a local worker died: running %d unfinished task(s) again (retry %d of %d)",
                             len(todo), attempts, self.retries)
                 self.retried += len(todo)
