@@ -105,11 +105,11 @@ def dispatch_cost(backend: Backend, tasks: int) -> float:
     return (time.perf_counter() - t0) / max(1, tasks // backend.workers)
 
 
-def run_backend(model: Any, ev: FidelityEvaluator, backend: Backend) -> dict[str, Any]:
+def run_backend(model: Any, ev: FidelityEvaluator, backend: Backend, threads: int) -> dict[str, Any]:
     """Both passes on one backend: wall times, probes, rounds and everything decided."""
     out: dict[str, Any] = {"overhead": dispatch_cost(backend, 40) if backend.remote else 0.0}
-    for name, make in (("sensitivity", lambda: SensitivityPass(evaluator=ev, fractions=FRACTIONS)),
-                       ("binary-search", lambda: BinarySearchPass(tolerance=1.0, evaluator=ev))):
+    for name, make in (("sensitivity", lambda: SensitivityPass(evaluator=ev, fractions=FRACTIONS, threads=threads)),
+                       ("binary-search", lambda: BinarySearchPass(tolerance=1.0, evaluator=ev, threads=threads))):
         ctx = Context(model, probe_shapes(model))
         ctx.backend = backend
         MagnitudePass().run(ctx)
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=1000, help="evaluation images per probe")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1,
-                    help="ONNX Runtime threads per evaluation (1: the in-process row uses one core, each worker one)")
+                    help="ONNX Runtime threads per evaluation, in-process and in each worker (1: one core each)")
     ap.add_argument("--no-ray", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -163,18 +163,18 @@ def main(argv: list[str] | None = None) -> int:
         plain = time.perf_counter() - t0
         rows: list[tuple[str, int, dict[str, Any]]] = []
         with make_backend(0, None) as b:
-            rows.append(("in-process", 1, run_backend(model, ev, b)))
+            rows.append(("in-process", 1, run_backend(model, ev, b, args.threads)))
         with LocalProcesses(1) as b:
-            rows.append(("1 local worker", 1, run_backend(model, ev, b)))
+            rows.append(("1 local worker", 1, run_backend(model, ev, b, args.threads)))
         with make_backend(args.workers, None) as b:
-            rows.append((f"{args.workers} local workers", args.workers, run_backend(model, ev, b)))
+            rows.append((f"{args.workers} local workers", args.workers, run_backend(model, ev, b, args.threads)))
         if not args.no_ray and importlib.util.find_spec("ray") is not None:
             import ray
 
             ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
             try:
                 with make_backend(args.workers, "auto") as b:
-                    rows.append((f"Ray, {args.workers} workers", args.workers, run_backend(model, ev, b)))
+                    rows.append((f"Ray, {args.workers} workers", args.workers, run_backend(model, ev, b, args.threads)))
             finally:
                 ray.shutdown()
     base = rows[0][2]

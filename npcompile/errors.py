@@ -17,8 +17,11 @@ class UserError(NpcompileError):
     exit_code = 2
 
 
-class VerificationError(UserError):
-    """The compiled model failed verification (checker, shape inference or output difference)."""
+class VerificationError(NpcompileError):
+    """npcompile's own output failed verification (checker, ONNX Runtime, output difference): an
+    internal error, CLI exit code 3 with its traceback."""
+
+    exit_code = 3
 
 
 class GateError(NpcompileError):

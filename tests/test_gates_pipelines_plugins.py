@@ -97,6 +97,9 @@ def test_plugin_that_raises_aborts_naming_the_pass_and_writes_nothing(tmp_path: 
     r = run(LENET, "--plugin", bad, "--ratio", "0.3", "--pass", "boom", "-o", tmp_path / "o")
     assert r.returncode == 3
     assert "pass boom failed" in r.stderr and "kaboom" in r.stderr
+    # an ordinary exception keeps its kind and its traceback, which names the plugin's line
+    assert "Traceback" in r.stderr and "RuntimeError: kaboom" in r.stderr and "bad.py" in r.stderr
+    assert "internal error" in r.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "o").exists()
 
 
@@ -143,3 +146,18 @@ def test_speed_and_accuracy_gates_without_figures_fail(tmp_path: Path) -> None:
 def test_gate_values_out_of_range(tmp_path: Path, flag: str, value: str) -> None:
     r = run(LENET, "--ratio", "0.3", flag, value, "-o", tmp_path / "o")
     assert r.returncode == 2 and flag in one_line(r)
+
+
+def test_a_plugin_key_error_exits_3_with_its_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "keyerr.py"
+    bad.write_text(
+        "from npcompile.pipeline import Pass\n"
+        "class Lookup(Pass):\n"
+        "    name = 'lookup'\n"
+        "    kind = 'analysis'\n"
+        "    def run(self, ctx):\n"
+        "        return {}['missing']\n")
+    r = run(LENET, "--plugin", bad, "--ratio", "0.3", "--pass", "lookup", "-o", tmp_path / "o")
+    assert r.returncode == 3
+    assert "KeyError: 'missing'" in r.stderr and "pass lookup failed" in r.stderr and "Traceback" in r.stderr
+    assert not (tmp_path / "o").exists()

@@ -344,6 +344,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except NpcompileError as e:
         msg = " ".join(str(e).split()) or type(e).__name__
+        if e.exit_code == 3:  # npcompile's own output failed: an internal error, with its traceback
+            traceback.print_exc()
+            print(f"npcompile: internal error: {msg} (please report it with the traceback above)", file=sys.stderr)
+            return 3
         print(f"npcompile: error: {msg}", file=sys.stderr)
         return e.exit_code
     except usage as e:

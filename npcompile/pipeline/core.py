@@ -196,10 +196,11 @@ class Pipeline:
             t0 = time.perf_counter()
             try:
                 result = p.run(ctx)
-            except Exception as e:
-                before = f" (after {', '.join(done)})" if done else ""
-                code = e.exit_code if isinstance(e, NpcompileError) else 3
-                raise PassError(f"pass {p.name} failed{before}: {e}", exit_code=code) from e
+            except NpcompileError as e:  # npcompile's own: one line, its exit code
+                raise PassError(f"pass {p.name} failed{_after(done)}: {e}", exit_code=e.exit_code) from e
+            except Exception as e:  # anything else is a bug (or a plugin's): keep its kind and traceback
+                e.add_note(f"pass {p.name} failed{_after(done)}")
+                raise
             dt = time.perf_counter() - t0
             log.info("pass %s: %s (%.3f s)", p.name, result.summary or "done", dt)
             ctx.results[p.name] = result
@@ -207,6 +208,10 @@ class Pipeline:
                             "summary": result.summary, "options": _jsonable(p.options)})
             done.append(p.name)
         return records
+
+
+def _after(done: list[str]) -> str:
+    return f" (after {', '.join(done)})" if done else ""
 
 
 def _jsonable(options: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from npcompile.errors import VerificationError
+from npcompile.errors import UserError, VerificationError
 from npcompile.graph.shapes import probe_inputs
 from npcompile.runtime.ort_errors import ort_message
 
@@ -61,7 +61,7 @@ def compare(original: onnx.ModelProto, compiled: onnx.ModelProto, feeds: dict[st
     try:
         ref = run_session(make_session(original, threads), feeds)
     except Exception as e:
-        raise VerificationError(f"ONNX Runtime cannot run the original model: {ort_message(e)}") from e
+        raise UserError(f"ONNX Runtime cannot run the original model: {ort_message(e)}") from e
     try:
         got = run_session(make_session(compiled, threads), feeds)
     except Exception as e:
