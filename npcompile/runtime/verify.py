@@ -57,7 +57,14 @@ def compare(original: onnx.ModelProto, compiled: onnx.ModelProto, feeds: dict[st
     try:
         onnx.checker.check_model(compiled)
     except Exception as e:
-        raise VerificationError(f"compiled model fails the ONNX checker: {str(e).splitlines()[0]}") from e
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        try:
+            onnx.checker.check_model(original)
+        except Exception as orig_error:
+            # The flaw came in with the input (a corrupt name, a bad attribute): the user's to fix.
+            line = str(orig_error).splitlines()[0] if str(orig_error) else type(orig_error).__name__
+            raise UserError(f"the input model fails the ONNX checker: {line}") from orig_error
+        raise VerificationError(f"compiled model fails the ONNX checker: {first}") from e
     try:
         ref = run_session(make_session(original, threads), feeds)
     except Exception as e:
