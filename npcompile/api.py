@@ -80,7 +80,7 @@ class CompileOptions:
     html: bool = False  # also a single-file report.html
     # evaluation (accuracy before/after, search, budgets)
     eval: str | None = None  # labelled (or unlabelled: fidelity) evaluation data, .npz
-    evaluator: str = "auto"  # auto, accuracy, top1, cosine, neg_mse, or module:function
+    evaluator: str = "auto"  # auto, accuracy, top1, cosine, neg_mse, verification, or module:function
     top_k: int = 1
     eval_batch_size: int = 256
     # binary search and budgets

@@ -105,7 +105,8 @@ def compile_cmd(
     eval_data: Annotated[Path | None, typer.Option(
         "--eval", help="Evaluation data (.npz, inputs + labels): accuracy before/after, search metric.")] = None,
     evaluator: Annotated[str, typer.Option(
-        help="auto, accuracy, top1, cosine, neg_mse (fidelity), or module:function.")] = "auto",
+        help="auto, accuracy, top1, cosine, neg_mse (fidelity), verification (pairs file as --eval), "
+             "or module:function.")] = "auto",
     top_k: Annotated[int, typer.Option("--top-k", help="Top-k accuracy.")] = 1,
     search: Annotated[str | None, typer.Option(help="Per-layer search: binary (needs --tolerance).")] = None,
     tolerance: Annotated[float | None, typer.Option(
