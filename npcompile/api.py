@@ -80,12 +80,13 @@ class CompileOptions:
     html: bool = False  # also a single-file report.html
     # evaluation (accuracy before/after, search, budgets)
     eval: str | None = None  # labelled (or unlabelled: fidelity) evaluation data, .npz
-    evaluator: str = "auto"  # auto, accuracy, top1, cosine, neg_mse, or module:function
+    evaluator: str = "auto"  # auto, accuracy, top1, cosine, neg_mse, verification, or module:function
     top_k: int = 1
     eval_batch_size: int = 256
     # binary search and budgets
     search: str | None = None  # "binary"
     tolerance: float | None = None  # metric points the search may lose
+    search_variant: str | None = None  # schedule of --search binary (None: passes/search.py's DEFAULT_VARIANT)
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     target_flops: float | None = None  # keep this fraction of FLOPs
@@ -156,6 +157,12 @@ class CompileOptions:
                 raise UserError(f"unknown --search {self.search!r}; the search is 'binary'")
             if self.tolerance is None:
                 raise UserError("--search binary needs --tolerance (metric points it may lose)")
+        if self.search_variant is not None:
+            from npcompile.search.variants import get_variant
+
+            get_variant(self.search_variant)
+            if self.search is None:
+                raise UserError("--search-variant is a schedule of --search binary; give --search binary too")
         if self.tolerance is not None and not 0.0 <= self.tolerance <= 100.0:
             raise UserError(f"--tolerance must be between 0 and 100 points, got {self.tolerance}")
         for flag, v in (("--target-flops", self.target_flops), ("--target-params", self.target_params),
@@ -333,9 +340,10 @@ def pipeline_specs(options: CompileOptions, round_to: int) -> list[PassSpec]:
         criterion = PassSpec(name, kw)
         common = {"round_to": round_to, "min_channels": options.min_channels}
         if options.search == "binary":
+            variant = {"variant": options.search_variant} if options.search_variant else {}
             specs += [criterion, PassSpec("binary-search", {"tolerance": options.tolerance, "evaluator": "evaluator",
                                                             **common, "include": options.include or None,
-                                                            "exclude": options.exclude or None}),
+                                                            "exclude": options.exclude or None, **variant}),
                       *remove]
         elif options.target_latency is not None:
             specs += [criterion, PassSpec("latency-budget", {"target_latency": options.target_latency,

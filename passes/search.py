@@ -34,13 +34,16 @@ from npcompile.errors import UserError
 from npcompile.execution.bisect import AcceptRate, search_levels
 from npcompile.execution.probes import probe_evaluator
 from npcompile.pipeline import Context, Pass, PassResult, register_pass
+from npcompile.search.variants import cost_weights, eval_bound, get_variant, visits
 
 __all__ = ["BinarySearchPass", "SensitivityPass", "BudgetPass", "removal_levels", "lowest_mask",
-           "search_groups", "DEFAULT_FRACTIONS"]
+           "search_groups", "DEFAULT_FRACTIONS", "DEFAULT_VARIANT"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+#: the schedule of ``binary-search`` (``--search-variant``); see :mod:`npcompile.search.variants`
+DEFAULT_VARIANT = "paper"
 
 
 # -- shared helpers ----------------------------------------------------------------------------
@@ -142,8 +145,10 @@ def _unit(evaluator: Any) -> str:
 # -- binary search -----------------------------------------------------------------------------
 @register_pass
 class BinarySearchPass(Pass):
-    """Per group, in topological order, binary-search the largest removal of lowest-ranked channels
-    that keeps the metric ``>= baseline - tolerance`` (Zhang, Qin, Chan 2017)."""
+    """Per group, binary-search the largest removal of lowest-ranked channels that keeps the
+    metric ``>= floor`` (Zhang, Qin, Chan 2017); ``variant`` chooses the order of the groups and
+    the floor of each search (:mod:`npcompile.search.variants`; ``paper``: topological order,
+    ``baseline - tolerance`` for every group)."""
 
     name = "binary-search"
     kind = "select"
@@ -151,19 +156,31 @@ class BinarySearchPass(Pass):
 
     def __init__(self, tolerance: float, evaluator: Any, round_to: int = 1, min_channels: int = 1,
                  include: str | Sequence[str] | None = None, exclude: str | Sequence[str] | None = None,
-                 threads: int = 0, check: bool = True) -> None:
+                 threads: int = 0, check: bool = True, variant: str = DEFAULT_VARIANT) -> None:
         if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
             raise UserError(f"--tolerance must be a finite number >= 0, got {tolerance}")
         if evaluator is None:
             raise UserError("binary search needs an evaluator (evaluation data or --evaluator)")
         _options_check(round_to, min_channels)
+        self.variant = get_variant(variant)
         super().__init__(tolerance=tolerance, evaluator=_name(evaluator),
                          round_to=round_to, min_channels=min_channels, include=name_patterns(include) or None,
-                         exclude=name_patterns(exclude) or None)
+                         exclude=name_patterns(exclude) or None, variant=variant)
         self.tolerance, self.evaluator = float(tolerance), evaluator
         self.round_to, self.min_channels = round_to, min_channels
         self.include, self.exclude = include, exclude
         self.threads, self.check = threads, check
+
+    def _weights(self, ctx: Context, groups: list[Group], counts: dict[int, list[int]]) -> dict[int, float]:
+        """Each group's share of the parameters and FLOPs its searchable channels hold."""
+        cm = CostModel(ctx.analysis, ctx.shapes)
+        base = cm.base
+        savings = {}
+        for g in groups:
+            most = counts[g.id][-1]
+            after = cm.cost({g.id: lowest_mask(g, ctx.scores[g.id], most)}) if most else base
+            savings[g.id] = (float(base.params - after.params), float(base.flops - after.flops))
+        return cost_weights(savings, (float(base.params), float(base.flops)))
 
     def run(self, ctx: Context) -> PassResult:
         _ensure_scores(ctx)
@@ -171,37 +188,59 @@ class BinarySearchPass(Pass):
         if not groups:
             ctx.removal = {}
             return PassResult(False, "no prunable groups to search",
-                              {"evaluations": 0, "probes": [], "groups": [], "evaluator": _describe(self.evaluator)})
+                              {"evaluations": 0, "probes": [], "groups": [], "evaluator": _describe(self.evaluator),
+                               "variant": self.variant.name})
         ev = _evaluator_for(ctx, self.evaluator, groups, self.threads, self.check)
         baseline = ev({})
-        floor = baseline - self.tolerance - 1e-9 * max(1.0, abs(baseline))
+        by_id = {g.id: g for g in groups}
+        counts = {g.id: removal_levels(g, self.round_to, self.min_channels) for g in groups}
+        variant = self.variant
+        weights = sensitivity = None
+        if variant.share or variant.order == "sensitivity":
+            weights = self._weights(ctx, groups, counts)
+        if variant.order == "sensitivity":
+            half = _check_removal(groups, ctx.scores)
+            probed = [g.id for g in groups if g.id in half]
+            metrics = ev.many([{gid: half[gid]} for gid in probed])
+            sensitivity = {g.id: 0.0 for g in groups}
+            sensitivity.update({gid: baseline - m for gid, m in zip(probed, metrics, strict=True)})
         removal: dict[int, np.ndarray] = {}
+        state = {g.id: 0 for g in groups}  # index into counts: the level each group is at
         probes: list[dict[str, Any]] = []
-        decisions: list[dict[str, Any]] = []
-        final = baseline
+        reached = [baseline]  # the metric of the state so far (the rounds variant re-bases on it)
         rounds, non_monotone = 0, []
         rate = AcceptRate()  # path decisions so far: steer the extra probes of the next groups
-        for g in groups:
-            counts = removal_levels(g, self.round_to, self.min_channels)
+        for visit in visits(variant, [g.id for g in groups], baseline, self.tolerance, lambda: reached[0],
+                            weights, sensitivity):
+            g = by_id[visit.group]
+            levels = counts[g.id][state[g.id]:]
+            if len(levels) < 2:
+                continue
+            floor = visit.floor
 
-            def probe(levels: Sequence[int], g: Group = g, counts: list[int] = counts) -> list[float]:
-                return ev.many([{**removal, g.id: lowest_mask(g, ctx.scores[g.id], counts[i])} for i in levels])
+            def probe(idx: Sequence[int], g: Group = g, levels: list[int] = levels) -> list[float]:
+                return ev.many([{**removal, g.id: lowest_mask(g, ctx.scores[g.id], levels[i])} for i in idx])
 
             # with W workers, W levels of the sequential search's decision tree per round
-            found = search_levels(len(counts), probe, lambda m: m >= floor, getattr(ev, "width", 1), rate)
+            found = search_levels(len(levels), probe, lambda m, floor=floor: m >= floor, getattr(ev, "width", 1),
+                                  rate)
             for level, metric, ok, on_path in found.probes:
-                probes.append({"group": g.name, "removed": counts[level] * g.blocks, "width": g.size,
-                               "metric": metric, "accepted": ok, "on_path": on_path})
-                log.debug("%s: remove %d/%d -> %.6g (%s)", g.name, counts[level] * g.blocks, g.size, metric,
+                probes.append({"group": g.name, "removed": levels[level] * g.blocks, "width": g.size,
+                               "metric": metric, "accepted": ok, "on_path": on_path, "sweep": visit.sweep,
+                               "floor": floor})
+                log.debug("%s: remove %d/%d -> %.6g (%s)", g.name, levels[level] * g.blocks, g.size, metric,
                           "ok" if ok else "too low")
             rounds += found.rounds
-            if not found.monotone:
+            if not found.monotone and g.name not in non_monotone:
                 non_monotone.append(g.name)
-            lo, best = found.level, found.metric
-            removed = counts[lo] * g.blocks
-            if removed:
-                removal[g.id] = lowest_mask(g, ctx.scores[g.id], counts[lo])
-                final = best if best is not None else final
+            if found.level:
+                state[g.id] += found.level
+                removal[g.id] = lowest_mask(g, ctx.scores[g.id], levels[found.level])
+                reached[0] = found.metric if found.metric is not None else reached[0]
+        final = reached[0]
+        decisions = []
+        for g in groups:
+            removed = counts[g.id][state[g.id]] * g.blocks
             decisions.append({"group": g.name, "width": g.size, "removed": removed, "kept": g.size - removed})
             log.info("%s: removes %d of %d channels", g.name, removed, g.size)
         ctx.removal = removal
@@ -210,14 +249,20 @@ class BinarySearchPass(Pass):
                              f"{', '.join(non_monotone)} (the search decided as the sequential one does)")
         n = int(sum(m.sum() for m in removal.values()))
         unit = _unit(self.evaluator)
-        summary = (f"removed {n} channels in {len(removal)} of {len(groups)} groups, {ev.evaluations} evaluations; "
+        bound = eval_bound(variant, [len(counts[g.id]) for g in groups])
+        log2_sum = sum(math.log2(g.size) for g in groups)
+        summary = (f"removed {n} channels in {len(removal)} of {len(groups)} groups, {ev.evaluations} evaluations "
+                   f"(variant {variant.name}; sum of log2(width) {log2_sum:.0f}); "
                    f"{_name(self.evaluator)} {baseline:.4g}{unit} -> {final:.4g}{unit}")
         return PassResult(False, summary, {
             "baseline": baseline, "final": final, "tolerance": self.tolerance, "probes": probes,
             "evaluations": ev.evaluations, "groups": decisions, "channels": n,
             "evaluator": _describe(self.evaluator), "fast_path": ev.fast, "check_diff": ev.check_diff,
             "rounds": rounds, "levels_per_round": getattr(ev, "width", 1), "monotone": not non_monotone,
-            "non_monotone_groups": non_monotone})
+            "non_monotone_groups": non_monotone, "variant": variant.name, "evaluation_bound": bound,
+            "log2_width_sum": log2_sum, "sensitivity": None if sensitivity is None else
+            {by_id[k].name: v for k, v in sensitivity.items()},
+            "weights": None if weights is None else {by_id[k].name: v for k, v in weights.items()}})
 
 
 # -- sensitivity -------------------------------------------------------------------------------

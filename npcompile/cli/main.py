@@ -105,11 +105,15 @@ def compile_cmd(
     eval_data: Annotated[Path | None, typer.Option(
         "--eval", help="Evaluation data (.npz, inputs + labels): accuracy before/after, search metric.")] = None,
     evaluator: Annotated[str, typer.Option(
-        help="auto, accuracy, top1, cosine, neg_mse (fidelity), or module:function.")] = "auto",
+        help="auto, accuracy, top1, cosine, neg_mse (fidelity), verification (pairs file as --eval), "
+             "or module:function.")] = "auto",
     top_k: Annotated[int, typer.Option("--top-k", help="Top-k accuracy.")] = 1,
     search: Annotated[str | None, typer.Option(help="Per-layer search: binary (needs --tolerance).")] = None,
     tolerance: Annotated[float | None, typer.Option(
         help="Metric points the search may lose (e.g. 1 = one accuracy point).")] = None,
+    search_variant: Annotated[str | None, typer.Option(
+        help="Schedule of --search binary: paper, sensitivity, share, rounds, share-global "
+             "(see npcompile/search/variants.py).")] = None,
     include: Annotated[list[str] | None, typer.Option(help="Only groups matching this pattern (repeatable).")] = None,
     exclude: Annotated[list[str] | None, typer.Option(help="Never groups matching this pattern (repeatable).")] = None,
     target_flops: Annotated[float | None, typer.Option(help="Budget: keep this fraction of FLOPs.")] = None,
@@ -194,7 +198,8 @@ def compile_cmd(
                              plugins=list(plugin or []), gates=gates, junit=str(junit) if junit else None,
                              plots=plots, html=html, eval=str(eval_data) if eval_data else None,
                              evaluator=evaluator, top_k=top_k, search=search, tolerance=tolerance,
-                             include=list(include or []), exclude=list(exclude or []), target_flops=target_flops,
+                             search_variant=search_variant, include=list(include or []), exclude=list(exclude or []),
+                             target_flops=target_flops,
                              target_params=target_params, target_latency=target_latency, sensitivity=sensitivity,
                              prune_hidden=prune_hidden,
                              train=str(train) if train else None, epochs=epochs, lr=lr, distill=distill,

@@ -9,6 +9,9 @@ passes hand it the masked model of :mod:`npcompile.channels.masked`, which adds 
 - :class:`FidelityEvaluator`: agreement with the original model's outputs (computed once) when
   there are no labels: ``top1`` (percent of samples whose arg-max class is unchanged), ``cosine``
   (mean per-sample cosine similarity, in [-1, 1]) or ``neg_mse`` (minus the mean squared error).
+- :class:`~npcompile.runtime.verification.VerificationEvaluator` (``verification``): pair
+  verification accuracy of an embedding output (cosine similarity, a threshold chosen on
+  validation pairs; EER beside it), from a pairs file (format in :mod:`npcompile.runtime.verification`).
 - :class:`CallableEvaluator`: a user function ``module:function`` (or ``path/to/file.py:function``)
   given the pruned ``onnx.ModelProto``, returning a float.
 
@@ -51,7 +54,7 @@ log = logging.getLogger(__name__)
 
 FIDELITY_KINDS = ("top1", "cosine", "neg_mse")
 #: kinds :func:`make_evaluator` knows (a ``module:function`` spec is a callable evaluator too)
-KINDS = ("auto", "accuracy", *FIDELITY_KINDS, "callable")
+KINDS = ("auto", "accuracy", *FIDELITY_KINDS, "verification", "callable")
 
 
 class Runner(Protocol):
@@ -430,12 +433,15 @@ class CallableEvaluator(Evaluator):
 
 def make_evaluator(kind: str = "auto", *, dataset: Dataset | None = None, model: onnx.ModelProto | None = None,
                    reference_outputs: np.ndarray | None = None, spec: str | None = None, top_k: int = 1,
-                   batch_size: int = 256, output: int | str = 0, threads: int = 0) -> Evaluator:
+                   batch_size: int = 256, output: int | str = 0, threads: int = 0, pairs: Any = None) -> Evaluator:
     """Build an evaluator.
 
     ``kind``: ``auto`` (accuracy when ``dataset`` has labels, else top-1 fidelity), ``accuracy``,
     ``top1`` / ``cosine`` / ``neg_mse`` (fidelity to ``model``'s outputs, or to
-    ``reference_outputs``), ``callable`` (with ``spec``), or directly a ``module:function`` spec.
+    ``reference_outputs``), ``verification`` (pairs of the images of ``dataset``: ``pairs``, a
+    :class:`~npcompile.runtime.verification.Pairs`, or read from the data file itself; the output
+    named ``embedding`` when ``output`` is 0 and the model has one), ``callable`` (with ``spec``),
+    or directly a ``module:function`` spec.
     ``model`` is the original model: it gives the fidelity reference and a fixed batch size.
     """
     if kind == "callable" or (kind not in KINDS and ":" in kind):
@@ -453,6 +459,16 @@ def make_evaluator(kind: str = "auto", *, dataset: Dataset | None = None, model:
         kind = "accuracy" if dataset.labels is not None else "top1"
     if kind == "accuracy":
         return AccuracyEvaluator(dataset, top_k, bs, output, padded, threads)
+    if kind == "verification":
+        from npcompile.runtime.verification import VerificationEvaluator, embedding_output, load_pairs
+
+        if pairs is None:
+            if not dataset.source:
+                raise UserError("the verification evaluator needs pairs (a pairs file: 'pairs', 'same', 'split')")
+            pairs = load_pairs(dataset.source, len(dataset))
+        if output == 0 and model is not None:
+            output = embedding_output(model)
+        return VerificationEvaluator(dataset, pairs, bs, output, padded, threads)
     if reference_outputs is None:
         if model is None:
             raise UserError(f"the {kind} fidelity evaluator needs the original model or reference outputs")
