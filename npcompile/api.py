@@ -31,7 +31,7 @@ from npcompile.report.outdir import OUTPUT_FILES, publish
 from npcompile.report.plots import render_plots
 from npcompile.report.preflight import preflight
 from npcompile.runtime.verify import compare, probe_inputs
-from npcompile.targets import BenchmarkOptions, Target, get_target
+from npcompile.targets import BenchmarkOptions, LatencyStats, Target, get_target
 
 __all__ = ["CompileOptions", "CompileResult", "compile", "inspect", "pipeline_specs", "resolve_specs", "CRITERIA"]
 
@@ -69,7 +69,9 @@ class CompileOptions:
     verify_tolerance: float = 1e-4  # largest relative output change where removal must be lossless
     benchmark: bool = True
     warmup: int = 10
-    runs: int = 50
+    runs: int = 50  # timed runs per round of a latency measurement
+    latency_precision: float = 0.02  # measure until the speedup's 95 % interval is within +-this fraction
+    latency_max_seconds: float = 30.0  # ... or this long (at least two rounds)
     batch_sizes: list[int] = field(default_factory=list)  # also measure latency at these batch sizes
     extra_passes: list[str] = field(default_factory=list)
     pipeline: str | None = None  # a pipeline file replaces the passes the flags stand for
@@ -139,6 +141,8 @@ class CompileOptions:
             raise UserError(f"--threads must be >= 0, got {self.threads}")
         if self.runs < 1 or self.warmup < 0:
             raise UserError("--runs must be >= 1 and --warmup >= 0")
+        if not 0.0 < self.latency_precision < 1.0 or not self.latency_max_seconds >= 0:
+            raise UserError("--latency-precision must be in (0, 1) and --latency-max-seconds >= 0")
         if any(b < 1 for b in self.batch_sizes):
             raise UserError(f"--batch-sizes must be positive, got {self.batch_sizes}")
         if not 0.0 <= self.verify_tolerance < 1.0:
@@ -525,7 +529,7 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
             sizes={"before": source_size or original.ByteSize(), "after": size_after},
             timings={"load": load_s, "verify": verify_s, "build": build_s,
                      "total": time.perf_counter() - t_start},
-            artifact_info=artifact.info or {}, notes=ctx.notes, pipeline=specs,
+            artifact_info=artifact.info or {}, notes=ctx.notes + list(latency.get("warnings", [])), pipeline=specs,
         )
         report.update({k: v for k, v in ctx.report_extras.items() if k not in report})
         # the plan per step: indices refer to the model each step received
@@ -602,18 +606,44 @@ def _make_evaluator(options: CompileOptions, model: onnx.ModelProto) -> Any:
                           batch_size=options.eval_batch_size, threads=options.threads)
 
 
+def _runner(target: Target, artifact: Any, feeds: dict, threads: int) -> Any:
+    """Time ``runs`` calls of the artifact after ``warmup`` untimed ones: milliseconds per call."""
+    def run(runs: int, warmup: int) -> list[float]:
+        stats = target.benchmark(artifact, feeds, BenchmarkOptions(warmup=warmup, runs=runs, threads=threads))
+        return list(stats.samples_ms or [stats.p50_ms] * stats.runs)
+
+    return run
+
+
+def stable_options(options: CompileOptions) -> Any:
+    """How long latency is measured, from the compile options."""
+    from npcompile.runtime.timing import StableOptions
+
+    return StableOptions(runs=options.runs, warmup=options.warmup, precision=options.latency_precision,
+                         max_seconds=options.latency_max_seconds)
+
+
 def _benchmark(target: Target, original: onnx.ModelProto, artifact: Any, probe: dict[str, tuple[int, ...]],
                options: CompileOptions) -> dict[str, Any]:
-    """Latency of the original and the compiled model on the target, at the probe batch size and
-    at ``options.batch_sizes`` (dynamic-batch models only)."""
+    """Latency of the original and the compiled model on the target, measured in interleaved rounds
+    until the speedup is stable (:mod:`npcompile.runtime.timing`), at the probe batch size and at
+    ``options.batch_sizes`` (dynamic-batch models only)."""
+    from npcompile.runtime.timing import compare as compare_latency
+
     bopts = BenchmarkOptions(warmup=options.warmup, runs=options.runs, threads=options.threads)
+    sopts = stable_options(options)
     feeds = probe_inputs(original, probe, batch=None, seed=options.seed)
-    after = target.benchmark(artifact, feeds, bopts)
-    if after is None:
+    probe_stats = target.benchmark(artifact, feeds, BenchmarkOptions(warmup=1, runs=1, threads=options.threads))
+    if probe_stats is None:
         return {}
+    batch = probe_stats.batch
     with tempfile.TemporaryDirectory(prefix="npcompile-base-") as tmp:
         base = target.build(original, Path(tmp), name="original")
-        before = target.benchmark(base, feeds, bopts)
+        cmp = compare_latency(_runner(target, base, feeds, options.threads),
+                              _runner(target, artifact, feeds, options.threads), sopts)
+        for w in cmp["warnings"]:
+            log.warning("%s", w)
+        before, after = LatencyStats.from_ms(cmp["before"], batch), LatencyStats.from_ms(cmp["after"], batch)
         per_batch = []
         dynamic = all(not spec.type.tensor_type.shape.dim[0].HasField("dim_value")
                       for spec in input_specs(original) if spec.type.tensor_type.shape.dim)
@@ -623,9 +653,11 @@ def _benchmark(target: Target, original: onnx.ModelProto, artifact: Any, probe: 
             per_batch.append({"batch": b, "before_p50_ms": x.p50_ms, "after_p50_ms": y.p50_ms,
                               "speedup": x.p50_ms / y.p50_ms if y.p50_ms > 0 else None,
                               "throughput_before": x.throughput, "throughput_after": y.throughput})
-    return {"before": before.as_dict(), "after": after.as_dict(),
-            "speedup": before.p50_ms / after.p50_ms if after.p50_ms > 0 else None,
-            "batch": after.batch, "threads": options.threads, "batches": per_batch}
+    return {"before": before.as_dict(), "after": after.as_dict(), "speedup": cmp["speedup"],
+            "speedup_low": cmp["speedup_low"], "speedup_high": cmp["speedup_high"],
+            "rounds": cmp["rounds"], "stable": cmp["stable"], "seconds": cmp["seconds"], "load": cmp["load"],
+            "measurement": cmp["options"], "warnings": cmp["warnings"],
+            "batch": batch, "threads": options.threads, "batches": per_batch}
 
 
 def inspect(model: Any, input_shapes: dict[str, tuple[int, ...]] | None = None,

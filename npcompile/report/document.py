@@ -74,6 +74,8 @@ def build_report(*, options: Any, round_to: int, default_round_to: int, target: 
         "size_before": sizes["before"], "size_after": sizes["after"],
         "max_abs_diff": verification.max_abs_diff, "max_rel_diff": verification.max_rel_diff,
         "speedup": speedup,
+        "speedup_low": latency.get("speedup_low") if latency else None,
+        "speedup_high": latency.get("speedup_high") if latency else None,
         "latency_reduction": (1.0 - 1.0 / speedup) if speedup else None,
         "latency_vs_flops": ((1.0 - 1.0 / speedup) / flops_red) if speedup and flops_red else None,
         "groups_total": len(groups), "groups_prunable": sum(g["prunable"] for g in groups),
@@ -205,13 +207,26 @@ def render_markdown(report: dict[str, Any], images: list[str] | tuple[str, ...] 
     lat = report.get("latency") or {}
     if lat:
         b, a = lat["before"], lat["after"]
-        lines += ["## Latency", "", f"batch {lat['batch']}, threads {lat['threads'] or 'default'}", "",
-                  "| ms | p50 | p90 | p99 | mean |", "|---|---:|---:|---:|---:|"]
+        load = lat.get("load") or {}
+        how = (f"{len(b.get('samples_ms') or [])} runs each in {lat.get('rounds', 1)} interleaved rounds"
+               f"{'' if lat.get('stable', True) else ' (not stable at the cap)'}")
+        if load.get("load1") is not None:
+            how += f"; machine load {load['load1']:g} on {load['cores']} cores"
+            how += " (busy)" if load.get("busy") else ""
+        lines += ["## Latency", "", f"batch {lat['batch']}, threads {lat['threads'] or 'default'}; {how}", "",
+                  "| ms | p50 | p50 95 % interval | p90 | p99 | mean | spread |", "|---|---:|---:|---:|---:|---:|---:|"]
         for name, x in (("before", b), ("after", a)):
-            lines.append(f"| {name} | {x['p50_ms']:.3f} | {x['p90_ms']:.3f} | {x['p99_ms']:.3f} | "
-                         f"{x['mean_ms']:.3f} |")
-        lines += ["", f"Speedup {lat['speedup']:.2f}x: latency {_change(s['latency_reduction'])} for "
+            ival = f"{x['p50_low_ms']:.3f}-{x['p50_high_ms']:.3f}" if x.get("p50_low_ms") is not None else "n/a"
+            spread = f"{x['spread']:.2f}" if x.get("spread") is not None else "n/a"
+            lines.append(f"| {name} | {x['p50_ms']:.3f} | {ival} | {x['p90_ms']:.3f} | {x['p99_ms']:.3f} | "
+                         f"{x['mean_ms']:.3f} | {spread} |")
+        lo, hi = lat.get("speedup_low"), lat.get("speedup_high")
+        ival = f" (95 % interval {lo:.2f}-{hi:.2f}x)" if lo is not None and hi is not None else ""
+        lines += ["", f"Speedup {lat['speedup']:.2f}x{ival}: latency {_change(s['latency_reduction'])} for "
                       f"FLOPs {_change(s['flops_reduction'])}.", ""]
+        lines += [f"- warning: {w}" for w in lat.get("warnings") or []]
+        if lat.get("warnings"):
+            lines.append("")
         for row in lat.get("batches") or []:
             lines.append(f"- batch {row['batch']}: {row['before_p50_ms']:.3f} ms → {row['after_p50_ms']:.3f} ms "
                          f"(speedup {row['speedup']:.2f}x)")
