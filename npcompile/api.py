@@ -93,6 +93,8 @@ class CompileOptions:
     target_flops: float | None = None  # keep this fraction of FLOPs
     target_params: float | None = None  # keep this fraction of parameters
     target_latency: float | None = None  # reach this fraction of the original latency, measured on the target
+    latency_criterion: str = "per-ms"  # latency budget: importance lost per ms saved, or importance only
+    latency_cache: str | None = None  # folder of cached latency models (default ~/.cache/npcompile/latency)
     sensitivity: bool = False
     prune_hidden: bool = False  # the hidden width of transformers as one more (lossy) group
     # fine-tuning and iterative schedules
@@ -149,9 +151,9 @@ class CompileOptions:
             raise UserError(f"--verify-tolerance must be in [0, 1), got {self.verify_tolerance}")
         modes = [m for m, on in (("--ratio", self.ratio is not None), ("--threshold", self.threshold is not None),
                                  ("--search", self.search is not None),
-                                 ("--target-flops/--target-params",
-                                  self.target_flops is not None or self.target_params is not None),
-                                 ("--target-latency", self.target_latency is not None),
+                                 ("--target-flops/--target-params/--target-latency",
+                                  self.target_flops is not None or self.target_params is not None
+                                  or self.target_latency is not None),
                                  ("--pipeline", self.pipeline is not None)) if on]
         if len(modes) > 1:
             raise UserError(f"choose one way to select channels, not {' and '.join(modes)}")
@@ -342,13 +344,19 @@ def pipeline_specs(options: CompileOptions, round_to: int) -> list[PassSpec]:
                                                             "exclude": options.exclude or None}),
                       *remove]
         elif options.target_latency is not None:
-            specs += [criterion, PassSpec("latency-budget", {"target_latency": options.target_latency,
-                                                             "evaluator": "evaluator" if options.eval else None,
-                                                             "measure": "measure", **common,
-                                                             "include": options.include or None,
-                                                             "exclude": options.exclude or None,
-                                                             "threads": options.threads}),
-                      *remove]
+            lat = {"target_latency": options.target_latency, "evaluator": "evaluator" if options.eval else None,
+                   "measure": "measure", **common, "include": options.include or None,
+                   "exclude": options.exclude or None, "threads": options.threads,
+                   "criterion": options.latency_criterion}
+            lat.update({k: v for k, v in (("target_flops", options.target_flops),
+                                          ("target_params", options.target_params),
+                                          ("tolerance", options.tolerance), ("cache", options.latency_cache))
+                        if v is not None})
+            if options.provider != "cpu":
+                from npcompile.targets.ort import _PROVIDERS
+
+                lat["provider"] = _PROVIDERS.get(options.provider, options.provider)
+            specs += [criterion, PassSpec("latency-budget", lat), *remove]
         elif options.target_flops is not None or options.target_params is not None:
             if options.sensitivity:
                 specs.append(PassSpec("sensitivity", {"evaluator": "evaluator", **common}))
@@ -391,6 +399,8 @@ def pipeline_specs(options: CompileOptions, round_to: int) -> list[PassSpec]:
 def resolve_specs(options: CompileOptions, target: Target) -> tuple[list[PassSpec], Path | None, int, int]:
     """Specs (from the pipeline file or the flags), their base folder, rounding used and default."""
     default_round = target.default_round_to() if options.mode in ("ratio", "search", "budget") else 1
+    if options.target_latency is not None and options.pipeline is None:
+        default_round = 1  # widths at the steps of the measured latency curve
     round_to = options.round_to if options.round_to is not None else default_round
     nm = options.nm_pattern
     if nm is not None and options.mode not in ("lossless", "sparsity"):
@@ -575,20 +585,24 @@ def _classes(evaluator: Any) -> int | None:
 
 
 def _latency_measure(target: Target, options: CompileOptions) -> Any:
-    """p50 milliseconds of a model on the compilation's target (ONNX Runtime on the CPU where the
-    target measures nothing, like ``onnx``)."""
-    bopts = BenchmarkOptions(warmup=3, runs=max(10, options.runs // 2), threads=options.threads)
+    """A runner factory on the compilation's target: ``factory(model, feeds)(runs, warmup)`` times
+    the model built by the target (ONNX Runtime on the CPU where the target measures nothing, like
+    ``onnx``). The build folder lives as long as the runner."""
+    from npcompile.report.preflight import target_measures
 
-    def measure(model: onnx.ModelProto, feeds: dict) -> float:
-        with tempfile.TemporaryDirectory(prefix="npcompile-lat-") as tmp:
-            stats = target.benchmark(target.build(model, Path(tmp), name="probe"), feeds, bopts)
-        if stats is None:
-            from npcompile.passes.latency import ort_latency
+    if not target_measures(target):
+        from npcompile.passes.latency import ort_runner
 
-            return ort_latency(options.threads, bopts.runs, bopts.warmup)(model, feeds)
-        return stats.p50_ms
+        return ort_runner(options.threads)
 
-    return measure
+    def factory(model: onnx.ModelProto, feeds: dict) -> Any:
+        tmp = tempfile.TemporaryDirectory(prefix="npcompile-lat-")
+        artifact = target.build(model, Path(tmp.name), name="probe")
+        run = _runner(target, artifact, feeds, options.threads)
+        run.keep = tmp  # removed with the runner
+        return run
+
+    return factory
 
 
 def _make_evaluator(options: CompileOptions, model: onnx.ModelProto) -> Any:

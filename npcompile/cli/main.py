@@ -116,6 +116,10 @@ def compile_cmd(
     target_params: Annotated[float | None, typer.Option(help="Budget: keep this fraction of parameters.")] = None,
     target_latency: Annotated[float | None, typer.Option(
         help="Budget: reach this fraction of the original latency, measured on the target.")] = None,
+    latency_criterion: Annotated[str, typer.Option(
+        help="--target-latency plan: per-ms (importance lost per ms saved) or importance.")] = "per-ms",
+    latency_cache: Annotated[Path | None, typer.Option(
+        help="Folder of cached per-layer latency models [default: ~/.cache/npcompile/latency].")] = None,
     sensitivity: Annotated[bool, typer.Option("--sensitivity", help="Measure per-layer sensitivity.")] = False,
     prune_hidden: Annotated[bool, typer.Option(
         "--prune-hidden",
@@ -204,6 +208,8 @@ def compile_cmd(
                              evaluator=evaluator, top_k=top_k, search=search, tolerance=tolerance,
                              include=list(include or []), exclude=list(exclude or []), target_flops=target_flops,
                              target_params=target_params, target_latency=target_latency, sensitivity=sensitivity,
+                             latency_criterion=latency_criterion,
+                             latency_cache=str(latency_cache) if latency_cache else None,
                              prune_hidden=prune_hidden,
                              train=str(train) if train else None, epochs=epochs, lr=lr, distill=distill,
                              optimizer=optimizer, batch_size=batch_size, steps=steps,

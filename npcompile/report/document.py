@@ -46,19 +46,22 @@ def build_report(*, options: Any, round_to: int, default_round_to: int, target: 
         groups.append({"name": name, "op": op, "width_before": size, "width_after": size - gone,
                        "prunable": not frozen and size > 1, "frozen": frozen, "dead": dead})
     frozen = [{"group": g["name"], "reasons": g["frozen"]} for g in groups if g["frozen"]]
+    channels_removed = sum(len(v) for v in removed.values())
+    if options.round_to is not None:
+        rounding_source = "user (--round-to)"
+    elif getattr(options, "target_latency", None) is not None and mode == "budget":
+        rounding_source = f"steps of the latency curve measured on {target.name}"
+    elif mode in ("ratio", "search", "budget"):
+        rounding_source = f"default of target {target.name}"
+    else:
+        rounding_source = "none (threshold and lossless modes keep exact selections)"
     lanes = max(int(target.default_round_to()), 1)
     width_flags = [{"group": g["name"], "width": g["width_after"], "multiple_of": lanes,
                     "note": f"width {g['width_after']} is not a multiple of {lanes}, the width {target.name}'s "
                             "kernels work in: part of the FLOPs saved may not turn into speed"}
                    for g in groups if lanes > 1 and g["width_after"] != g["width_before"]
+                   and "latency curve" not in rounding_source
                    and g["width_after"] % lanes]
-    channels_removed = sum(len(v) for v in removed.values())
-    if options.round_to is not None:
-        rounding_source = "user (--round-to)"
-    elif mode in ("ratio", "search", "budget"):
-        rounding_source = f"default of target {target.name}"
-    else:
-        rounding_source = "none (threshold and lossless modes keep exact selections)"
     nm = getattr(options, "nm_pattern", None)
     if nm is not None and mode not in ("lossless", "sparsity"):
         rounding_source += f", made a multiple of {nm[1]} for the {nm[0]}:{nm[1]} sparsity pattern"
