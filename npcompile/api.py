@@ -347,7 +347,7 @@ def pipeline_specs(options: CompileOptions, round_to: int) -> list[PassSpec]:
             lat = {"target_latency": options.target_latency, "evaluator": "evaluator" if options.eval else None,
                    "measure": "measure", **common, "include": options.include or None,
                    "exclude": options.exclude or None, "threads": options.threads,
-                   "criterion": options.latency_criterion}
+                   "criterion": options.latency_criterion, "max_seconds": options.latency_max_seconds}
             lat.update({k: v for k, v in (("target_flops", options.target_flops),
                                           ("target_params", options.target_params),
                                           ("tolerance", options.tolerance), ("cache", options.latency_cache))

@@ -103,14 +103,27 @@ class LatencyBudgetPass(Pass):
                                     max_seconds=max_seconds)
 
     # -- the latency model -------------------------------------------------------------------
-    def _model(self, ctx: Context, feeds: dict, groups: list[Group]) -> tuple[LatencyModel, dict[str, Any]]:
-        from npcompile.runtime import latency_cache as lc
+    def model_options(self) -> LatencyModelOptions:
+        """How the latency model is measured (the deployment session and the width grid)."""
         from npcompile.targets.ort import cpu_vector_width
 
-        step = self.step or cpu_vector_width()[0]
-        opts = LatencyModelOptions(threads=self.threads, provider=self.provider, step=step, levels=self.levels)
+        return LatencyModelOptions(threads=self.threads, provider=self.provider,
+                                   step=self.step or cpu_vector_width()[0], levels=self.levels)
+
+    def cache_key(self, ctx: Context, feeds: dict, machine: dict[str, Any] | None = None) -> str:
+        """The latency model's cache key for this model, session, input shapes and machine."""
+        from npcompile.runtime import latency_cache as lc
+
         shapes = {k: list(v.shape) for k, v in feeds.items()}
-        key = lc.cache_key(ctx.model.SerializeToString(), "onnxruntime", opts.key_fields(), shapes)
+        return lc.cache_key(ctx.model.SerializeToString(), "onnxruntime", self.model_options().key_fields(), shapes,
+                            machine)
+
+    def _model(self, ctx: Context, feeds: dict, groups: list[Group]) -> tuple[LatencyModel, dict[str, Any]]:
+        from npcompile.runtime import latency_cache as lc
+
+        opts = self.model_options()
+        step = opts.step
+        key = self.cache_key(ctx, feeds)
         folder = lc.cache_dir(self.cache)
         cached = lc.load_cached(folder, key) if self.use_cache else None
         if cached is not None:

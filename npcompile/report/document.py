@@ -174,6 +174,33 @@ def _sensitivity_lines(sens: Any, images: list[str] | tuple[str, ...]) -> list[s
     return lines
 
 
+def _latency_model_lines(report: dict[str, Any], images: list[str] | tuple[str, ...]) -> list[str]:
+    """The latency budget's checks and the latency model's table (predicted ms per width)."""
+    lb, lm = report.get("latency-budget"), report.get("latency-model")
+    if not isinstance(lm, dict) or not lm.get("curves"):
+        return []
+    lines = ["## Latency model", "",
+             f"Measured on ONNX Runtime (batch {lm.get('batch')}, step {lm.get('step')}): {lm.get('layers')} layers, "
+             f"{lm.get('timed_subgraphs', 0)} isolated subgraphs timed in {lm.get('build_s', 0):.1f} s"
+             f"{' (reused from the cache)' if lm.get('reused') else ''}; whole model {lm['t_full_ms']:.3f} ms, "
+             f"calibration factor {lm['kappa']:.2f}. Cache: `{lm.get('cache')}`.", ""]
+    if isinstance(lb, dict) and lb.get("attempts"):
+        lines += ["| check | goal | predicted | measured (95 % interval) |", "|---:|---:|---:|---:|"]
+        for i, a in enumerate(lb["attempts"], 1):
+            lines.append(f"| {i} | {a['goal']:.3f} | {a['predicted']:.3f} | {a['measured']:.3f} "
+                         f"({a['low']:.3f}-{a['high']:.3f}) |")
+        lines.append("")
+    lines += ["| group | width | widths: predicted model ms (steps in bold) |", "|---|---:|---|"]
+    for c in lm["curves"]:
+        cells = ", ".join(f"**{w}**: {ms:.4g}" if w in c["steps"] else f"{w}: {ms:.4g}"
+                          for w, ms in zip(c["widths"], c["ms"], strict=True))
+        lines.append(f"| {c['group']} | {c['width']} | {cells} |")
+    lines.append("")
+    if "latency_model.png" in images:
+        lines += ["![latency vs width per group](latency_model.png)", ""]
+    return lines
+
+
 def render_markdown(report: dict[str, Any], images: list[str] | tuple[str, ...] = ()) -> str:
     """A human-readable summary of a report document; ``images`` names plot files beside it."""
     s = report["summary"]
@@ -202,7 +229,8 @@ def render_markdown(report: dict[str, Any], images: list[str] | tuple[str, ...] 
         unit = f" {acc['unit']}" if acc.get("unit") else ""
         lines += [f"**{acc['metric']}**: {acc['before']:.4g}{unit} before, {acc['after']:.4g}{unit} after "
                   f"({acc['after'] - acc['before']:+.4g}).", ""]
-    for key, title in (("binary-search", "Binary search"), ("budget", "Budget"), ("finetune", "Fine-tuning"),
+    for key, title in (("binary-search", "Binary search"), ("budget", "Budget"), ("latency-budget", "Latency budget"),
+                       ("finetune", "Fine-tuning"),
                        ("sparsity", "Weight sparsity")):
         extra = report.get(key)
         if isinstance(extra, dict) and extra.get("summary"):
@@ -237,6 +265,7 @@ def render_markdown(report: dict[str, Any], images: list[str] | tuple[str, ...] 
             lines.append("")
         if "latency.png" in images:
             lines += ["![latency distributions](latency.png)", ""]
+    lines += _latency_model_lines(report, images)
     lines += ["## Layers", ""]
     if "widths.png" in images:
         lines += ["![per-layer widths](widths.png)", ""]
