@@ -11,9 +11,10 @@ pruned model.
    latency only deciding when to stop) until the predicted latency meets the goal (and the
    parameter/FLOPs budgets, when given; a ``tolerance`` with an evaluator caps the predicted loss).
 3. The pruned model is measured against the original (interleaved rounds, 95 % interval). If it
-   misses by more than the interval, the goal is tightened by the miss and the plan rebuilt, at
-   most ``refine`` times. A plan that still misses is kept and reported; the compilation's
-   ``target-latency`` gate then fails with the gap.
+   misses by more than the interval, the goal is tightened by the miss and the plan rebuilt (and
+   loosened when it lands more than ``slack`` below the target), at most ``refine`` times. The
+   least pruning that met the target wins; a plan that still misses is kept and reported, and the
+   compilation's ``target-latency`` gate then fails with the gap.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ class LatencyBudgetPass(Pass):
                  provider: str = "CPUExecutionProvider", target_params: float | None = None,
                  target_flops: float | None = None, tolerance: float | None = None, criterion: str = "per-ms",
                  refine: int = 3, cache: str | None = None, use_cache: bool = True, step: int = 0, levels: int = 8,
-                 max_fraction: float = 0.9, precision: float = 0.03, max_seconds: float = 15.0) -> None:
+                 max_fraction: float = 0.9, precision: float = 0.03, max_seconds: float = 15.0,
+                 slack: float = 0.05) -> None:
         if not 0.0 < float(target_latency) < 1.0:
             raise UserError(f"--target-latency is the fraction of the original latency to reach, in (0, 1); "
                             f"got {target_latency}")
@@ -97,7 +99,7 @@ class LatencyBudgetPass(Pass):
         self.budgets = {"flops": target_flops, "params": target_params}
         self.tolerance, self.criterion, self.refine = tolerance, criterion, refine
         self.cache, self.use_cache, self.levels, self.max_fraction = cache, use_cache, levels, max_fraction
-        self.step = step
+        self.step, self.slack = step, slack
         self.runner = measure if callable(measure) else ort_runner(threads, provider)
         self.stable = StableOptions(runs=20, warmup=5, precision=precision, min_rounds=2, max_rounds=12,
                                     max_seconds=max_seconds)
@@ -250,11 +252,16 @@ class LatencyBudgetPass(Pass):
         goal = self.target
         attempts: list[dict[str, Any]] = []
         removal: dict[int, np.ndarray] = {}
+        seen: list[dict[int, np.ndarray]] = []
+
+        def same(a: dict, b: dict) -> bool:
+            return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
         for _ in range(self.refine + 1):
             removal, pred_ms = self._plan(ctx, groups, steps, losses, model, axes, cm, goal * model.t_full)
-            if attempts and all(np.array_equal(removal.get(k, 0), attempts[-1]["_removal"].get(k, 0))
-                                for k in set(removal) | set(attempts[-1]["_removal"])):
+            if any(same(removal, r) for r in seen):
                 break  # the plan cannot change any more
+            seen.append(removal)
             pruned = prune_copy(ctx.model, ctx.analysis, removal, ctx.probe) if removal else ctx.model
             cmp = compare(original_runner, self.runner(pruned, feeds), self.stable)
             frac, low, high = 1 / cmp["speedup"], 1 / cmp["speedup_high"], 1 / cmp["speedup_low"]
@@ -262,10 +269,18 @@ class LatencyBudgetPass(Pass):
                              "high": high, "rounds": cmp["rounds"], "busy": cmp["load"]["busy"], "_removal": removal})
             log.info("latency budget: plan for %.3f predicted %.3f, measured %.3f (%.3f-%.3f) of the original",
                      goal, pred_ms / model.t_full, frac, low, high)
-            if low <= self.target:
+            if low > self.target:  # missed beyond the uncertainty: tighten by the miss
+                goal = max(goal * self.target / frac, 0.01)
+            elif high < self.target - self.slack:  # well below the target: prune less
+                goal = min(goal * self.target / frac, 0.999)
+            else:
                 break
-            goal = max(goal * self.target / frac, 0.01)
-        last = attempts[-1] if attempts else {"measured": 1.0, "low": 1.0, "high": 1.0, "predicted": 1.0}
+        # the least pruning that meets the target (within the uncertainty), else the closest miss
+        meeting = [a for a in attempts if a["low"] <= self.target]
+        last = (max(meeting, key=lambda a: a["measured"]) if meeting else min(attempts, key=lambda a: a["low"])) \
+            if attempts else {"measured": 1.0, "low": 1.0, "high": 1.0, "predicted": 1.0, "_removal": {}}
+        removal = last["_removal"]
+        last = {k: v for k, v in last.items() if k != "_removal"}
         ctx.removal = removal
         cost = cm.cost(removal)
         kept = {"flops": cost.flops / max(cm.base.flops, 1), "params": cost.params / max(cm.base.params, 1)}

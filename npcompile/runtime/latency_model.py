@@ -59,7 +59,8 @@ class LatencyModelOptions:
 
     def key_fields(self) -> dict[str, Any]:
         """The options that change what is measured (part of the cache key)."""
-        return {"threads": self.threads, "provider": self.provider, "step": self.step, "levels": self.levels,
+        return {"version": MODEL_VERSION, "threads": self.threads, "provider": self.provider, "step": self.step,
+                "levels": self.levels,
                 "half_steps": self.half_steps}
 
 
@@ -107,6 +108,26 @@ class _Layer:
         for a, ax in self.axes.items():
             t *= ax.ratio(dims.get(a, self.shape[a]), self.t0)
         return t
+
+
+def isotonic(values: list[float], weights: list[float] | None = None) -> list[float]:
+    """The non-decreasing sequence closest to ``values`` in weighted least squares (pool adjacent
+    violators): a layer's time never grows when its width shrinks, so a narrower width that timed
+    slower is noise (or a width no better than the wider one) and is averaged with it."""
+    w = list(weights or [1.0] * len(values))
+    blocks: list[list[float]] = []  # [mean, weight, count]
+    for v, wt in zip(values, w, strict=True):
+        blocks.append([float(v), float(wt), 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            b = blocks.pop()
+            a = blocks[-1]
+            total = a[1] + b[1]
+            a[0] = (a[0] * a[1] + b[0] * b[1]) / total
+            a[1], a[2] = total, a[2] + b[2]
+    out: list[float] = []
+    for mean, _, count in blocks:
+        out += [mean] * count
+    return out
 
 
 def _x_axis(op: str, attrs: dict[str, Any], waxis: int, wrank: int) -> tuple[str, int] | None:
@@ -256,6 +277,15 @@ def build_latency_model(ctx: Any, feeds: dict[str, np.ndarray], options: Latency
             measured += 1
         return memo[key]
 
+    # the per-call cost of a session (input copy, dispatch) is in every isolated time but paid once
+    # by the whole model: taken off each layer
+    tiny = helper.make_model(helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "empty",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]),
+        opset_imports=[helper.make_opsetid("", opset)])
+    overhead, _ = time_model(tiny, {"x": np.zeros([1], np.float32)}, options, runs=max(options.runs, 20))
+
     for node in graph.nodes:
         if node.name not in axes or node.op not in ("Conv", "Gemm", "MatMul"):
             continue
@@ -272,7 +302,7 @@ def build_latency_model(ctx: Any, feeds: dict[str, np.ndarray], options: Latency
         has_bias = len(node.inputs) > 2 and node.inputs[2] is not None and hasattr(node.inputs[2], "values")
         if node.op == "Gemm" and has_bias and len(getattr(node.inputs[2], "shape", [])) != 1:
             has_bias = False
-        t0, _ = timed(node, x_shape, w_shape, has_bias, depthwise)
+        t0 = max(timed(node, x_shape, w_shape, has_bias, depthwise)[0] - overhead, 1e-6)
         layer = _Layer(node.name, node.op, w.name, w_shape, t0, both=depthwise)
         for waxis in sorted(axes[node.name]):
             if depthwise and waxis != 0:
@@ -289,23 +319,33 @@ def build_latency_model(ctx: Any, feeds: dict[str, np.ndarray], options: Latency
                 if side[0] == "in" or depthwise:
                     xs[side[1]] = width
                 t, e = (t0, 0.0) if width == w_shape[waxis] else timed(node, xs, ws, has_bias, depthwise)
-                ms.append(t)
+                ms.append(t if width == w_shape[waxis] else max(t - overhead, 1e-6))
                 err.append(e)
+            ms = isotonic(ms, [1.0] * (len(ms) - 1) + [1e3])  # the full width stays (about) t0
             layer.axes[waxis] = _Axis(waxis, widths, ms, err)
         layers.append(layer)
         if progress is not None:
             progress(node.name)
-    t_full, e_full = time_model(ctx.model, feeds, options, runs=max(options.runs, 10), max_seconds=5.0)
     kappa = 1.0
     t_half = None
-    if half_removal:
+    if not half_removal:
+        t_full, e_full = time_model(ctx.model, feeds, options, runs=max(options.runs, 10), max_seconds=5.0)
+    else:  # the full and the half-width model interleaved: their ratio survives a busy machine
+        from npcompile.runtime.timing import compare
+
         half = prune_copy(ctx.model, ctx.analysis, half_removal, ctx.probe)
-        t_half, _ = time_model(half, feeds, options, runs=max(options.runs, 10), max_seconds=5.0)
+        cmp = compare(_session_runner(ctx.model, feeds, options), _session_runner(half, feeds, options),
+                      StableOptions(runs=max(options.runs, 10), warmup=options.warmup, precision=0.02,
+                                    max_rounds=8, max_seconds=10.0))
+        t_full = float(np.median(cmp["before"]))
+        e_full = (cmp["speedup_high"] - cmp["speedup_low"]) / 2 / cmp["speedup"] * t_full
+        t_half = t_full / cmp["speedup"]
         probe = LatencyModel(layers, t_full, 1.0, {})
         saved = probe._s_full - probe.layer_sum(kept_dims(ctx.analysis, axes, half_removal))
         if saved > 1e-6 and t_full - t_half > 0:
             kappa = min(max((t_full - t_half) / saved, 0.2), 5.0)
-    info = {"layers": len(layers), "timed_subgraphs": measured, "build_s": time.perf_counter() - t_start,
+    info = {"layers": len(layers), "timed_subgraphs": measured, "overhead_ms": overhead,
+            "build_s": time.perf_counter() - t_start,
             "t_full_err_ms": e_full, "t_half_ms": t_half, "batch": next(iter(feeds.values())).shape[0] if feeds else 1}
     log.info("latency model: %d layers, %d subgraphs timed in %.1f s; whole model %.3f ms, calibration %.2f",
              len(layers), measured, info["build_s"], t_full, kappa)
