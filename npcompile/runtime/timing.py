@@ -1,7 +1,7 @@
 """Latency you can trust: repeated measurement until the estimate is stable, intervals for the
 median and for a speedup ratio, and a word when the machine is too busy to believe the figures.
 
-Two models are compared in interleaved rounds (A, B, A, B, ...), so that a load change on the
+Two models are compared in interleaved rounds (A B, B A, A B, ...), so that a load change on the
 machine hits both alike. After every round the 95 % interval of the speedup (ratio of medians,
 bootstrap over the runs of both models) is computed; measuring stops when its half-width is at
 most ``precision`` of the estimate, or at the cap (``max_rounds`` rounds or ``max_seconds``).
@@ -132,8 +132,12 @@ def compare(run_before: Runner, run_after: Runner, options: StableOptions) -> di
     speedup = (math.nan, math.nan, math.nan)
     while rounds < options.max_rounds:
         warm = options.warmup if rounds == 0 else 0
-        before += list(run_before(options.runs, warm))
-        after += list(run_after(options.runs, warm))
+        if rounds % 2 == 0:  # A B, then B A: whatever favours the first (or second) of a pair cancels
+            before += list(run_before(options.runs, warm))
+            after += list(run_after(options.runs, warm))
+        else:
+            after += list(run_after(options.runs, warm))
+            before += list(run_before(options.runs, warm))
         rounds += 1
         speedup = ratio_interval(before, after, options.confidence, seed=rounds)
         est, lo, hi = speedup
