@@ -35,7 +35,8 @@ def test_html_report_and_plots(tmp_path: Path) -> None:
     assert page.count("data:image/png;base64,") == 2 and "<table>" in page
     md = (tmp_path / "o" / "report.md").read_text()
     assert "](widths.png)" in md and "](latency.png)" in md
-    assert len(out.report["latency"]["after"]["samples_ms"]) == 5
+    lat = out.report["latency"]
+    assert len(lat["after"]["samples_ms"]) == 5 * lat["rounds"] and lat["rounds"] >= 2  # --runs per round
 
 
 def test_compile_torch_module_keeps_dynamic_batch() -> None:
