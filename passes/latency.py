@@ -11,10 +11,10 @@ pruned model.
    latency only deciding when to stop) until the predicted latency meets the goal (and the
    parameter/FLOPs budgets, when given; a ``tolerance`` with an evaluator caps the predicted loss).
 3. The pruned model is measured against the original (interleaved rounds, 95 % interval). If it
-   misses by more than the interval, the goal is tightened by the miss and the plan rebuilt (and
+   misses (the estimate above the target), the goal is tightened by the miss and the plan rebuilt (and
    loosened when it lands more than ``slack`` below the target), at most ``refine`` times. The
    least pruning that met the target wins; a plan that still misses is kept and reported, and the
-   compilation's ``target-latency`` gate then fails with the gap.
+   compilation's ``target-latency`` gate fails with the gap when it misses beyond the uncertainty.
 """
 
 from __future__ import annotations
@@ -269,15 +269,15 @@ class LatencyBudgetPass(Pass):
                              "high": high, "rounds": cmp["rounds"], "busy": cmp["load"]["busy"], "_removal": removal})
             log.info("latency budget: plan for %.3f predicted %.3f, measured %.3f (%.3f-%.3f) of the original",
                      goal, pred_ms / model.t_full, frac, low, high)
-            if low > self.target:  # missed beyond the uncertainty: tighten by the miss
+            if frac > self.target:  # missed (perhaps within the uncertainty): tighten by the miss
                 goal = max(goal * self.target / frac, 0.01)
             elif high < self.target - self.slack:  # well below the target: prune less
                 goal = min(goal * self.target / frac, 0.999)
             else:
                 break
-        # the least pruning that meets the target (within the uncertainty), else the closest miss
-        meeting = [a for a in attempts if a["low"] <= self.target]
-        last = (max(meeting, key=lambda a: a["measured"]) if meeting else min(attempts, key=lambda a: a["low"])) \
+        # the least pruning that meets the target, else the closest miss
+        meeting = [a for a in attempts if a["measured"] <= self.target]
+        last = (max(meeting, key=lambda a: a["measured"]) if meeting else min(attempts, key=lambda a: a["measured"])) \
             if attempts else {"measured": 1.0, "low": 1.0, "high": 1.0, "predicted": 1.0, "_removal": {}}
         removal = last["_removal"]
         last = {k: v for k, v in last.items() if k != "_removal"}
