@@ -63,14 +63,15 @@ def export(name: str, batch: int, workdir: Path) -> Path:
         from train import VGG
 
         model, shape = zoo.randomize_bn(VGG()), (batch, 1, 32, 32)
-    path = workdir / f"{name}_b{batch}.onnx"
+    path = workdir / f"{name}.onnx"  # a dynamic batch dimension: the batch is the probe's
     zoo.export(model.eval(), shape, path, dynamo=False)
     return path
 
 
-def fresh(path: Path) -> Context:
+def fresh(path: Path, batch: int) -> Context:
     model = onnx.load(str(path))
-    ctx = Context(model, probe_shapes(model, {}))
+    dims = [d.dim_value or batch for d in model.graph.input[0].type.tensor_type.shape.dim]
+    ctx = Context(model, probe_shapes(model, {model.graph.input[0].name: tuple([batch, *dims[1:]])}))
     ctx.scores = {g.id: group_magnitude(ctx.analysis, g, 1) for g in ctx.analysis.prunable_groups()}
     return ctx
 
@@ -87,9 +88,9 @@ def uniform_at_flops(ctx: Context, cm: CostModel, flops: float, round_to: int) -
     return best[1], best[2]
 
 
-def one_config(name: str, path: Path, threads: int, levels: int, targets: list[float], seconds: float,
+def one_config(name: str, path: Path, batch: int, threads: int, levels: int, targets: list[float], seconds: float,
                cache: Path) -> dict[str, Any]:
-    ctx = fresh(path)
+    ctx = fresh(path, batch)
     feeds = probe_inputs(ctx.model, ctx.probe, batch=None, seed=0)
     lb = LatencyBudgetPass(0.5, threads=threads, cache=str(cache), levels=levels, max_seconds=seconds)
     groups = ctx.analysis.prunable_groups()
@@ -119,7 +120,7 @@ def one_config(name: str, path: Path, threads: int, levels: int, targets: list[f
                          **measure(select_ratio(ctx.analysis.groups, ctx.scores, ratio, rt))})
     pairs = []
     for target in targets:
-        c = fresh(path)
+        c = fresh(path, batch)
         p = LatencyBudgetPass(target, threads=threads, cache=str(cache), levels=levels, max_seconds=seconds)
         p.run(c)
         plan = measure(c.removal)
@@ -179,9 +180,11 @@ def main(argv: list[str] | None = None) -> int:
             for batch in batches:
                 if args.quick and name == "resnet50" and batch != 1:
                     continue
-                path = export(name, batch, work)
+                path = work / f"{name}.onnx"
+                if not path.exists():
+                    export(name, batch, work)
                 for t in threads:
-                    res = one_config(name, path, t, levels, targets, args.seconds, work / "cache")
+                    res = one_config(name, path, batch, t, levels, targets, args.seconds, work / "cache")
                     load.append(machine_load())
                     print_config(res, batch)
                     errors += [r["error"] for r in res["rows"]]

@@ -5,11 +5,15 @@ pruned model.
 1. The per-layer latency model (:mod:`npcompile.runtime.latency_model`) is built, or read from
    its cache, for the deployment session (provider, threads, input shapes).
 2. Every group's candidate widths are the *steps* of its measured curve: widths where the
-   predicted latency drops below that of every wider candidate (``round_to`` > 1 forces multiples
-   of it instead). A greedy plan takes, step by step, the candidate with the least importance lost
-   per millisecond saved (``criterion="per-ms"``; ``"importance"``: the least importance lost,
-   latency only deciding when to stop) until the predicted latency meets the goal (and the
-   parameter/FLOPs budgets, when given; a ``tolerance`` with an evaluator caps the predicted loss).
+   predicted latency drops below that of every wider candidate, among multiples of the CPU's
+   vector width (any width for groups no wider than it; ``round_to`` > 1 forces multiples of it
+   instead). Widths off the vector width are measured too (the half steps show the staircase)
+   but not planned: in the whole graph they break ONNX Runtime's blocked (NCHWc) layout between
+   layers, which isolated layers do not show. A greedy plan takes, step by step, the candidate
+   with the least importance lost per millisecond saved (``criterion="per-ms"``;
+   ``"importance"``: the least importance lost, latency only deciding when to stop) until the
+   predicted latency meets the goal (and the parameter/FLOPs budgets, when given; a
+   ``tolerance`` with an evaluator caps the predicted loss).
 3. The pruned model is measured against the original (interleaved rounds, 95 % interval). If it
    misses (the estimate above the target), the goal is tightened by the miss and the plan rebuilt (and
    loosened when it lands more than ``slack`` below the target), at most ``refine`` times. The
@@ -146,8 +150,10 @@ class LatencyBudgetPass(Pass):
             grid = set(width_grid(size, 1, self.levels, False)) if size > 16 else set(range(1, size + 1))
         elif self.round_to > 1:
             grid = {w for w in range(self.round_to, size, self.round_to)} | {size}
+        elif size > step:  # widths off the vector width break the runtime's blocked layout between layers
+            grid = {w for w in width_grid(size, step, self.levels, False) if w % step == 0}
         else:
-            grid = set(width_grid(size, step, self.levels, True))
+            grid = set(range(1, size + 1))
         return sorted((grid & allowed) | {size}, reverse=True)
 
     # -- planning ------------------------------------------------------------------------------
