@@ -143,6 +143,8 @@ class CompileOptions:
             raise UserError(f"--threads must be >= 0, got {self.threads}")
         if self.runs < 1 or self.warmup < 0:
             raise UserError("--runs must be >= 1 and --warmup >= 0")
+        if self.latency_criterion not in ("per-ms", "importance"):
+            raise UserError(f"--latency-criterion must be per-ms or importance, got {self.latency_criterion!r}")
         if not 0.0 < self.latency_precision < 1.0 or not self.latency_max_seconds >= 0:
             raise UserError("--latency-precision must be in (0, 1) and --latency-max-seconds >= 0")
         if any(b < 1 for b in self.batch_sizes):
