@@ -50,7 +50,7 @@ def build_report(*, options: Any, round_to: int, default_round_to: int, target: 
     if options.round_to is not None:
         rounding_source = "user (--round-to)"
     elif getattr(options, "target_latency", None) is not None and mode == "budget":
-        rounding_source = f"steps of the latency curve measured on {target.name}"
+        rounding_source = "steps of the latency curve measured on ONNX Runtime"
     elif mode in ("ratio", "search", "budget"):
         rounding_source = f"default of target {target.name}"
     else:
