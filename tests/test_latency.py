@@ -173,3 +173,14 @@ def test_target_latency_with_forced_rounding_and_a_parameter_budget(tmp_path: Pa
         if g["prunable"] and g["width_after"] != g["width_before"]:
             assert g["width_after"] % 4 == 0
     assert rep["latency-budget"]["verified"]["fraction"] > 0
+
+
+def test_drift_between_rounds_widens_the_speedup_interval() -> None:
+    # inside each round both models are steady; between rounds the machine changes speed
+    # and the ratio with it (the second model suffers more): pooled runs alone hide that
+    speed = iter([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    ratio = iter([2.0, 1.6, 2.4, 1.8])
+    res = compare(lambda n, w: [2.0 * next(speed)] * n, lambda n, w: [2.0 / next(ratio)] * n,
+                  StableOptions(runs=30, max_rounds=4, precision=0.02))
+    assert res["rounds"] == 4 and not res["stable"]
+    assert res["speedup_low"] < 1.7 and res["speedup_high"] > 2.3

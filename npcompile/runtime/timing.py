@@ -2,9 +2,10 @@
 median and for a speedup ratio, and a word when the machine is too busy to believe the figures.
 
 Two models are compared in interleaved rounds (A B, B A, A B, ...), so that a load change on the
-machine hits both alike. After every round the 95 % interval of the speedup (ratio of medians,
-bootstrap over the runs of both models) is computed; measuring stops when its half-width is at
-most ``precision`` of the estimate, or at the cap (``max_rounds`` rounds or ``max_seconds``).
+machine hits both alike. After every round the 95 % interval of the speedup is computed: the
+wider of a bootstrap over the runs of both models (ratio of medians) and a t interval over the
+per-round ratios (which widens when the machine drifts between rounds). Measuring stops when its
+half-width is at most ``precision`` of the estimate, or at the cap (``max_rounds`` rounds or ``max_seconds``).
 The interval of one median is the distribution-free order-statistic interval.
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["StableOptions", "median_interval", "ratio_interval", "machine_load", "stable_samples",
+__all__ = ["StableOptions", "median_interval", "ratio_interval", "round_interval", "machine_load", "stable_samples",
            "compare", "summarize", "dispersion_warning"]
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,22 @@ def ratio_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0
     tail = (1 - confidence) / 2 * 100
     lo, hi = np.percentile(ma / mb, [tail, 100 - tail])
     return est, float(min(lo, est)), float(max(hi, est))
+
+
+#: two-sided 97.5 % quantiles of Student's t for 1..10 degrees of freedom
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def round_interval(ratios: Sequence[float]) -> tuple[float, float] | None:
+    """95 % interval of the speedup from the per-round ratios (t interval of their logarithms):
+    it widens when the machine drifts between rounds, which pooled runs do not show."""
+    r = np.log(np.asarray(ratios, float))
+    if len(r) < 2:
+        return None
+    dof = len(r) - 1
+    t = _T975[dof - 1] if dof <= len(_T975) else 1.96 + 2.4 / dof
+    half = t * float(r.std(ddof=1)) / math.sqrt(len(r))
+    return float(np.exp(r.mean() - half)), float(np.exp(r.mean() + half))
 
 
 def machine_load() -> dict[str, Any]:
@@ -130,6 +147,7 @@ def compare(run_before: Runner, run_after: Runner, options: StableOptions) -> di
     rounds = 0
     stable = False
     speedup = (math.nan, math.nan, math.nan)
+    per_round: list[float] = []
     while rounds < options.max_rounds:
         warm = options.warmup if rounds == 0 else 0
         if rounds % 2 == 0:  # A B, then B A: whatever favours the first (or second) of a pair cancels
@@ -139,8 +157,12 @@ def compare(run_before: Runner, run_after: Runner, options: StableOptions) -> di
             after += list(run_after(options.runs, warm))
             before += list(run_before(options.runs, warm))
         rounds += 1
-        speedup = ratio_interval(before, after, options.confidence, seed=rounds)
-        est, lo, hi = speedup
+        per_round.append(float(np.median(before[-options.runs:]) / np.median(after[-options.runs:])))
+        est, lo, hi = ratio_interval(before, after, options.confidence, seed=rounds)
+        between = round_interval(per_round)
+        if between is not None:  # the wider of the two: drift between rounds counts
+            lo, hi = min(lo, between[0]), max(hi, between[1])
+        speedup = (est, lo, hi)
         stable = (hi - lo) / 2 <= options.precision * est
         if rounds >= options.min_rounds and (stable or time.perf_counter() - start > options.max_seconds):
             break
