@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         levels, targets = 4, targets[:1]
     load = [machine_load()]
     print(f"machine: {load[0]['cores']} cores, load {load[0]['load1']} at the start")
-    errors, ratios, uni_ratios = [], [], []
+    errors, aligned, ratios, uni_ratios = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for name in models:
@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                     load.append(machine_load())
                     print_config(res, batch)
                     errors += [r["error"] for r in res["rows"]]
+                    aligned += [r["error"] for r in res["rows"] if "round-to 1" not in r["plan"]]
                     for p in res["pairs"]:
                         if p["plan"]["lat_vs_flops"] is not None:
                             ratios.append(p["plan"]["lat_vs_flops"])
@@ -197,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     if errors:
         print(f"  prediction error |predicted - measured| / measured: median {100 * statistics.median(errors):.1f} % "
               f"over {len(errors)} pruned models (goal <= {100 * GOAL_ERROR:.0f} %), max {100 * max(errors):.1f} %")
+    if aligned:
+        print(f"  ... of plans at widths the latency budget may take (not round-to 1): median "
+              f"{100 * statistics.median(aligned):.1f} % over {len(aligned)}")
     if ratios:
         print(f"  latency/FLOPs reduction: target-latency plans median {statistics.median(ratios):.2f}, uniform at "
               f"the same FLOPs {statistics.median(uni_ratios):.2f} (goal >= {GOAL_RATIO:.1f})")

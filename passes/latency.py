@@ -137,8 +137,11 @@ class LatencyBudgetPass(Pass):
             log.info("latency model: reusing %s", folder / f"{key[:40]}.json")
             return LatencyModel.from_dict(cached["model"]), {"key": key, "cache": str(folder), "reused": True,
                                                              "step": step}
-        half = {g.id: lowest_mask(g, ctx.scores[g.id], (g.size // g.blocks) // 2) for g in groups
-                if (g.size // g.blocks) // 2}
+        half = {}  # the calibration model: about half of every group, at widths the plan may take
+        for g in groups:
+            keep = min(self._candidates(g, step), key=lambda w, size=g.size // g.blocks: abs(w - size / 2))
+            if keep < g.size // g.blocks:
+                half[g.id] = lowest_mask(g, ctx.scores[g.id], g.size // g.blocks - keep)
         model = build_latency_model(ctx, feeds, opts, half)
         path = lc.store(folder, key, {"model": model.as_dict()}) if self.use_cache else None
         return model, {"key": key, "cache": str(path) if path else None, "reused": False, "step": step}
@@ -181,26 +184,34 @@ class LatencyBudgetPass(Pass):
             if current <= goal_ms and not open_budgets:
                 break
             best = None
-            for gid in state:
-                i = state[gid] + 1
-                if i >= len(steps[gid]) or i >= len(losses[gid]):
-                    continue
-                dloss = losses[gid][i] - losses[gid][state[gid]]
-                if self.tolerance is not None and self.evaluator is not None and loss_total + dloss > self.tolerance:
-                    continue
-                trial = {**removal, gid: mask(gid, i)}
-                ms = predict(trial)
-                saved = current - ms
-                if current > goal_ms:
-                    gain = saved / max(model.t_full, 1e-9)
-                else:  # latency met: the open parameter/FLOPs budgets decide
-                    c = cm.cost(trial)
-                    gain = sum((getattr(cost, k) - getattr(c, k)) / max(getattr(base, k), 1) for k in open_budgets)
-                if gain <= 0:
-                    continue
-                key = dloss / gain if self.criterion == "per-ms" else dloss - 1e-9 * gain
-                if best is None or key < best[0]:
-                    best = (key, gid, i, trial, ms, dloss)
+            # latency first while it is open; the parameter/FLOPs budgets when it is met, or when no
+            # step saves latency any more
+            for by_latency in ([True, False] if current > goal_ms else [False]):
+                if not by_latency and not open_budgets:
+                    break
+                for gid in state:
+                    i = state[gid] + 1
+                    if i >= len(steps[gid]) or i >= len(losses[gid]):
+                        continue
+                    dloss = losses[gid][i] - losses[gid][state[gid]]
+                    if self.tolerance is not None and self.evaluator is not None \
+                            and loss_total + dloss > self.tolerance:
+                        continue
+                    trial = {**removal, gid: mask(gid, i)}
+                    ms = predict(trial)
+                    if by_latency:
+                        gain = (current - ms) / max(model.t_full, 1e-9)
+                    else:
+                        c = cm.cost(trial)
+                        gain = sum((getattr(cost, k) - getattr(c, k)) / max(getattr(base, k), 1)
+                                   for k in open_budgets)
+                    if gain <= 0:
+                        continue
+                    key = dloss / gain if self.criterion == "per-ms" else dloss - 1e-9 * gain
+                    if best is None or key < best[0]:
+                        best = (key, gid, i, trial, ms, dloss)
+                if best is not None:
+                    break
             if best is None:
                 break
             _, gid, i, removal, current, dloss = best
