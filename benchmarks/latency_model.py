@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                     load.append(machine_load())
                     print_config(res, batch)
                     errors += [r["error"] for r in res["rows"]]
-                    aligned += [r["error"] for r in res["rows"] if "round-to 1" not in r["plan"]]
+                    aligned += [r["error"] for r in res["rows"] if not r["plan"].endswith("round-to 1")]
                     for p in res["pairs"]:
                         if p["plan"]["lat_vs_flops"] is not None:
                             ratios.append(p["plan"]["lat_vs_flops"])

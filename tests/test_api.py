@@ -114,8 +114,12 @@ def test_sparsity_after_pruning_is_wired() -> None:
 
 
 def test_target_latency_budget_probes_and_selects(tmp_path) -> None:
-    res = npcompile.compile(LENET, target_latency=0.7, target="onnxruntime", runs=5, warmup=1, benchmark=False,
-                            latency_cache=str(tmp_path), latency_max_seconds=2)
+    try:  # on a busy machine the plan may miss: the gate then fails, the result is still there
+        res = npcompile.compile(LENET, target_latency=0.7, target="onnxruntime", runs=5, warmup=1, benchmark=False,
+                                latency_cache=str(tmp_path), latency_max_seconds=2)
+    except npcompile.errors.GateError as e:
+        assert "target-latency" in str(e.result.report["gates"]) and "missed by" in str(e)
+        res = e.result
     lb = res.report["latency-budget"]
     assert 1 <= len(lb["attempts"]) <= 4 and lb["original_ms"] > 0
     assert all(0 < a["predicted"] < 1 and a["low"] <= a["measured"] <= a["high"] for a in lb["attempts"])
