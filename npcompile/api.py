@@ -31,7 +31,7 @@ from npcompile.report.outdir import OUTPUT_FILES, publish
 from npcompile.report.plots import render_plots
 from npcompile.report.preflight import preflight
 from npcompile.runtime.verify import compare, probe_inputs
-from npcompile.targets import BenchmarkOptions, Target, get_target
+from npcompile.targets import BenchmarkOptions, LatencyStats, Target, get_target
 
 __all__ = ["CompileOptions", "CompileResult", "compile", "inspect", "pipeline_specs", "resolve_specs", "CRITERIA"]
 
@@ -69,7 +69,9 @@ class CompileOptions:
     verify_tolerance: float = 1e-4  # largest relative output change where removal must be lossless
     benchmark: bool = True
     warmup: int = 10
-    runs: int = 50
+    runs: int = 50  # timed runs per round of a latency measurement
+    latency_precision: float = 0.02  # measure until the speedup's 95 % interval is within +-this fraction
+    latency_max_seconds: float = 30.0  # ... or this long (at least two rounds)
     batch_sizes: list[int] = field(default_factory=list)  # also measure latency at these batch sizes
     extra_passes: list[str] = field(default_factory=list)
     pipeline: str | None = None  # a pipeline file replaces the passes the flags stand for
@@ -92,6 +94,8 @@ class CompileOptions:
     target_flops: float | None = None  # keep this fraction of FLOPs
     target_params: float | None = None  # keep this fraction of parameters
     target_latency: float | None = None  # reach this fraction of the original latency, measured on the target
+    latency_criterion: str = "per-ms"  # latency budget: importance lost per ms saved, or importance only
+    latency_cache: str | None = None  # folder of cached latency models (default ~/.cache/npcompile/latency)
     sensitivity: bool = False
     prune_hidden: bool = False  # the hidden width of transformers as one more (lossy) group
     # fine-tuning and iterative schedules
@@ -140,15 +144,19 @@ class CompileOptions:
             raise UserError(f"--threads must be >= 0, got {self.threads}")
         if self.runs < 1 or self.warmup < 0:
             raise UserError("--runs must be >= 1 and --warmup >= 0")
+        if self.latency_criterion not in ("per-ms", "importance"):
+            raise UserError(f"--latency-criterion must be per-ms or importance, got {self.latency_criterion!r}")
+        if not 0.0 < self.latency_precision < 1.0 or not self.latency_max_seconds >= 0:
+            raise UserError("--latency-precision must be in (0, 1) and --latency-max-seconds >= 0")
         if any(b < 1 for b in self.batch_sizes):
             raise UserError(f"--batch-sizes must be positive, got {self.batch_sizes}")
         if not 0.0 <= self.verify_tolerance < 1.0:
             raise UserError(f"--verify-tolerance must be in [0, 1), got {self.verify_tolerance}")
         modes = [m for m, on in (("--ratio", self.ratio is not None), ("--threshold", self.threshold is not None),
                                  ("--search", self.search is not None),
-                                 ("--target-flops/--target-params",
-                                  self.target_flops is not None or self.target_params is not None),
-                                 ("--target-latency", self.target_latency is not None),
+                                 ("--target-flops/--target-params/--target-latency",
+                                  self.target_flops is not None or self.target_params is not None
+                                  or self.target_latency is not None),
                                  ("--pipeline", self.pipeline is not None)) if on]
         if len(modes) > 1:
             raise UserError(f"choose one way to select channels, not {' and '.join(modes)}")
@@ -346,13 +354,19 @@ def pipeline_specs(options: CompileOptions, round_to: int) -> list[PassSpec]:
                                                             "exclude": options.exclude or None, **variant}),
                       *remove]
         elif options.target_latency is not None:
-            specs += [criterion, PassSpec("latency-budget", {"target_latency": options.target_latency,
-                                                             "evaluator": "evaluator" if options.eval else None,
-                                                             "measure": "measure", **common,
-                                                             "include": options.include or None,
-                                                             "exclude": options.exclude or None,
-                                                             "threads": options.threads}),
-                      *remove]
+            lat = {"target_latency": options.target_latency, "evaluator": "evaluator" if options.eval else None,
+                   "measure": "measure", **common, "include": options.include or None,
+                   "exclude": options.exclude or None, "threads": options.threads,
+                   "criterion": options.latency_criterion, "max_seconds": options.latency_max_seconds}
+            lat.update({k: v for k, v in (("target_flops", options.target_flops),
+                                          ("target_params", options.target_params),
+                                          ("tolerance", options.tolerance), ("cache", options.latency_cache))
+                        if v is not None})
+            if options.provider != "cpu":
+                from npcompile.targets.ort import _PROVIDERS
+
+                lat["provider"] = _PROVIDERS.get(options.provider, options.provider)
+            specs += [criterion, PassSpec("latency-budget", lat), *remove]
         elif options.target_flops is not None or options.target_params is not None:
             if options.sensitivity:
                 specs.append(PassSpec("sensitivity", {"evaluator": "evaluator", **common}))
@@ -395,6 +409,8 @@ def pipeline_specs(options: CompileOptions, round_to: int) -> list[PassSpec]:
 def resolve_specs(options: CompileOptions, target: Target) -> tuple[list[PassSpec], Path | None, int, int]:
     """Specs (from the pipeline file or the flags), their base folder, rounding used and default."""
     default_round = target.default_round_to() if options.mode in ("ratio", "search", "budget") else 1
+    if options.target_latency is not None and options.pipeline is None:
+        default_round = 1  # widths at the steps of the measured latency curve
     round_to = options.round_to if options.round_to is not None else default_round
     nm = options.nm_pattern
     if nm is not None and options.mode not in ("lossless", "sparsity"):
@@ -533,7 +549,7 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
             sizes={"before": source_size or original.ByteSize(), "after": size_after},
             timings={"load": load_s, "verify": verify_s, "build": build_s,
                      "total": time.perf_counter() - t_start},
-            artifact_info=artifact.info or {}, notes=ctx.notes, pipeline=specs,
+            artifact_info=artifact.info or {}, notes=ctx.notes + list(latency.get("warnings", [])), pipeline=specs,
         )
         report.update({k: v for k, v in ctx.report_extras.items() if k not in report})
         # the plan per step: indices refer to the model each step received
@@ -579,20 +595,24 @@ def _classes(evaluator: Any) -> int | None:
 
 
 def _latency_measure(target: Target, options: CompileOptions) -> Any:
-    """p50 milliseconds of a model on the compilation's target (ONNX Runtime on the CPU where the
-    target measures nothing, like ``onnx``)."""
-    bopts = BenchmarkOptions(warmup=3, runs=max(10, options.runs // 2), threads=options.threads)
+    """A runner factory on the compilation's target: ``factory(model, feeds)(runs, warmup)`` times
+    the model built by the target (ONNX Runtime on the CPU where the target measures nothing, like
+    ``onnx``). The build folder lives as long as the runner."""
+    from npcompile.report.preflight import target_measures
 
-    def measure(model: onnx.ModelProto, feeds: dict) -> float:
-        with tempfile.TemporaryDirectory(prefix="npcompile-lat-") as tmp:
-            stats = target.benchmark(target.build(model, Path(tmp), name="probe"), feeds, bopts)
-        if stats is None:
-            from npcompile.passes.latency import ort_latency
+    if not target_measures(target):
+        from npcompile.passes.latency import ort_runner
 
-            return ort_latency(options.threads, bopts.runs, bopts.warmup)(model, feeds)
-        return stats.p50_ms
+        return ort_runner(options.threads)
 
-    return measure
+    def factory(model: onnx.ModelProto, feeds: dict) -> Any:
+        tmp = tempfile.TemporaryDirectory(prefix="npcompile-lat-")
+        artifact = target.build(model, Path(tmp.name), name="probe")
+        run = _runner(target, artifact, feeds, options.threads)
+        run.keep = tmp  # removed with the runner
+        return run
+
+    return factory
 
 
 def _make_evaluator(options: CompileOptions, model: onnx.ModelProto) -> Any:
@@ -610,18 +630,44 @@ def _make_evaluator(options: CompileOptions, model: onnx.ModelProto) -> Any:
                           batch_size=options.eval_batch_size, threads=options.threads)
 
 
+def _runner(target: Target, artifact: Any, feeds: dict, threads: int) -> Any:
+    """Time ``runs`` calls of the artifact after ``warmup`` untimed ones: milliseconds per call."""
+    def run(runs: int, warmup: int) -> list[float]:
+        stats = target.benchmark(artifact, feeds, BenchmarkOptions(warmup=warmup, runs=runs, threads=threads))
+        return list(stats.samples_ms or [stats.p50_ms] * stats.runs)
+
+    return run
+
+
+def stable_options(options: CompileOptions) -> Any:
+    """How long latency is measured, from the compile options."""
+    from npcompile.runtime.timing import StableOptions
+
+    return StableOptions(runs=options.runs, warmup=options.warmup, precision=options.latency_precision,
+                         max_seconds=options.latency_max_seconds)
+
+
 def _benchmark(target: Target, original: onnx.ModelProto, artifact: Any, probe: dict[str, tuple[int, ...]],
                options: CompileOptions) -> dict[str, Any]:
-    """Latency of the original and the compiled model on the target, at the probe batch size and
-    at ``options.batch_sizes`` (dynamic-batch models only)."""
+    """Latency of the original and the compiled model on the target, measured in interleaved rounds
+    until the speedup is stable (:mod:`npcompile.runtime.timing`), at the probe batch size and at
+    ``options.batch_sizes`` (dynamic-batch models only)."""
+    from npcompile.runtime.timing import compare as compare_latency
+
     bopts = BenchmarkOptions(warmup=options.warmup, runs=options.runs, threads=options.threads)
+    sopts = stable_options(options)
     feeds = probe_inputs(original, probe, batch=None, seed=options.seed)
-    after = target.benchmark(artifact, feeds, bopts)
-    if after is None:
+    probe_stats = target.benchmark(artifact, feeds, BenchmarkOptions(warmup=1, runs=1, threads=options.threads))
+    if probe_stats is None:
         return {}
+    batch = probe_stats.batch
     with tempfile.TemporaryDirectory(prefix="npcompile-base-") as tmp:
         base = target.build(original, Path(tmp), name="original")
-        before = target.benchmark(base, feeds, bopts)
+        cmp = compare_latency(_runner(target, base, feeds, options.threads),
+                              _runner(target, artifact, feeds, options.threads), sopts)
+        for w in cmp["warnings"]:
+            log.warning("%s", w)
+        before, after = LatencyStats.from_ms(cmp["before"], batch), LatencyStats.from_ms(cmp["after"], batch)
         per_batch = []
         dynamic = all(not spec.type.tensor_type.shape.dim[0].HasField("dim_value")
                       for spec in input_specs(original) if spec.type.tensor_type.shape.dim)
@@ -631,9 +677,11 @@ def _benchmark(target: Target, original: onnx.ModelProto, artifact: Any, probe: 
             per_batch.append({"batch": b, "before_p50_ms": x.p50_ms, "after_p50_ms": y.p50_ms,
                               "speedup": x.p50_ms / y.p50_ms if y.p50_ms > 0 else None,
                               "throughput_before": x.throughput, "throughput_after": y.throughput})
-    return {"before": before.as_dict(), "after": after.as_dict(),
-            "speedup": before.p50_ms / after.p50_ms if after.p50_ms > 0 else None,
-            "batch": after.batch, "threads": options.threads, "batches": per_batch}
+    return {"before": before.as_dict(), "after": after.as_dict(), "speedup": cmp["speedup"],
+            "speedup_low": cmp["speedup_low"], "speedup_high": cmp["speedup_high"],
+            "rounds": cmp["rounds"], "stable": cmp["stable"], "seconds": cmp["seconds"], "load": cmp["load"],
+            "measurement": cmp["options"], "warnings": cmp["warnings"],
+            "batch": batch, "threads": options.threads, "batches": per_batch}
 
 
 def inspect(model: Any, input_shapes: dict[str, tuple[int, ...]] | None = None,

@@ -38,18 +38,30 @@ class LatencyStats:
     min_ms: float
     throughput: float  # samples per second at p50
     samples_ms: list[float] | None = None  # every timed run, for distributions
+    p50_low_ms: float | None = None  # 95 % interval of the median (order statistics)
+    p50_high_ms: float | None = None
+    spread: float | None = None  # (p90 - p10) / p50 of the runs
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @staticmethod
     def from_samples(samples_s: list[float], batch: int) -> LatencyStats:
-        ms = np.asarray(samples_s) * 1e3
-        p50 = float(np.percentile(ms, 50))
+        """Statistics of timed runs given in seconds."""
+        return LatencyStats.from_ms(list(np.asarray(samples_s, float) * 1e3), batch)
+
+    @staticmethod
+    def from_ms(samples_ms: list[float], batch: int) -> LatencyStats:
+        """Statistics of timed runs given in milliseconds, with the interval of the median."""
+        from npcompile.runtime.timing import summarize
+
+        ms = np.asarray(samples_ms, float)
+        s = summarize(ms)
+        p50 = s["p50_ms"]
         return LatencyStats(len(ms), batch, float(ms.mean()), p50, float(np.percentile(ms, 90)),
                             float(np.percentile(ms, 99)), float(ms.min()),
                             batch / (p50 / 1e3) if p50 > 0 else float("inf"),
-                            [round(float(x), 6) for x in ms])
+                            [round(float(x), 6) for x in ms], s["p50_low_ms"], s["p50_high_ms"], s["spread"])
 
 
 def measure(fn: Callable[[], Any], batch: int, options: BenchmarkOptions) -> LatencyStats:

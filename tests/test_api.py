@@ -35,7 +35,8 @@ def test_html_report_and_plots(tmp_path: Path) -> None:
     assert page.count("data:image/png;base64,") == 2 and "<table>" in page
     md = (tmp_path / "o" / "report.md").read_text()
     assert "](widths.png)" in md and "](latency.png)" in md
-    assert len(out.report["latency"]["after"]["samples_ms"]) == 5
+    lat = out.report["latency"]
+    assert len(lat["after"]["samples_ms"]) == 5 * lat["rounds"] and lat["rounds"] >= 2  # --runs per round
 
 
 def test_compile_torch_module_keeps_dynamic_batch() -> None:
@@ -112,11 +113,16 @@ def test_sparsity_after_pruning_is_wired() -> None:
     assert lossy.report["summary"]["nonzero_reduction"] > 0.45
 
 
-def test_target_latency_budget_probes_and_selects() -> None:
-    res = npcompile.compile(LENET, target_latency=0.7, target="onnxruntime", runs=5, warmup=1, benchmark=False)
+def test_target_latency_budget_probes_and_selects(tmp_path) -> None:
+    try:  # on a busy machine the plan may miss: the gate then fails, the result is still there
+        res = npcompile.compile(LENET, target_latency=0.7, target="onnxruntime", runs=5, warmup=1, benchmark=False,
+                                latency_cache=str(tmp_path), latency_max_seconds=2)
+    except npcompile.errors.GateError as e:
+        assert "target-latency" in str(e.result.report["gates"]) and "missed by" in str(e)
+        res = e.result
     lb = res.report["latency-budget"]
-    assert len(lb["probes"]) == 6 and lb["original_ms"] > 0
-    assert all(0 < p["flops_fraction"] < 1 for p in lb["probes"])
+    assert 1 <= len(lb["attempts"]) <= 4 and lb["original_ms"] > 0
+    assert all(0 < a["predicted"] < 1 and a["low"] <= a["measured"] <= a["high"] for a in lb["attempts"])
     assert res.report["mode"] == "budget"
     assert res.report["summary"]["flops_after"] < res.report["summary"]["flops_before"]
 

@@ -120,6 +120,10 @@ def compile_cmd(
     target_params: Annotated[float | None, typer.Option(help="Budget: keep this fraction of parameters.")] = None,
     target_latency: Annotated[float | None, typer.Option(
         help="Budget: reach this fraction of the original latency, measured on the target.")] = None,
+    latency_criterion: Annotated[str, typer.Option(
+        help="--target-latency plan: per-ms (importance lost per ms saved) or importance.")] = "per-ms",
+    latency_cache: Annotated[Path | None, typer.Option(
+        help="Folder of cached per-layer latency models [default: ~/.cache/npcompile/latency].")] = None,
     sensitivity: Annotated[bool, typer.Option("--sensitivity", help="Measure per-layer sensitivity.")] = False,
     prune_hidden: Annotated[bool, typer.Option(
         "--prune-hidden",
@@ -153,7 +157,11 @@ def compile_cmd(
     sparsity_steps: Annotated[int, typer.Option(
         help="Reach the --sparsity fraction gradually, in N prune (-> fine-tune) steps.")] = 1,
     benchmark: Annotated[bool, typer.Option(help="Measure latency before and after.")] = True,
-    runs: Annotated[int, typer.Option(help="Timed runs per latency measurement.")] = 50,
+    runs: Annotated[int, typer.Option(help="Timed runs per round of a latency measurement.")] = 50,
+    latency_precision: Annotated[float, typer.Option(
+        help="Measure latency until the speedup's 95 % interval is within +- this fraction.")] = 0.02,
+    latency_max_seconds: Annotated[float, typer.Option(
+        help="... or for at most this many seconds (at least two rounds).")] = 30.0,
     warmup: Annotated[int, typer.Option(help="Warm-up runs before timing.")] = 10,
     batch_sizes: Annotated[str | None, typer.Option(
         help="Also measure latency at these batch sizes, e.g. 1,8,32 (dynamic-batch models).")] = None,
@@ -166,7 +174,10 @@ def compile_cmd(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved pipeline and exit.")] = False,
     max_accuracy_drop: Annotated[float | None, typer.Option(
         help="Gate: fail (exit 1) if top-1 accuracy drops by more than PP points.")] = None,
-    min_speedup: Annotated[float | None, typer.Option(help="Gate: fail if the measured speedup is below X.")] = None,
+    min_speedup: Annotated[float | None, typer.Option(
+        help="Gate: pass if the speedup's 95 % interval is above X, fail if below, else inconclusive.")] = None,
+    inconclusive: Annotated[str, typer.Option(
+        help="What an inconclusive latency gate counts as: fail (exit 1) or pass.")] = "fail",
     max_size: Annotated[float | None, typer.Option(help="Gate: fail if model.onnx is larger than MB.")] = None,
     min_param_reduction: Annotated[float | None, typer.Option(
         help="Gate: fail if less than this fraction of parameters was removed.")] = None,
@@ -188,11 +199,12 @@ def compile_cmd(
 
     _setup_logging(quiet, verbose)
     gates = Gates(max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup, max_size_mb=max_size,
-                  min_param_reduction=min_param_reduction)
+                  min_param_reduction=min_param_reduction, inconclusive=inconclusive)
     options = CompileOptions(criterion=criterion, ratio=ratio, threshold=threshold, round_to=round_to,
                              min_channels=min_channels, target=target, provider=provider, threads=threads,
                              input_shapes=parse_input_shapes(input_shape), seed=seed, verify_tolerance=verify_tolerance,
-                             benchmark=benchmark, runs=runs, warmup=warmup,
+                             benchmark=benchmark, runs=runs, warmup=warmup, latency_precision=latency_precision,
+                             latency_max_seconds=latency_max_seconds,
                              batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
                              extra_passes=list(extra_pass or []), pipeline=str(pipeline) if pipeline else None,
                              plugins=list(plugin or []), gates=gates, junit=str(junit) if junit else None,
@@ -201,6 +213,8 @@ def compile_cmd(
                              search_variant=search_variant, include=list(include or []), exclude=list(exclude or []),
                              target_flops=target_flops,
                              target_params=target_params, target_latency=target_latency, sensitivity=sensitivity,
+                             latency_criterion=latency_criterion,
+                             latency_cache=str(latency_cache) if latency_cache else None,
                              prune_hidden=prune_hidden,
                              train=str(train) if train else None, epochs=epochs, lr=lr, distill=distill,
                              optimizer=optimizer, batch_size=batch_size, steps=steps,

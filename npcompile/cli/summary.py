@@ -90,9 +90,21 @@ def _table(report: dict[str, Any]) -> Any:
                       f"{acc['after']:.4g}", f"{acc['after'] - acc['before']:+.2f}")
     lat = report.get("latency") or {}
     if lat and lat.get("speedup"):
-        table.add_row("latency p50 (ms)", f"{lat['before']['p50_ms']:.3f}", f"{lat['after']['p50_ms']:.3f}",
-                      f"{lat['speedup']:.2f}x")
+        table.add_row("latency p50 (ms)", _p50(lat["before"]), _p50(lat["after"]), _speedup(lat))
     return table
+
+
+def _p50(x: dict[str, Any]) -> str:
+    """``0.412 (0.405-0.420)``: the median and its 95 % interval."""
+    if x.get("p50_low_ms") is None:
+        return f"{x['p50_ms']:.3f}"
+    return f"{x['p50_ms']:.3f} ({x['p50_low_ms']:.3f}-{x['p50_high_ms']:.3f})"
+
+
+def _speedup(lat: dict[str, Any]) -> str:
+    if lat.get("speedup_low") is None:
+        return f"{lat['speedup']:.2f}x"
+    return f"{lat['speedup']:.2f}x ({lat['speedup_low']:.2f}-{lat['speedup_high']:.2f}x)"
 
 
 def written_line(output: Path, files: dict[str, Path], junit: str | None = None) -> str:
@@ -113,5 +125,8 @@ def print_summary(console: Any, report: dict[str, Any], output: Path, files: dic
     for line in summary_lines(report):
         console.print(line, soft_wrap=True)
     for g in report.get("gates") or []:
-        console.print(f"gate {g['name']}: {'pass' if g['passed'] else 'FAIL'}: {g['message']}", soft_wrap=True)
+        status = "inconclusive" if g.get("status") == "inconclusive" else "pass" if g["passed"] else "FAIL"
+        if g.get("status") == "inconclusive":
+            status += f" ({'pass' if g['passed'] else 'FAIL'})"
+        console.print(f"gate {g['name']}: {status}: {g['message']}", soft_wrap=True)
     console.print(written_line(output, files, junit) + (" (a gate failed)" if failed else ""), soft_wrap=True)

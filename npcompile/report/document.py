@@ -46,19 +46,22 @@ def build_report(*, options: Any, round_to: int, default_round_to: int, target: 
         groups.append({"name": name, "op": op, "width_before": size, "width_after": size - gone,
                        "prunable": not frozen and size > 1, "frozen": frozen, "dead": dead})
     frozen = [{"group": g["name"], "reasons": g["frozen"]} for g in groups if g["frozen"]]
+    channels_removed = sum(len(v) for v in removed.values())
+    if options.round_to is not None:
+        rounding_source = "user (--round-to)"
+    elif getattr(options, "target_latency", None) is not None and mode == "budget":
+        rounding_source = "steps of the latency curve measured on ONNX Runtime"
+    elif mode in ("ratio", "search", "budget"):
+        rounding_source = f"default of target {target.name}"
+    else:
+        rounding_source = "none (threshold and lossless modes keep exact selections)"
     lanes = max(int(target.default_round_to()), 1)
     width_flags = [{"group": g["name"], "width": g["width_after"], "multiple_of": lanes,
                     "note": f"width {g['width_after']} is not a multiple of {lanes}, the width {target.name}'s "
                             "kernels work in: part of the FLOPs saved may not turn into speed"}
                    for g in groups if lanes > 1 and g["width_after"] != g["width_before"]
+                   and "latency curve" not in rounding_source
                    and g["width_after"] % lanes]
-    channels_removed = sum(len(v) for v in removed.values())
-    if options.round_to is not None:
-        rounding_source = "user (--round-to)"
-    elif mode in ("ratio", "search", "budget"):
-        rounding_source = f"default of target {target.name}"
-    else:
-        rounding_source = "none (threshold and lossless modes keep exact selections)"
     nm = getattr(options, "nm_pattern", None)
     if nm is not None and mode not in ("lossless", "sparsity"):
         rounding_source += f", made a multiple of {nm[1]} for the {nm[0]}:{nm[1]} sparsity pattern"
@@ -74,6 +77,8 @@ def build_report(*, options: Any, round_to: int, default_round_to: int, target: 
         "size_before": sizes["before"], "size_after": sizes["after"],
         "max_abs_diff": verification.max_abs_diff, "max_rel_diff": verification.max_rel_diff,
         "speedup": speedup,
+        "speedup_low": latency.get("speedup_low") if latency else None,
+        "speedup_high": latency.get("speedup_high") if latency else None,
         "latency_reduction": (1.0 - 1.0 / speedup) if speedup else None,
         "latency_vs_flops": ((1.0 - 1.0 / speedup) / flops_red) if speedup and flops_red else None,
         "groups_total": len(groups), "groups_prunable": sum(g["prunable"] for g in groups),
@@ -169,6 +174,33 @@ def _sensitivity_lines(sens: Any, images: list[str] | tuple[str, ...]) -> list[s
     return lines
 
 
+def _latency_model_lines(report: dict[str, Any], images: list[str] | tuple[str, ...]) -> list[str]:
+    """The latency budget's checks and the latency model's table (predicted ms per width)."""
+    lb, lm = report.get("latency-budget"), report.get("latency-model")
+    if not isinstance(lm, dict) or not lm.get("curves"):
+        return []
+    lines = ["## Latency model", "",
+             f"Measured on ONNX Runtime (batch {lm.get('batch')}, step {lm.get('step')}): {lm.get('layers')} layers, "
+             f"{lm.get('timed_subgraphs', 0)} isolated subgraphs timed in {lm.get('build_s', 0):.1f} s"
+             f"{' (reused from the cache)' if lm.get('reused') else ''}; whole model {lm['t_full_ms']:.3f} ms, "
+             f"calibration factor {lm['kappa']:.2f}. Cache: `{lm.get('cache')}`.", ""]
+    if isinstance(lb, dict) and lb.get("attempts"):
+        lines += ["| check | goal | predicted | measured (95 % interval) |", "|---:|---:|---:|---:|"]
+        for i, a in enumerate(lb["attempts"], 1):
+            lines.append(f"| {i} | {a['goal']:.3f} | {a['predicted']:.3f} | {a['measured']:.3f} "
+                         f"({a['low']:.3f}-{a['high']:.3f}) |")
+        lines.append("")
+    lines += ["| group | width | widths: predicted model ms (steps in bold) |", "|---|---:|---|"]
+    for c in lm["curves"]:
+        cells = ", ".join(f"**{w}**: {ms:.4g}" if w in c["steps"] else f"{w}: {ms:.4g}"
+                          for w, ms in zip(c["widths"], c["ms"], strict=True))
+        lines.append(f"| {c['group']} | {c['width']} | {cells} |")
+    lines.append("")
+    if "latency_model.png" in images:
+        lines += ["![latency vs width per group](latency_model.png)", ""]
+    return lines
+
+
 def render_markdown(report: dict[str, Any], images: list[str] | tuple[str, ...] = ()) -> str:
     """A human-readable summary of a report document; ``images`` names plot files beside it."""
     s = report["summary"]
@@ -197,7 +229,8 @@ def render_markdown(report: dict[str, Any], images: list[str] | tuple[str, ...] 
         unit = f" {acc['unit']}" if acc.get("unit") else ""
         lines += [f"**{acc['metric']}**: {acc['before']:.4g}{unit} before, {acc['after']:.4g}{unit} after "
                   f"({acc['after'] - acc['before']:+.4g}).", ""]
-    for key, title in (("binary-search", "Binary search"), ("budget", "Budget"), ("finetune", "Fine-tuning"),
+    for key, title in (("binary-search", "Binary search"), ("budget", "Budget"), ("latency-budget", "Latency budget"),
+                       ("finetune", "Fine-tuning"),
                        ("sparsity", "Weight sparsity")):
         extra = report.get(key)
         if isinstance(extra, dict) and extra.get("summary"):
@@ -205,13 +238,26 @@ def render_markdown(report: dict[str, Any], images: list[str] | tuple[str, ...] 
     lat = report.get("latency") or {}
     if lat:
         b, a = lat["before"], lat["after"]
-        lines += ["## Latency", "", f"batch {lat['batch']}, threads {lat['threads'] or 'default'}", "",
-                  "| ms | p50 | p90 | p99 | mean |", "|---|---:|---:|---:|---:|"]
+        load = lat.get("load") or {}
+        how = (f"{len(b.get('samples_ms') or [])} runs each in {lat.get('rounds', 1)} interleaved rounds"
+               f"{'' if lat.get('stable', True) else ' (not stable at the cap)'}")
+        if load.get("load1") is not None:
+            how += f"; machine load {load['load1']:g} on {load['cores']} cores"
+            how += " (busy)" if load.get("busy") else ""
+        lines += ["## Latency", "", f"batch {lat['batch']}, threads {lat['threads'] or 'default'}; {how}", "",
+                  "| ms | p50 | p50 95 % interval | p90 | p99 | mean | spread |", "|---|---:|---:|---:|---:|---:|---:|"]
         for name, x in (("before", b), ("after", a)):
-            lines.append(f"| {name} | {x['p50_ms']:.3f} | {x['p90_ms']:.3f} | {x['p99_ms']:.3f} | "
-                         f"{x['mean_ms']:.3f} |")
-        lines += ["", f"Speedup {lat['speedup']:.2f}x: latency {_change(s['latency_reduction'])} for "
+            ival = f"{x['p50_low_ms']:.3f}-{x['p50_high_ms']:.3f}" if x.get("p50_low_ms") is not None else "n/a"
+            spread = f"{x['spread']:.2f}" if x.get("spread") is not None else "n/a"
+            lines.append(f"| {name} | {x['p50_ms']:.3f} | {ival} | {x['p90_ms']:.3f} | {x['p99_ms']:.3f} | "
+                         f"{x['mean_ms']:.3f} | {spread} |")
+        lo, hi = lat.get("speedup_low"), lat.get("speedup_high")
+        ival = f" (95 % interval {lo:.2f}-{hi:.2f}x)" if lo is not None and hi is not None else ""
+        lines += ["", f"Speedup {lat['speedup']:.2f}x{ival}: latency {_change(s['latency_reduction'])} for "
                       f"FLOPs {_change(s['flops_reduction'])}.", ""]
+        lines += [f"- warning: {w}" for w in lat.get("warnings") or []]
+        if lat.get("warnings"):
+            lines.append("")
         for row in lat.get("batches") or []:
             lines.append(f"- batch {row['batch']}: {row['before_p50_ms']:.3f} ms → {row['after_p50_ms']:.3f} ms "
                          f"(speedup {row['speedup']:.2f}x)")
@@ -219,6 +265,7 @@ def render_markdown(report: dict[str, Any], images: list[str] | tuple[str, ...] 
             lines.append("")
         if "latency.png" in images:
             lines += ["![latency distributions](latency.png)", ""]
+    lines += _latency_model_lines(report, images)
     lines += ["## Layers", ""]
     if "widths.png" in images:
         lines += ["![per-layer widths](widths.png)", ""]

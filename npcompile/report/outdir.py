@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 #: every file name a compilation may write into its output folder
 OUTPUT_FILES = ("model.onnx", "model.onnx.data", "model.ort.onnx", "model.engine", "report.json", "report.md",
-                "report.html", "widths.png", "latency.png", "sensitivity.png")
+                "report.html", "widths.png", "latency.png", "sensitivity.png",
+                "latency_model.png")
 
 
 def publish(staging: Path, outdir: Path) -> dict[str, Path]:

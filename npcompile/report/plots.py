@@ -96,6 +96,30 @@ def _sensitivity(report: dict[str, Any]) -> bytes | None:
     return _fig_bytes(fig)
 
 
+def _latency_model(report: dict[str, Any]) -> bytes | None:
+    """Predicted whole-model latency against each group's width, the steps marked."""
+    import matplotlib.pyplot as plt
+
+    curves = (report.get("latency-model") or {}).get("curves") or []
+    curves = [c for c in curves if len(c["widths"]) > 1][:24]
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for c in curves:
+        label = c["group"].rsplit("/", 2)[-2] if c["group"].count("/") > 1 else c["group"]
+        xs = [w / c["width"] for w in c["widths"]]
+        (line,) = ax.step(xs, c["ms"], where="post", lw=0.9, label=label)
+        by = dict(zip(c["widths"], c["ms"], strict=True))
+        ax.plot([w / c["width"] for w in c["steps"]], [by[w] for w in c["steps"]], "o", ms=2.5,
+                color=line.get_color())
+    ax.set_xlabel("kept width of one group (fraction of its width; dots: the steps the plan may use)")
+    ax.set_ylabel("predicted model latency (ms)")
+    ax.set_title("Latency model: latency vs width per group")
+    if len(curves) <= 12:
+        ax.legend(fontsize=5)
+    return _fig_bytes(fig)
+
+
 def render_plots(report: dict[str, Any]) -> dict[str, bytes]:
     """PNG images by file name (``widths.png``, ``latency.png``, ``sensitivity.png``) for what the
     report holds; empty without matplotlib."""
@@ -106,7 +130,8 @@ def render_plots(report: dict[str, Any]) -> dict[str, bytes]:
 
     matplotlib.use("Agg", force=True)
     out: dict[str, bytes] = {}
-    for name, fn in (("widths.png", _widths), ("latency.png", _latency), ("sensitivity.png", _sensitivity)):
+    for name, fn in (("widths.png", _widths), ("latency.png", _latency), ("sensitivity.png", _sensitivity),
+                     ("latency_model.png", _latency_model)):
         try:
             png = fn(report)
         except Exception as e:  # a plot must never break a compilation

@@ -1,0 +1,186 @@
+"""Issues 15 and 18: latency you can trust (stable measurement, intervals, gates that use them),
+``--target-latency`` that reports one kept fraction and fails with the gap, and the per-layer
+latency model measured on ONNX Runtime with its cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from npcompile.passes.latency import LatencyBudgetPass
+from npcompile.pipeline import Context
+from npcompile.report.gates import Gates, check_gates, target_latency_gate
+from npcompile.runtime.latency_model import width_grid
+from npcompile.runtime.timing import StableOptions, compare, median_interval, ratio_interval
+from npcompile.runtime.verify import probe_inputs
+
+ROOT = Path(__file__).resolve().parents[1]
+EX = ROOT / "examples" / "lenet_mnist"
+LENET = EX / "model.onnx"
+
+
+def run(*args: object, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "npcompile", *map(str, args)], capture_output=True, text=True,
+                          timeout=900, env={**os.environ, **(env or {})})
+
+
+def test_median_interval_and_speedup_ratio() -> None:
+    x = np.arange(1, 102, dtype=float)  # median 51
+    lo, hi = median_interval(x)
+    assert (lo, hi) == (40.0, 62.0)  # order statistics n/2 -+ 1.96 sqrt(n)/2 (1-based)
+    lo4, hi4 = median_interval(np.repeat(x, 4))
+    assert hi4 - lo4 < hi - lo  # more runs, a narrower interval
+    est, lo, hi = ratio_interval(2 * x, x)
+    assert est == 2.0 and 1.4 < lo <= 2.0 <= hi < 2.8
+
+
+def test_compare_stops_when_stable_and_warns_when_it_is_not() -> None:
+    steady = compare(lambda n, w: [2.0] * n, lambda n, w: [1.0] * n, StableOptions(runs=20, max_rounds=8))
+    assert steady["rounds"] == 2 and steady["stable"]
+    assert (steady["speedup"], steady["speedup_low"], steady["speedup_high"]) == (2.0, 2.0, 2.0)
+    rng = np.random.default_rng(0)
+    noisy = compare(lambda n, w: list(rng.uniform(0.5, 1.5, n)), lambda n, w: list(rng.uniform(0.5, 1.5, n)),
+                    StableOptions(runs=10, max_rounds=3, precision=0.01))
+    assert noisy["rounds"] == 3 and not noisy["stable"]
+    assert noisy["speedup_low"] < 1.0 < noisy["speedup_high"]
+    assert any("straddles 1.0x" in w for w in noisy["warnings"])
+    assert any("did not stabilise" in w for w in noisy["warnings"])
+
+
+def _report(sp: float, lo: float, hi: float, target_latency: float | None = None) -> dict:
+    return {"summary": {"speedup": sp, "speedup_low": lo, "speedup_high": hi, "size_after": 1},
+            "latency": {"speedup": sp, "speedup_low": lo, "speedup_high": hi},
+            "options": {"target_latency": target_latency}}
+
+
+def test_min_speedup_gate_passes_fails_or_is_inconclusive() -> None:
+    gate = Gates(min_speedup=1.05)
+    (ok,) = check_gates(gate, _report(1.2, 1.1, 1.3))
+    (bad,) = check_gates(gate, _report(0.98, 0.95, 1.01))
+    (unsure,) = check_gates(gate, _report(1.06, 1.0, 1.12))
+    assert (ok.status, ok.passed) == ("pass", True)
+    assert (bad.status, bad.passed) == ("fail", False) and "short by 0.070x" in bad.message
+    assert (unsure.status, unsure.passed) == ("inconclusive", False) and "inconclusive" in unsure.message
+    (lenient,) = check_gates(Gates(min_speedup=1.05, inconclusive="pass"), _report(1.06, 1.0, 1.12))
+    assert (lenient.status, lenient.passed) == ("inconclusive", True)
+
+
+def test_target_latency_gate_states_the_gap() -> None:
+    sp = 1 / 0.81
+    missed = target_latency_gate(_report(sp, 1 / 0.83, 1 / 0.79, target_latency=0.7))
+    assert not missed.passed and missed.message == ("measured 0.81 of baseline latency, target 0.70, "
+                                                    "missed by 0.11 ± 0.02")
+    within = target_latency_gate(_report(1 / 0.72, 1 / 0.75, 1 / 0.69, target_latency=0.7))
+    assert within.passed and within.status == "inconclusive"
+    met = target_latency_gate(_report(1 / 0.6, 1 / 0.62, 1 / 0.58, target_latency=0.7))
+    assert met.passed and met.status == "pass"
+    assert target_latency_gate(_report(1.0, 1.0, 1.0)) is None
+
+
+def test_width_grid_has_steps_and_half_steps() -> None:
+    assert width_grid(6, 16, 8) == [1, 2, 3, 4, 5, 6]
+    grid = width_grid(256, 16, 4)
+    assert grid == [56, 64, 120, 128, 184, 192, 256]
+
+
+def test_cache_key_follows_what_changes_latency() -> None:
+    import onnx
+
+    from npcompile.graph.shapes import probe_shapes
+
+    model = onnx.load(str(LENET))
+    ctx = Context(model, probe_shapes(model, {}))
+    feeds1 = probe_inputs(ctx.model, ctx.probe, batch=None, seed=0)
+    feeds8 = {k: np.repeat(v, 8, axis=0) for k, v in feeds1.items()}
+    machine = {"cpu": "x", "cores": 2, "machine": "x86_64", "onnxruntime": "1"}
+    key = LatencyBudgetPass(0.7, threads=1).cache_key(ctx, feeds1, machine)
+    # the plan's options and the target fraction do not change what is measured
+    same = [LatencyBudgetPass(0.5, threads=1, criterion="importance", min_channels=3, tolerance=1.0,
+                              include=["*features*"], cache="/elsewhere", refine=0),
+            LatencyBudgetPass(0.9, threads=1, target_params=0.5)]
+    assert all(p.cache_key(ctx, feeds1, machine) == key for p in same)
+    changed = [LatencyBudgetPass(0.7, threads=2).cache_key(ctx, feeds1, machine),
+               LatencyBudgetPass(0.7, threads=1).cache_key(ctx, feeds8, machine),
+               LatencyBudgetPass(0.7, threads=1, provider="CUDAExecutionProvider").cache_key(ctx, feeds1, machine),
+               LatencyBudgetPass(0.7, threads=1).cache_key(ctx, feeds1, {**machine, "cores": 16}),
+               LatencyBudgetPass(0.7, threads=1).cache_key(ctx, feeds1, {**machine, "onnxruntime": "2"})]
+    assert len({key, *changed}) == 1 + len(changed)
+
+
+def test_min_speedup_reports_the_interval(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    r = run(LENET, "--ratio", "0.5", "--round-to", "1", "--target", "onnxruntime", "--min-speedup", "50",
+            "--latency-max-seconds", "3", "--no-plots", "-o", out)
+    assert r.returncode == 1, r.stderr
+    assert "gate min-speedup: FAIL" in r.stdout and "short by" in r.stderr
+    lat = json.loads((out / "report.json").read_text())["latency"]
+    assert lat["speedup_low"] <= lat["speedup"] <= lat["speedup_high"]
+    assert lat["before"]["p50_low_ms"] <= lat["before"]["p50_ms"] <= lat["before"]["p50_high_ms"]
+    assert lat["rounds"] >= 2 and {"load1", "cores", "busy"} <= set(lat["load"])
+    assert f"({lat['speedup_low']:.2f}-{lat['speedup_high']:.2f}x)" in r.stdout.replace("\n", "")
+    md = (out / "report.md").read_text()
+    assert "p50 95 % interval" in md and "interleaved rounds" in md
+
+
+def test_target_latency_missed_fails_with_the_gap_and_reuses_the_cache(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    args = [LENET, "--target-latency", "0.05", "--target", "onnxruntime", "--latency-cache", cache,
+            "--latency-max-seconds", "3", "--no-plots"]
+    r = run(*args, "-o", tmp_path / "a")
+    # LeNet's latency is mostly per-call overhead: 5 % of it cannot be reached
+    assert r.returncode == 1, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("npcompile: error:")]
+    assert len(errors) == 1 and "of baseline latency, target 0.05, missed by" in errors[0]
+    assert r.stdout.count("missed by") == 1 and r.stderr.count("missed by") == 1  # said once each
+    rep = json.loads((tmp_path / "a" / "report.json").read_text())
+    s, lb, lm = rep["summary"], rep["latency-budget"], rep["latency-model"]
+    # one kept fraction everywhere: the pass's figures, the table's and report.json's agree
+    kept = s["flops_after"] / s["flops_before"]
+    assert lb["kept"]["flops"] == pytest.approx(kept, abs=1e-6)
+    assert f"keeps {100 * kept:.1f}% of FLOPs" in lb["summary"]
+    assert lb["kept"]["params"] == pytest.approx(s["params_after"] / s["params_before"], abs=1e-6)
+    (gate,) = [g for g in rep["gates"] if g["name"] == "target-latency"]
+    assert gate["value"] == pytest.approx(1 / rep["latency"]["speedup"])
+    assert not lb["met"] and lb["attempts"]
+    # widths at the steps of the measured curves
+    steps = {c["group"]: c["steps"] for c in lm["curves"]}
+    for g in rep["groups"]:
+        if g["name"] in steps:
+            assert g["width_after"] in steps[g["name"]]
+    assert rep["rounding"]["source"].startswith("steps of the latency curve")
+    assert not lm["reused"] and len(list(cache.iterdir())) == 1
+    r2 = run(*args, "-o", tmp_path / "b")
+    assert r2.returncode == 1
+    lm2 = json.loads((tmp_path / "b" / "report.json").read_text())["latency-model"]
+    assert lm2["reused"] and lm2["key"] == lm["key"] and len(list(cache.iterdir())) == 1
+    assert lm2["curves"] == lm["curves"]
+
+
+def test_target_latency_with_forced_rounding_and_a_parameter_budget(tmp_path: Path) -> None:
+    import npcompile
+
+    res = npcompile.compile(LENET, target_latency=0.9, target_params=0.5, round_to=4, target="onnxruntime",
+                            latency_cache=str(tmp_path), benchmark=False, plots=False, latency_max_seconds=2)
+    rep = res.report
+    assert rep["summary"]["params_after"] <= 0.5 * rep["summary"]["params_before"]
+    for g in rep["groups"]:
+        if g["prunable"] and g["width_after"] != g["width_before"]:
+            assert g["width_after"] % 4 == 0
+    assert rep["latency-budget"]["verified"]["fraction"] > 0
+
+
+def test_drift_between_rounds_widens_the_speedup_interval() -> None:
+    # inside each round both models are steady; between rounds the machine changes speed
+    # and the ratio with it (the second model suffers more): pooled runs alone hide that
+    speed = iter([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    ratio = iter([2.0, 1.6, 2.4, 1.8])
+    res = compare(lambda n, w: [2.0 * next(speed)] * n, lambda n, w: [2.0 / next(ratio)] * n,
+                  StableOptions(runs=30, max_rounds=4, precision=0.02))
+    assert res["rounds"] == 4 and not res["stable"]
+    assert res["speedup_low"] < 1.7 and res["speedup_high"] > 2.3
