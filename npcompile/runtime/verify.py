@@ -55,7 +55,8 @@ def compare(original: onnx.ModelProto, compiled: onnx.ModelProto, feeds: dict[st
             threads: int = 0) -> Verification:
     """Run both models on ``feeds``; shapes must match, differences are reported."""
     try:
-        onnx.checker.check_model(compiled)
+        data = compiled.SerializeToString()  # once, for the checker and the session
+        onnx.checker.check_model(data)
     except Exception as e:
         raise VerificationError(f"compiled model fails the ONNX checker: {str(e).splitlines()[0]}") from e
     try:
@@ -63,7 +64,7 @@ def compare(original: onnx.ModelProto, compiled: onnx.ModelProto, feeds: dict[st
     except Exception as e:
         raise VerificationError(f"ONNX Runtime cannot run the original model: {ort_message(e)}") from e
     try:
-        got = run_session(make_session(compiled, threads), feeds)
+        got = run_session(make_session(data, threads), feeds)
     except Exception as e:
         raise VerificationError(f"ONNX Runtime cannot run the compiled model: {ort_message(e)}") from e
     names = [o.name for o in original.graph.output]
