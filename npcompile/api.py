@@ -15,6 +15,7 @@ from typing import Any
 
 import onnx
 
+from npcompile.channels.heads import attention_blocks, heads_after
 from npcompile.errors import GateError, UserError, VerificationError
 from npcompile.execution import make_backend
 from npcompile.graph.model_io import atomic_write_bytes, load_model, save_model
@@ -470,6 +471,7 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
     groups_before = [(g.id, g.name, g.op, g.size, list(g.frozen), int(g.dead.sum()) if g.dead is not None
                       else 0) for g in analysis.groups]
     shapes_before = ctx.shapes
+    blocks_before = attention_blocks(analysis)
     with make_backend(options.workers, options.ray, options.probe_timeout) as ctx.backend:
         records = Pipeline(passes).run(ctx)
         ctx.report_extras["execution"] = ctx.backend.describe()
@@ -528,6 +530,8 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
             artifact_info=artifact.info or {}, notes=ctx.notes, pipeline=specs,
         )
         report.update({k: v for k, v in ctx.report_extras.items() if k not in report})
+        if blocks_before:
+            report["attention"] = heads_after(blocks_before, report["groups"])
         # the plan per step: indices refer to the model each step received
         report["plan"] = [{k: v for k, v in sorted(step.items()) if v} for step in ctx.applied]
         if ctx.criterion and report.get("criterion") != ctx.criterion:
@@ -642,4 +646,5 @@ def inspect(model: Any, input_shapes: dict[str, tuple[int, ...]] | None = None,
                        "frozen": list(g.frozen), "dead": int(g.dead.sum()) if g.dead is not None else 0,
                        "blocks": g.blocks, "producers": list(g.members), "sites": len(g.sites), "kind": g.kind,
                        "pruned_with": analysis.group(g.locked_by).name if g.locked_by is not None else None})
-    return {"inputs": {k: list(v) for k, v in probe.items()}, "groups": groups, "stats": stats.as_dict()}
+    return {"inputs": {k: list(v) for k, v in probe.items()}, "groups": groups, "stats": stats.as_dict(),
+            "attention": attention_blocks(analysis)}
