@@ -7,12 +7,11 @@ writes, under the same folder, one npcompile output per row (out/<row>/model.onn
 and results.json with the figures of the table.
 
 Rows:
-  heads + MLP       ``npcompile.compile(model, ratio=R, train="train.npz", steps=S, ...)``: every
-                    step removes the fraction of the heads of every attention block and of the MLP
-                    neurons of every block (L1 magnitude; a head's score is the norm of its
-                    query, key, value and output weights) that makes the total R after S steps,
-                    then fine-tunes the ONNX graph on train.npz
-  + hidden width    the same with ``prune_hidden=True``: the residual stream (patch embedding,
+  heads + MLP       ``npcompile.compile(model, ratio=0.5, train="train.npz", epochs=3, ...)``:
+                    removes half of the heads of every attention block and of the MLP neurons of
+                    every block (L1 magnitude; a head's score is the norm of its query, key, value
+                    and output weights), then fine-tunes the ONNX graph on train.npz
+  + hidden width    ``ratio=0.4`` with ``prune_hidden=True``: the residual stream (patch embedding,
                     class token, position embeddings, every LayerNorm, every projection's input,
                     the classifier's input) is one more group, scored by mean |activation| on
                     calib.npz (``criterion="mean-abs"``)
@@ -50,14 +49,14 @@ ENCODER = "/model/vit/layers."
 
 #: (label, output folder, compile keywords); "ratio" is the total fraction removed after all steps
 ROWS: list[tuple[str, str, dict[str, Any]]] = [
-    ("heads + MLP", "heads_mlp", {"ratio": 0.6, "steps": 2}),
+    ("heads + MLP", "heads_mlp", {"ratio": 0.5, "epochs": 3}),
     ("heads + MLP + hidden width", "heads_mlp_hidden",
-     {"ratio": 0.4, "steps": 2, "prune_hidden": True, "criterion": "mean-abs"}),
+     {"ratio": 0.4, "epochs": 3, "prune_hidden": True, "criterion": "mean-abs"}),
 ]
 QUICK_ROWS: list[tuple[str, str, dict[str, Any]]] = [
-    ("heads + MLP", "heads_mlp", {"ratio": 0.5, "steps": 1, "epochs": 2}),
+    ("heads + MLP", "heads_mlp", {"ratio": 0.5, "epochs": 2}),
     ("heads + MLP + hidden width", "heads_mlp_hidden",
-     {"ratio": 0.3, "steps": 1, "epochs": 2, "prune_hidden": True, "criterion": "mean-abs"}),
+     {"ratio": 0.4, "epochs": 2, "prune_hidden": True, "criterion": "mean-abs"}),
 ]
 
 
@@ -95,7 +94,8 @@ def latency_ms(model: onnx.ModelProto, batch: int, runs: int, threads: int) -> f
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=HERE / "work", help="folder train.py wrote (default: work/ here)")
-    ap.add_argument("--quick", action="store_true", help="the CI form: 1 step, 2 fine-tuning epochs")
+    ap.add_argument("--quick", action="store_true",
+                    help="the CI form (train.py --quick models): 2 fine-tuning epochs, 20 timed runs")
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime and PyTorch threads (default 1)")
     ap.add_argument("--runs", type=int, default=200, help="timed runs per latency measurement")
     ap.add_argument("--rows", default=None, help="comma-separated row folders to run (default: all)")
