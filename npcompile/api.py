@@ -18,7 +18,7 @@ import onnx
 from npcompile.channels.heads import attention_blocks, heads_after
 from npcompile.errors import GateError, UserError, VerificationError
 from npcompile.execution import make_backend
-from npcompile.graph.model_io import atomic_write_bytes, load_model, save_model
+from npcompile.graph.model_io import atomic_write_bytes, load_model, save_model, serialized
 from npcompile.graph.shapes import input_specs, probe_shapes
 from npcompile.graph.stats import model_stats
 from npcompile.pipeline import Context, Pipeline, available_passes
@@ -486,7 +486,9 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
             removed.setdefault(name, []).extend(idx)
     t0 = time.perf_counter()
     feeds = probe_inputs(original, probe, batch=2, seed=options.seed)
-    verification = compare(original, compiled, feeds, options.threads)
+    # serialized once for the checker, the session and the saved file (seconds on a large model)
+    compiled_bytes = serialized(compiled, deterministic=True)
+    verification = compare(original, compiled, feeds, options.threads, compiled_bytes=compiled_bytes)
     verify_s = time.perf_counter() - t0
     trained = any(p.kind == "rewrite" and p.name == "finetune" for p in passes)
     # dead channels are removed exactly; maxout's "never wins" is a fact about the calibration data only
@@ -514,7 +516,9 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
             staging = Path(tempfile.mkdtemp(dir=outdir, prefix=".npcompile-"))
         build_dir = staging or Path(tempfile.mkdtemp(prefix="npcompile-"))
         t0 = time.perf_counter()
-        save_model(compiled, build_dir / "model.onnx", external_data=True if load_info.get("external_data") else None)
+        save_model(compiled, build_dir / "model.onnx", external_data=True if load_info.get("external_data") else None,
+                   data=compiled_bytes)
+        compiled_bytes = None
         artifact = target.build(compiled, build_dir)
         build_s = time.perf_counter() - t0
         latency = _benchmark(target, original, artifact, probe, options) if options.benchmark else {}

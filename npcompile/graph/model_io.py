@@ -26,6 +26,7 @@ __all__ = [
     "to_graph",
     "to_model",
     "save_model",
+    "serialized",
     "atomic_write_bytes",
     "default_opset",
 ]
@@ -179,7 +180,7 @@ def _check_tensor_data(model: onnx.ModelProto) -> None:
 def _check(model: onnx.ModelProto) -> None:
     _check_tensor_data(model)
     try:
-        data = _serialized(model)
+        data = serialized(model)
         if data is None or len(data) > _TWO_GB:
             return  # the in-memory checker cannot take > 2 GB; shape inference checks later
         onnx.checker.check_model(data)  # the bytes: the checker would serialize the model again
@@ -370,13 +371,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | None = None) -> None:
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | None = None,
+               data: bytes | None = None) -> None:
     """Save atomically. Models over 2 GB (or with ``external_data=True``) keep their weights in
-    ``<name>.data`` beside the model file, also written atomically."""
+    ``<name>.data`` beside the model file, also written atomically. ``data``: the model already
+    serialized with ``deterministic=True`` (a large model is not serialized again)."""
     path = Path(path)
-    data = None
+    if data is not None and external_data is None:
+        external_data = len(data) > _TWO_GB
     if external_data is None:
-        data = _serialized(model, deterministic=True)  # serialized once: its length is the size
+        data = serialized(model, deterministic=True)  # serialized once: its length is the size
         external_data = data is None or len(data) > _TWO_GB
     if not external_data:
         atomic_write_bytes(path, data if data is not None else model.SerializeToString(deterministic=True))
@@ -393,7 +397,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: b
         os.replace(tmp_model, path)
 
 
-def _serialized(model: onnx.ModelProto, deterministic: bool = False) -> bytes | None:
+def serialized(model: onnx.ModelProto, deterministic: bool = False) -> bytes | None:
     """The model's bytes, or None where protobuf cannot serialize it (over its 2 GB limit)."""
     try:
         return model.SerializeToString(deterministic=deterministic)

@@ -52,10 +52,12 @@ class Verification:
 
 
 def compare(original: onnx.ModelProto, compiled: onnx.ModelProto, feeds: dict[str, np.ndarray],
-            threads: int = 0) -> Verification:
-    """Run both models on ``feeds``; shapes must match, differences are reported."""
+            threads: int = 0, compiled_bytes: bytes | None = None) -> Verification:
+    """Run both models on ``feeds``; shapes must match, differences are reported.
+    ``compiled_bytes``: ``compiled`` already serialized (saves serializing a large model again)."""
     try:
-        data = compiled.SerializeToString()  # once, for the checker and the session
+        # once, for the checker and the session
+        data = compiled_bytes if compiled_bytes is not None else compiled.SerializeToString()
         onnx.checker.check_model(data)
     except Exception as e:
         raise VerificationError(f"compiled model fails the ONNX checker: {str(e).splitlines()[0]}") from e
