@@ -51,7 +51,7 @@ ENCODER = "/model/vit/layers."
 ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("heads + MLP", "heads_mlp", {"ratio": 0.5, "epochs": 3}),
     ("heads + MLP + hidden width", "heads_mlp_hidden",
-     {"ratio": 0.4, "epochs": 3, "prune_hidden": True, "criterion": "mean-abs"}),
+     {"ratio": 0.4, "epochs": 3, "prune_hidden": True, "criterion": "mean-abs", "round_to": 8}),
 ]
 QUICK_ROWS: list[tuple[str, str, dict[str, Any]]] = [
     ("heads + MLP", "heads_mlp", {"ratio": 0.5, "epochs": 2}),
