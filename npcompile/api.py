@@ -15,9 +15,10 @@ from typing import Any
 
 import onnx
 
+from npcompile.channels.heads import attention_blocks, heads_after
 from npcompile.errors import GateError, UserError, VerificationError
 from npcompile.execution import make_backend
-from npcompile.graph.model_io import atomic_write_bytes, load_model, save_model
+from npcompile.graph.model_io import atomic_write_bytes, load_model, save_model, serialized
 from npcompile.graph.shapes import input_specs, probe_shapes
 from npcompile.graph.stats import model_stats
 from npcompile.pipeline import Context, Pipeline, available_passes
@@ -494,6 +495,7 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
     groups_before = [(g.id, g.name, g.op, g.size, list(g.frozen), int(g.dead.sum()) if g.dead is not None
                       else 0) for g in analysis.groups]
     shapes_before = ctx.shapes
+    blocks_before = attention_blocks(analysis)
     with make_backend(options.workers, options.ray, options.probe_timeout) as ctx.backend:
         records = Pipeline(passes).run(ctx)
         ctx.report_extras["execution"] = ctx.backend.describe()
@@ -508,7 +510,9 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
             removed.setdefault(name, []).extend(idx)
     t0 = time.perf_counter()
     feeds = probe_inputs(original, probe, batch=2, seed=options.seed)
-    verification = compare(original, compiled, feeds, options.threads)
+    # serialized once for the checker, the session and the saved file (seconds on a large model)
+    compiled_bytes = serialized(compiled, deterministic=True)
+    verification = compare(original, compiled, feeds, options.threads, compiled_bytes=compiled_bytes)
     verify_s = time.perf_counter() - t0
     trained = any(p.kind == "rewrite" and p.name == "finetune" for p in passes)
     # dead channels are removed exactly; maxout's "never wins" is a fact about the calibration data only
@@ -536,7 +540,9 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
             staging = Path(tempfile.mkdtemp(dir=outdir, prefix=".npcompile-"))
         build_dir = staging or Path(tempfile.mkdtemp(prefix="npcompile-"))
         t0 = time.perf_counter()
-        save_model(compiled, build_dir / "model.onnx", external_data=True if load_info.get("external_data") else None)
+        save_model(compiled, build_dir / "model.onnx", external_data=True if load_info.get("external_data") else None,
+                   data=compiled_bytes)
+        compiled_bytes = None
         artifact = target.build(compiled, build_dir)
         build_s = time.perf_counter() - t0
         latency = _benchmark(target, original, artifact, probe, options) if options.benchmark else {}
@@ -552,6 +558,8 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
             artifact_info=artifact.info or {}, notes=ctx.notes + list(latency.get("warnings", [])), pipeline=specs,
         )
         report.update({k: v for k, v in ctx.report_extras.items() if k not in report})
+        if blocks_before:
+            report["attention"] = heads_after(blocks_before, report["groups"])
         # the plan per step: indices refer to the model each step received
         report["plan"] = [{k: v for k, v in sorted(step.items()) if v} for step in ctx.applied]
         if ctx.criterion and report.get("criterion") != ctx.criterion:
@@ -698,4 +706,5 @@ def inspect(model: Any, input_shapes: dict[str, tuple[int, ...]] | None = None,
                        "frozen": list(g.frozen), "dead": int(g.dead.sum()) if g.dead is not None else 0,
                        "blocks": g.blocks, "producers": list(g.members), "sites": len(g.sites), "kind": g.kind,
                        "pruned_with": analysis.group(g.locked_by).name if g.locked_by is not None else None})
-    return {"inputs": {k: list(v) for k, v in probe.items()}, "groups": groups, "stats": stats.as_dict()}
+    return {"inputs": {k: list(v) for k, v in probe.items()}, "groups": groups, "stats": stats.as_dict(),
+            "attention": attention_blocks(analysis)}

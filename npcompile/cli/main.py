@@ -297,6 +297,16 @@ def inspect_cmd(
                                                    else "single channel")
         table.add_row(g["name"], g["op"], str(g["width"]), status, str(g["dead"]))
     console.print(table)
+    if info.get("attention"):
+        gqa = any(b["kv_groups"] is not None for b in info["attention"])
+        at = Table(title="attention blocks")
+        for col in ("block", "heads", *(("KV groups",) if gqa else ()), "head_dim", "status"):
+            at.add_column(col)
+        for b in info["attention"]:
+            status = "frozen: " + "; ".join(b["frozen"]) if b["frozen"] else "prunable" if b["prunable"] else "kept"
+            kv = (str(b["kv_groups"]) if b["kv_groups"] is not None else "-",) if gqa else ()
+            at.add_row(b["block"], str(b["heads"]), *kv, str(b["head_dim"]), status)
+        console.print(at)
     st = info["stats"]
     if layers:
         lt = Table(title="layers")

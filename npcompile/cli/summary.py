@@ -42,6 +42,15 @@ def _names(items: list[str], limit: int = 3) -> str:
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
+def heads_line(blocks: list[dict[str, Any]], limit: int = 6) -> str:
+    """Heads before -> after per attention block, in one line (``kv`` groups for grouped-query)."""
+    def one(b: dict[str, Any]) -> str:
+        kv = (f" (kv {b['kv_groups_before']}→{b['kv_groups_after']})" if "kv_groups_before" in b else "")
+        return f"{b['block']} {b['heads_before']}→{b['heads_after']}{kv}"
+
+    return _names([one(b) for b in blocks], limit) + f" · head_dim {blocks[0]['head_dim']}"
+
+
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """The lines printed under the summary table (plain text, one fact per line)."""
     s = report["summary"]
@@ -54,6 +63,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         names = _names([f"{w['group']} ({w['width']})" for w in whole])
         lines.append(f"kept whole by rounding to {r['round_to']} ({r['source']}): {names}; "
                      "a smaller --round-to prunes them")
+    if report.get("attention"):
+        lines.append("attention heads: " + heads_line(report["attention"]))
     if report.get("frozen"):
         lines.append("frozen (never pruned): " + _names([f"{f['group']} ({'; '.join(f['reasons'])})"
                                                           for f in report["frozen"]]))

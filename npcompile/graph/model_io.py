@@ -26,6 +26,7 @@ __all__ = [
     "to_graph",
     "to_model",
     "save_model",
+    "serialized",
     "atomic_write_bytes",
     "default_opset",
 ]
@@ -179,9 +180,10 @@ def _check_tensor_data(model: onnx.ModelProto) -> None:
 def _check(model: onnx.ModelProto) -> None:
     _check_tensor_data(model)
     try:
-        if model.ByteSize() > _TWO_GB:
+        data = serialized(model)
+        if data is None or len(data) > _TWO_GB:
             return  # the in-memory checker cannot take > 2 GB; shape inference checks later
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(data)  # the bytes: the checker would serialize the model again
     except ValueError:
         return
     except onnx.checker.ValidationError as e:
@@ -369,14 +371,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | None = None) -> None:
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | None = None,
+               data: bytes | None = None) -> None:
     """Save atomically. Models over 2 GB (or with ``external_data=True``) keep their weights in
-    ``<name>.data`` beside the model file, also written atomically."""
+    ``<name>.data`` beside the model file, also written atomically. ``data``: the model already
+    serialized with ``deterministic=True`` (a large model is not serialized again)."""
     path = Path(path)
+    if data is not None and external_data is None:
+        external_data = len(data) > _TWO_GB
     if external_data is None:
-        external_data = model.ByteSize() > _TWO_GB if _fits_bytesize(model) else True
+        data = serialized(model, deterministic=True)  # serialized once: its length is the size
+        external_data = data is None or len(data) > _TWO_GB
     if not external_data:
-        atomic_write_bytes(path, model.SerializeToString(deterministic=True))
+        atomic_write_bytes(path, data if data is not None else model.SerializeToString(deterministic=True))
         return
     location = path.name + ".data"
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".npcompile-") as tmp:
@@ -390,12 +397,12 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: b
         os.replace(tmp_model, path)
 
 
-def _fits_bytesize(model: onnx.ModelProto) -> bool:
+def serialized(model: onnx.ModelProto, deterministic: bool = False) -> bytes | None:
+    """The model's bytes, or None where protobuf cannot serialize it (over its 2 GB limit)."""
     try:
-        model.ByteSize()
+        return model.SerializeToString(deterministic=deterministic)
     except Exception:
-        return False
-    return True
+        return None
 
 
 def make_opset_model(graph_proto: onnx.GraphProto, opset: int = 13) -> onnx.ModelProto:

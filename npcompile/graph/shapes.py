@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -308,7 +310,7 @@ def _symbolic(sk: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> None:
     ONNX Runtime version), the public entry point runs inside a temporary directory.
     """
     try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+        SymbolicShapeInference = _symbolic_tool()  # noqa: N806 - a class
     except Exception as e:  # pragma: no cover - the tool ships with onnxruntime
         log.info("symbolic shape inference unavailable: %s", e)
         return
@@ -322,6 +324,34 @@ def _symbolic(sk: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> None:
         _collect(out, found)
         for k, v in found.items():
             shapes.setdefault(k, v)
+
+
+_SYMBOLIC_TOOL: list[type] = []
+
+
+def _symbolic_tool() -> type:
+    """ONNX Runtime's ``SymbolicShapeInference`` class. Its module is loaded from its file when it
+    can be: importing it as ``onnxruntime.tools.symbolic_shape_infer`` runs the package's
+    ``__init__``, which imports PyTorch (seconds) for a helper the shape tool does not use."""
+    if _SYMBOLIC_TOOL:
+        return _SYMBOLIC_TOOL[0]
+    loaded = sys.modules.get("onnxruntime.tools.symbolic_shape_infer")
+    if loaded is None:
+        try:
+            import importlib.util
+
+            import onnxruntime
+
+            path = Path(onnxruntime.__file__).parent / "tools" / "symbolic_shape_infer.py"
+            spec = importlib.util.spec_from_file_location("npcompile._ort_symbolic_shape_infer", path)
+            loaded = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(loaded)
+        except Exception:  # another layout: the ordinary import
+            loaded = None
+    if loaded is None:
+        from onnxruntime.tools import symbolic_shape_infer as loaded
+    _SYMBOLIC_TOOL.append(loaded.SymbolicShapeInference)
+    return _SYMBOLIC_TOOL[0]
 
 
 def _symbolic_steps(tool: type, sk: onnx.ModelProto) -> onnx.ModelProto | None:

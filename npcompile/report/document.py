@@ -274,6 +274,16 @@ def render_markdown(report: dict[str, Any], images: list[str] | tuple[str, ...] 
         lines.append(f"| {row['name']} | {row['op']} | {row['in_before']}→{row['in_after']} | "
                      f"{row['out_before']}→{row['out_after']} | {_num(row['params_before'])}→"
                      f"{_num(row['params_after'])} | {_num(row['flops_before'])}→{_num(row['flops_after'])} |")
+    if report.get("attention"):
+        gqa = any("kv_groups_before" in b for b in report["attention"])
+        lines += ["", "## Attention heads", "",
+                  "| block | heads | " + ("KV groups | " if gqa else "") + "head_dim | status |",
+                  "|---|---:|" + ("---:|" if gqa else "") + "---:|---|"]
+        for b in report["attention"]:
+            kv = f"{b['kv_groups_before']}→{b['kv_groups_after']} | " if "kv_groups_before" in b else (
+                "– | " if gqa else "")
+            status = "frozen: " + "; ".join(b["frozen"]) if b["frozen"] else "prunable" if b["prunable"] else "kept"
+            lines.append(f"| {b['block']} | {b['heads_before']}→{b['heads_after']} | {kv}{b['head_dim']} | {status} |")
     lines += ["", f"## Channel groups ({s['groups_total']}: {s['groups_prunable']} prunable, "
                   f"{s['groups_frozen']} frozen, {s['groups_pruned']} pruned)", ""]
     if report["frozen"]:

@@ -20,6 +20,46 @@ REDUCE = ("ReduceMax", "ReduceMin", "ReduceMean", "ReduceSum", "ReduceProd", "Re
 _STATISTICS = ("ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2")
 
 
+#: ops a normalisation statistic passes through on its way back to the stream (eps, sqrt, ...)
+_STAT_CHAIN = ("Add", "Sqrt", "Reciprocal", "Cast", "Unsqueeze", "Squeeze", "Identity", "Pow", "Mul", "Div",
+               "Expand")
+_COMBINE = ("Sub", "Div", "Mul")
+
+
+def _strip_cast(t: gs.Tensor) -> gs.Tensor:
+    while t.inputs and t.inputs[0].op in ("Cast", "Identity"):
+        t = t.inputs[0].inputs[0]
+    return t
+
+
+def _normalises(node: gs.Node, depth: int = 8) -> bool:
+    """Whether the reduction over the hidden width is a normalisation statistic: its result comes
+    back (through eps, square roots, reciprocals, casts) to be subtracted from, divide or multiply
+    the very tensor it was taken over (the reduced input, or the input it squares). Anything else
+    (say, an attention mask computed from the hidden activations) would see a narrower mean."""
+    x = _strip_cast(node.inputs[0])
+    sources = {id(x)}
+    if x.inputs and x.inputs[0].op in ("Pow", "Mul"):
+        sources.add(id(_strip_cast(x.inputs[0].inputs[0])))
+    frontier, seen = list(node.outputs), set()
+    for _ in range(depth):
+        nxt = []
+        for t in frontier:
+            for consumer in t.outputs:
+                if id(consumer) in seen:
+                    continue
+                seen.add(id(consumer))
+                others = [_strip_cast(i) for i in consumer.inputs if i is not t]
+                if consumer.op in _COMBINE and any(id(o) in sources for o in others):
+                    return True
+                if consumer.op in _STAT_CHAIN:
+                    nxt.extend(consumer.outputs)
+        frontier = nxt
+        if not frontier:
+            break
+    return False
+
+
 @register(*REDUCE)
 def reduce(node: gs.Node, ctx: ChannelAnalysis) -> None:
     x = ctx.dim(node.inputs[0])
@@ -35,7 +75,7 @@ def reduce(node: gs.Node, ctx: ChannelAnalysis) -> None:
         return
     axes = sorted(normalize_axis(a, rank) for a in axes)
     if x.axis in axes:
-        if ctx.options.hidden and axes == [x.axis] and node.op in _STATISTICS:
+        if ctx.options.hidden and axes == [x.axis] and node.op in _STATISTICS and _normalises(node):
             # the statistics of a decomposed LayerNorm / RMSNorm over the hidden width: the result
             # has no channel axis left (size 1, or gone); taken over fewer channels afterwards
             ctx.mark_lossy(x, f"{node.op} {node.name} takes statistics over the hidden width")

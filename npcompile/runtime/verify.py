@@ -52,10 +52,13 @@ class Verification:
 
 
 def compare(original: onnx.ModelProto, compiled: onnx.ModelProto, feeds: dict[str, np.ndarray],
-            threads: int = 0) -> Verification:
-    """Run both models on ``feeds``; shapes must match, differences are reported."""
+            threads: int = 0, compiled_bytes: bytes | None = None) -> Verification:
+    """Run both models on ``feeds``; shapes must match, differences are reported.
+    ``compiled_bytes``: ``compiled`` already serialized (saves serializing a large model again)."""
     try:
-        onnx.checker.check_model(compiled)
+        # once, for the checker and the session
+        data = compiled_bytes if compiled_bytes is not None else compiled.SerializeToString()
+        onnx.checker.check_model(data)
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         try:
@@ -70,7 +73,7 @@ def compare(original: onnx.ModelProto, compiled: onnx.ModelProto, feeds: dict[st
     except Exception as e:
         raise UserError(f"ONNX Runtime cannot run the original model: {ort_message(e)}") from e
     try:
-        got = run_session(make_session(compiled, threads), feeds)
+        got = run_session(make_session(data, threads), feeds)
     except Exception as e:
         raise VerificationError(f"ONNX Runtime cannot run the compiled model: {ort_message(e)}") from e
     names = [o.name for o in original.graph.output]
