@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 #: the schedule of ``binary-search`` (``--search-variant``); see :mod:`npcompile.search.variants`
-DEFAULT_VARIANT = "paper"
+DEFAULT_VARIANT = "share"  # measured best: benchmarks/README.md, search_variants.py
 
 
 # -- shared helpers ----------------------------------------------------------------------------

@@ -88,7 +88,7 @@ class Experiment:
             self.say(f"binary search, round {r}/{a.rounds}: tolerance {a.tolerance} points on val.npz")
             base = self.out / "search" / f"round{r}"
             res = self.compile(model, base / "pruned", search="binary", tolerance=a.tolerance,
-                               eval=str(self.out / "val.npz"))
+                               search_variant="paper", eval=str(self.out / "val.npz"))
             pruned = res.model
             acc_pruned = self.test_accuracy(pruned)
             model = self.finetune(pruned, base / "finetuned", a.epochs)

@@ -112,8 +112,9 @@ def compile_cmd(
     tolerance: Annotated[float | None, typer.Option(
         help="Metric points the search may lose (e.g. 1 = one accuracy point).")] = None,
     search_variant: Annotated[str | None, typer.Option(
-        help="Schedule of --search binary: paper, sensitivity, share, rounds, share-global "
-             "(see npcompile/search/variants.py).")] = None,
+        help="Schedule of --search binary: share (default: each layer may spend the share of the tolerance "
+             "matching what it can remove), paper (in order, the whole tolerance per layer), sensitivity, "
+             "rounds, share-global (see npcompile/search/variants.py).")] = None,
     include: Annotated[list[str] | None, typer.Option(help="Only groups matching this pattern (repeatable).")] = None,
     exclude: Annotated[list[str] | None, typer.Option(help="Never groups matching this pattern (repeatable).")] = None,
     target_flops: Annotated[float | None, typer.Option(help="Budget: keep this fraction of FLOPs.")] = None,
