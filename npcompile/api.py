@@ -693,8 +693,13 @@ def _benchmark(target: Target, original: onnx.ModelProto, artifact: Any, probe: 
 
 
 def inspect(model: Any, input_shapes: dict[str, tuple[int, ...]] | None = None,
-            example_inputs: Any = None) -> dict[str, Any]:
-    """Channel groups (width, prunable or frozen with the reason) and per-layer figures."""
+            example_inputs: Any = None, dot: bool = False) -> dict[str, Any]:
+    """Channel groups (width, prunable or frozen with the reason), per-layer figures, attention
+    blocks, and the model itself (``"model"``: inputs and outputs with shapes and types, opsets,
+    producer, op counts). ``dot=True`` adds ``"dot"``: the graph in Graphviz DOT with the groups'
+    producers coloured by status (:func:`npcompile.report.graph_view.groups_dot`)."""
+    from npcompile.report.graph_view import groups_dot, model_summary
+
     original = load_model(model, example_inputs)
     probe = probe_shapes(original, input_shapes)
     ctx = Context(original, probe)
@@ -706,5 +711,8 @@ def inspect(model: Any, input_shapes: dict[str, tuple[int, ...]] | None = None,
                        "frozen": list(g.frozen), "dead": int(g.dead.sum()) if g.dead is not None else 0,
                        "blocks": g.blocks, "producers": list(g.members), "sites": len(g.sites), "kind": g.kind,
                        "pruned_with": analysis.group(g.locked_by).name if g.locked_by is not None else None})
-    return {"inputs": {k: list(v) for k, v in probe.items()}, "groups": groups, "stats": stats.as_dict(),
-            "attention": attention_blocks(analysis)}
+    info = {"inputs": {k: list(v) for k, v in probe.items()}, "groups": groups, "stats": stats.as_dict(),
+            "attention": attention_blocks(analysis), "model": model_summary(original)}
+    if dot:
+        info["dot"] = groups_dot(original, groups)
+    return info
