@@ -45,6 +45,7 @@ from npcompile.passes.search import (
     sensitivity_table,
 )
 from npcompile.pipeline import Context, Pass, PassResult, register_pass
+from npcompile.report.progress import progress
 from npcompile.runtime.latency_model import (
     LatencyModel,
     LatencyModelOptions,
@@ -142,7 +143,8 @@ class LatencyBudgetPass(Pass):
             keep = min(self._candidates(g, step), key=lambda w, size=g.size // g.blocks: abs(w - size / 2))
             if keep < g.size // g.blocks:
                 half[g.id] = lowest_mask(g, ctx.scores[g.id], g.size // g.blocks - keep)
-        model = build_latency_model(ctx, feeds, opts, half)
+        with progress("measuring layer latency", total=None) as tick:
+            model = build_latency_model(ctx, feeds, opts, half, progress=lambda name: tick(1, name))
         path = lc.store(folder, key, {"model": model.as_dict()}) if self.use_cache else None
         return model, {"key": key, "cache": str(path) if path else None, "reused": False, "step": step}
 

@@ -81,6 +81,7 @@ from npcompile.recovery.reconstruction import (
     stream,
     write_layer,
 )
+from npcompile.report.progress import progress
 from npcompile.runtime.calibrate import Calibrator, check_shapes
 from npcompile.runtime.data import Dataset
 
@@ -193,24 +194,26 @@ class ReconstructPass(Pass):
         one_pass = None
         ref_cal = Calibrator(reference, [la.y for la in active], self.batch_size, threads=self.threads,
                              progress=False) if active else None
-        for wave_no, wave in enumerate(waves, 1):
-            pruned = to_model(graph, ctx.original)
-            p_cal = Calibrator(pruned, [la.x for la in wave], self.batch_size, threads=self.threads, progress=False)
-            accs = [LayerStats(la, la.x, la.y, self.positions) for la in wave]
+        with progress("reconstruction", total=len(waves)) as tick:
+            for wave_no, wave in enumerate(waves, 1):
+                tick(1, f"layers {', '.join(la.name for la in wave)[:60]}")
+                pruned = to_model(graph, ctx.original)
+                p_cal = Calibrator(pruned, [la.x for la in wave], self.batch_size, threads=self.threads, progress=False)
+                accs = [LayerStats(la, la.x, la.y, self.positions) for la in wave]
 
-            def fold(first: int, values: list[dict[str, np.ndarray]], accs=accs) -> None:
-                ref, now = values
+                def fold(first: int, values: list[dict[str, np.ndarray]], accs=accs) -> None:
+                    ref, now = values
+                    for acc in accs:
+                        y = ref[acc.layer.y]
+                        acc.update(first, now[acc.layer.x], y, y.shape)
+
+                sessions = [(ref_cal, [la.y for la in wave]), (p_cal, [la.x for la in wave])]
+                _, spent = stream(calib, self.batch_size, sessions, fold)
+                session_s[0] += spent[0]
+                session_s[1] += spent[1]
+                one_pass = spent[0] if one_pass is None else one_pass
                 for acc in accs:
-                    y = ref[acc.layer.y]
-                    acc.update(first, now[acc.layer.x], y, y.shape)
-
-            sessions = [(ref_cal, [la.y for la in wave]), (p_cal, [la.x for la in wave])]
-            _, spent = stream(calib, self.batch_size, sessions, fold)
-            session_s[0] += spent[0]
-            session_s[1] += spent[1]
-            one_pass = spent[0] if one_pass is None else one_pass
-            for acc in accs:
-                rows.append(self._refit(graph, acc, wave_no, names))
+                    rows.append(self._refit(graph, acc, wave_no, names))
         _finish(ctx, graph)
         total = time.perf_counter() - t_start
         sec = _section(ctx)

@@ -34,6 +34,8 @@ from npcompile.errors import UserError
 from npcompile.execution.bisect import AcceptRate, search_levels
 from npcompile.execution.probes import probe_evaluator
 from npcompile.pipeline import Context, Pass, PassResult, register_pass
+from npcompile.report.progress import enabled as progress_enabled
+from npcompile.report.progress import progress
 from npcompile.search.variants import cost_weights, eval_bound, get_variant, visits
 
 __all__ = ["BinarySearchPass", "SensitivityPass", "BudgetPass", "removal_levels", "lowest_mask",
@@ -210,33 +212,35 @@ class BinarySearchPass(Pass):
         reached = [baseline]  # the metric of the state so far (the rounds variant re-bases on it)
         rounds, non_monotone = 0, []
         rate = AcceptRate()  # path decisions so far: steer the extra probes of the next groups
-        for visit in visits(variant, [g.id for g in groups], baseline, self.tolerance, lambda: reached[0],
-                            weights, sensitivity):
-            g = by_id[visit.group]
-            levels = counts[g.id][state[g.id]:]
-            if len(levels) < 2:
-                continue
-            floor = visit.floor
+        with progress("binary search", total=len(groups) * variant.sweeps) as tick:
+            for visit in visits(variant, [g.id for g in groups], baseline, self.tolerance, lambda: reached[0],
+                                weights, sensitivity):
+                tick(1, by_id[visit.group].name)
+                g = by_id[visit.group]
+                levels = counts[g.id][state[g.id]:]
+                if len(levels) < 2:
+                    continue
+                floor = visit.floor
 
-            def probe(idx: Sequence[int], g: Group = g, levels: list[int] = levels) -> list[float]:
-                return ev.many([{**removal, g.id: lowest_mask(g, ctx.scores[g.id], levels[i])} for i in idx])
+                def probe(idx: Sequence[int], g: Group = g, levels: list[int] = levels) -> list[float]:
+                    return ev.many([{**removal, g.id: lowest_mask(g, ctx.scores[g.id], levels[i])} for i in idx])
 
-            # with W workers, W levels of the sequential search's decision tree per round
-            found = search_levels(len(levels), probe, lambda m, floor=floor: m >= floor, getattr(ev, "width", 1),
-                                  rate)
-            for level, metric, ok, on_path in found.probes:
-                probes.append({"group": g.name, "removed": levels[level] * g.blocks, "width": g.size,
-                               "metric": metric, "accepted": ok, "on_path": on_path, "sweep": visit.sweep,
-                               "floor": floor})
-                log.debug("%s: remove %d/%d -> %.6g (%s)", g.name, levels[level] * g.blocks, g.size, metric,
-                          "ok" if ok else "too low")
-            rounds += found.rounds
-            if not found.monotone and g.name not in non_monotone:
-                non_monotone.append(g.name)
-            if found.level:
-                state[g.id] += found.level
-                removal[g.id] = lowest_mask(g, ctx.scores[g.id], levels[found.level])
-                reached[0] = found.metric if found.metric is not None else reached[0]
+                # with W workers, W levels of the sequential search's decision tree per round
+                found = search_levels(len(levels), probe, lambda m, floor=floor: m >= floor, getattr(ev, "width", 1),
+                                      rate)
+                for level, metric, ok, on_path in found.probes:
+                    probes.append({"group": g.name, "removed": levels[level] * g.blocks, "width": g.size,
+                                   "metric": metric, "accepted": ok, "on_path": on_path, "sweep": visit.sweep,
+                                   "floor": floor})
+                    log.debug("%s: remove %d/%d -> %.6g (%s)", g.name, levels[level] * g.blocks, g.size, metric,
+                              "ok" if ok else "too low")
+                rounds += found.rounds
+                if not found.monotone and g.name not in non_monotone:
+                    non_monotone.append(g.name)
+                if found.level:
+                    state[g.id] += found.level
+                    removal[g.id] = lowest_mask(g, ctx.scores[g.id], levels[found.level])
+                    reached[0] = found.metric if found.metric is not None else reached[0]
         final = reached[0]
         decisions = []
         for g in groups:
@@ -292,7 +296,16 @@ def sensitivity_table(ctx: Context, ev: RemovalEvaluator, groups: list[Group], f
     wanted = list(dict.fromkeys((g.id, c) for g in groups for _, c in levels[g.id] if c))
     by_id = {g.id: g for g in groups}
     # every group's sweep is independent: all probes at once (on the backend's workers)
-    metrics = ev.many([{gid: lowest_mask(by_id[gid], ctx.scores[gid], c)} for gid, c in wanted])
+    probes = [{gid: lowest_mask(by_id[gid], ctx.scores[gid], c)} for gid, c in wanted]
+    if progress_enabled():  # in chunks of the backend's width, so that the bar moves
+        step = max(1, int(getattr(ev, "width", 1)))
+        metrics = []
+        with progress("sensitivity", total=len(probes)) as tick:
+            for i in range(0, len(probes), step):
+                metrics += ev.many(probes[i:i + step])
+                tick(len(probes[i:i + step]))
+    else:
+        metrics = ev.many(probes)
     measured = dict(zip(wanted, metrics, strict=True))
     table = []
     for g in groups:

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from npcompile.report.progress import progress
+
 __all__ = ["StableOptions", "median_interval", "ratio_interval", "round_interval", "machine_load", "stable_samples",
            "compare", "summarize", "dispersion_warning"]
 
@@ -125,14 +127,16 @@ def stable_samples(run: Runner, options: StableOptions) -> tuple[list[float], di
     start = time.perf_counter()
     stable = False
     rounds = 0
-    while rounds < options.max_rounds:
-        samples += list(run(options.runs, options.warmup if rounds == 0 else 0))
-        rounds += 1
-        p50 = float(np.median(samples))
-        lo, hi = median_interval(samples, options.confidence)
-        stable = p50 > 0 and (hi - lo) / 2 <= options.precision * p50
-        if rounds >= options.min_rounds and (stable or time.perf_counter() - start > options.max_seconds):
-            break
+    with progress("measuring latency", total=options.max_rounds) as tick:
+        while rounds < options.max_rounds:
+            samples += list(run(options.runs, options.warmup if rounds == 0 else 0))
+            rounds += 1
+            tick(1)
+            p50 = float(np.median(samples))
+            lo, hi = median_interval(samples, options.confidence)
+            stable = p50 > 0 and (hi - lo) / 2 <= options.precision * p50
+            if rounds >= options.min_rounds and (stable or time.perf_counter() - start > options.max_seconds):
+                break
     return samples, {"rounds": rounds, "stable": stable, "seconds": time.perf_counter() - start}
 
 
@@ -148,24 +152,26 @@ def compare(run_before: Runner, run_after: Runner, options: StableOptions) -> di
     stable = False
     speedup = (math.nan, math.nan, math.nan)
     per_round: list[float] = []
-    while rounds < options.max_rounds:
-        warm = options.warmup if rounds == 0 else 0
-        if rounds % 2 == 0:  # A B, then B A: whatever favours the first (or second) of a pair cancels
-            before += list(run_before(options.runs, warm))
-            after += list(run_after(options.runs, warm))
-        else:
-            after += list(run_after(options.runs, warm))
-            before += list(run_before(options.runs, warm))
-        rounds += 1
-        per_round.append(float(np.median(before[-options.runs:]) / np.median(after[-options.runs:])))
-        est, lo, hi = ratio_interval(before, after, options.confidence, seed=rounds)
-        between = round_interval(per_round)
-        if between is not None:  # the wider of the two: drift between rounds counts
-            lo, hi = min(lo, between[0]), max(hi, between[1])
-        speedup = (est, lo, hi)
-        stable = (hi - lo) / 2 <= options.precision * est
-        if rounds >= options.min_rounds and (stable or time.perf_counter() - start > options.max_seconds):
-            break
+    with progress("measuring latency", total=options.max_rounds) as tick:
+        while rounds < options.max_rounds:
+            warm = options.warmup if rounds == 0 else 0
+            if rounds % 2 == 0:  # A B, then B A: whatever favours the first (or second) of a pair cancels
+                before += list(run_before(options.runs, warm))
+                after += list(run_after(options.runs, warm))
+            else:
+                after += list(run_after(options.runs, warm))
+                before += list(run_before(options.runs, warm))
+            rounds += 1
+            tick(1)
+            per_round.append(float(np.median(before[-options.runs:]) / np.median(after[-options.runs:])))
+            est, lo, hi = ratio_interval(before, after, options.confidence, seed=rounds)
+            between = round_interval(per_round)
+            if between is not None:  # the wider of the two: drift between rounds counts
+                lo, hi = min(lo, between[0]), max(hi, between[1])
+            speedup = (est, lo, hi)
+            stable = (hi - lo) / 2 <= options.precision * est
+            if rounds >= options.min_rounds and (stable or time.perf_counter() - start > options.max_seconds):
+                break
     load_end = machine_load()
     load = {**load_end, "load1_start": load_start["load1"],
             "busy": bool(load_start["busy"] or load_end["busy"])}
