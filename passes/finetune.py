@@ -48,7 +48,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -58,6 +57,7 @@ import onnx
 
 from npcompile.errors import UserError
 from npcompile.pipeline import Context, Pass, PassResult, register_pass
+from npcompile.report.progress import enabled as progress_enabled
 from npcompile.runtime.data import Dataset, load_data
 
 __all__ = ["FinetunePass", "OPTIMIZERS", "LOSSES", "SCHEDULES", "auto_epochs"]
@@ -441,8 +441,8 @@ def _check_labels(out: Any, labels: np.ndarray) -> None:
 
 
 def _progress(total: int) -> Any:
-    """A rich progress bar on an interactive stderr, else nothing."""
-    if not sys.stderr.isatty():
+    """A rich progress bar where :func:`npcompile.report.progress.enabled` (a terminal, not --quiet)."""
+    if not progress_enabled():
         return contextlib.nullcontext(None)
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

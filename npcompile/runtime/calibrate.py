@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -34,6 +33,7 @@ from npcompile.channels.analysis import ChannelAnalysis, ChannelDim, Group
 from npcompile.channels.layout import Layout
 from npcompile.errors import UserError
 from npcompile.graph.shapes import input_specs
+from npcompile.report.progress import enabled as progress_enabled
 from npcompile.rules.quant import site_consumer
 from npcompile.runtime.data import Dataset
 
@@ -372,7 +372,7 @@ class Calibrator:
                 exposed.graph.output.append(onnx.ValueInfoProto(name=o))
             self.fetch.extend(extra)
         builder.finish()
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.progress = progress_enabled() if progress is None else progress
         if exposed.ByteSize() < _PROTO_LIMIT:
             self.session = make_session(exposed, threads=threads)
         else:  # a protobuf above 2 GB cannot be serialized: go through a file with external data
