@@ -87,7 +87,7 @@ def test_train_writes_model_and_data(experiment) -> None:
 def test_run_prints_the_table_and_prunes(experiment) -> None:
     out, _, log = experiment
     assert "## Per-layer widths" in log and "## Results" in log
-    for row in ("original", "binary search (tolerance", "uniform magnitude (ratio"):
+    for row in ("original", "binary search (paper, tolerance", "uniform magnitude (ratio"):
         assert row in log
     assert (out / "results.md").read_text() in log
     results = json.loads((out / "results.json").read_text())

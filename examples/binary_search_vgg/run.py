@@ -88,7 +88,7 @@ class Experiment:
             self.say(f"binary search, round {r}/{a.rounds}: tolerance {a.tolerance} points on val.npz")
             base = self.out / "search" / f"round{r}"
             res = self.compile(model, base / "pruned", search="binary", tolerance=a.tolerance,
-                               search_variant="paper", eval=str(self.out / "val.npz"))
+                               search_variant=a.search_variant, eval=str(self.out / "val.npz"))
             pruned = res.model
             acc_pruned = self.test_accuracy(pruned)
             model = self.finetune(pruned, base / "finetuned", a.epochs)
@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny settings for CI (with train.py --quick)")
     ap.add_argument("--tolerance", type=float, default=1.0, help="accuracy points the search may lose on val.npz")
     ap.add_argument("--rounds", type=int, default=2, help="search + fine-tuning rounds")
+    ap.add_argument("--search-variant", default="paper",
+                    help="schedule of the search (paper: the paper's in-order form; share: npcompile's default)")
     ap.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs per round")
     ap.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate")
     ap.add_argument("--optimizer", default="adam", choices=("adam", "sgd"))
@@ -191,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         return [name, f"{stats['params']:,}", f"{100 * pr:.1f} %", f"{stats['flops'] / 1e6:.2f}M", f"{100 * fr:.1f} %",
                 pruned, f"{acc:.2f}", f"{acc - base_acc:+.2f}"]
 
+    label = f"binary search ({args.search_variant}, tolerance {args.tolerance}, {args.rounds} round(s))"
     summary_rows = [row("original", stats0, None),
-                    row(f"binary search (tolerance {args.tolerance}, {args.rounds} round(s))", stats_s, search),
+                    row(label, stats_s, search),
                     row(f"uniform magnitude (ratio {uniform['ratio']})", stats_u, uniform)]
     summary = table(summary_rows, ["model", "params", "params removed", "FLOPs", "FLOPs removed",
                                    "test acc pruned", "test acc fine-tuned", "change (points)"])
