@@ -49,7 +49,9 @@ def test_quick_example(tmp_path: Path) -> None:
     # two maxout steps: k 4 -> 2 in every maxout layer, about half of the parameters
     assert neurons["maxout"] == "k 4->2"
     assert 0.45 < 1 - neurons["params_after"] / neurons["params_before"] < 0.55
-    assert sparse["nonzero_after"] < 0.5 * sparse["params_after"]
+    # global sparsity 0.5 (run.py's default) of the weights: about half of all parameters left non-zero
+    # (biases and norm parameters are not sparsified)
+    assert 0.45 < sparse["nonzero_after"] / sparse["params_after"] < 0.55
     for name in ("neurons", "sparse"):
         rep = json.loads((work / "out" / name / "report.json").read_text())
         assert rep["accuracy"]["metric"] == "verification"
