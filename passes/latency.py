@@ -34,16 +34,6 @@ from npcompile.channels.analysis import Group
 from npcompile.channels.cost import CostModel
 from npcompile.channels.masked import prune_copy
 from npcompile.errors import UserError
-from npcompile.passes.search import (
-    DEFAULT_FRACTIONS,
-    _ensure_scores,
-    _evaluator_for,
-    _loss_curve,
-    lowest_mask,
-    removal_levels,
-    search_groups,
-    sensitivity_table,
-)
 from npcompile.pipeline import Context, Pass, PassResult, register_pass
 from npcompile.report.progress import progress
 from npcompile.runtime.latency_model import (
@@ -55,6 +45,16 @@ from npcompile.runtime.latency_model import (
     width_grid,
 )
 from npcompile.runtime.timing import StableOptions, compare
+from npcompile.search.levels import (
+    DEFAULT_FRACTIONS,
+    ensure_scores,
+    evaluator_for,
+    loss_curve,
+    lowest_mask,
+    removal_levels,
+    search_groups,
+    sensitivity_table,
+)
 
 __all__ = ["LatencyBudgetPass", "CRITERIA", "ort_runner"]
 
@@ -226,14 +226,14 @@ class LatencyBudgetPass(Pass):
         """Importance lost at every candidate width: sensitivity with an evaluator, else the share
         of the group's score mass removed."""
         if self.evaluator is not None:
-            ev = _evaluator_for(ctx, self.evaluator, groups, self.threads, True)
+            ev = evaluator_for(ctx, self.evaluator, groups, self.threads, True)
             baseline = ev({})
             table = sensitivity_table(ctx, ev, groups, DEFAULT_FRACTIONS, 1, self.min_channels, baseline)
             out = {}
             for g, row in zip(groups, table, strict=True):
                 size = g.size // g.blocks
                 pts = [(p["removed"], baseline - p["metric"]) for p in row["points"]]
-                out[g.id] = _loss_curve([size - w for w in steps[g.id]], g.blocks, pts)
+                out[g.id] = loss_curve([size - w for w in steps[g.id]], g.blocks, pts)
             return out, "sensitivity"
         out = {}
         for g in groups:
@@ -246,7 +246,7 @@ class LatencyBudgetPass(Pass):
     def run(self, ctx: Context) -> PassResult:
         from npcompile.runtime.verify import probe_inputs
 
-        _ensure_scores(ctx)
+        ensure_scores(ctx)
         groups = [g for g in search_groups(ctx, self.include, self.exclude) if g.id in ctx.scores]
         feeds = probe_inputs(ctx.model, ctx.probe, batch=None, seed=ctx.seed)
         model, where = self._model(ctx, feeds, groups)
