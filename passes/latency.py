@@ -41,6 +41,7 @@ from npcompile.runtime.latency_model import (
     LatencyModelOptions,
     build_latency_model,
     kept_dims,
+    ort_runner,
     weight_axes,
     width_grid,
 )
@@ -62,16 +63,6 @@ log = logging.getLogger(__name__)
 
 #: how the plan ranks the next step of a group
 CRITERIA = ("per-ms", "importance")
-
-
-def ort_runner(threads: int = 0, provider: str = "CPUExecutionProvider") -> Any:
-    """A runner factory: ``factory(model, feeds)(runs, warmup)`` times an optimized ONNX Runtime session."""
-    from npcompile.runtime.latency_model import _session_runner
-
-    def factory(model: Any, feeds: dict) -> Any:
-        return _session_runner(model, feeds, LatencyModelOptions(threads=threads, provider=provider))
-
-    return factory
 
 
 @register_pass
