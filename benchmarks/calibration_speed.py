@@ -34,7 +34,7 @@ import onnx  # noqa: E402
 
 from npcompile.graph.model_io import load_model  # noqa: E402
 from npcompile.graph.shapes import probe_shapes  # noqa: E402
-from npcompile.passes.activation import tensor_rank  # noqa: E402
+from npcompile.importance.activation import tensor_rank  # noqa: E402
 from npcompile.pipeline import Context  # noqa: E402
 from npcompile.runtime.calibrate import Calibrator, SlotStats, WinCounts, group_inputs, nonnegative  # noqa: E402
 from npcompile.runtime.data import Dataset, load_data  # noqa: E402

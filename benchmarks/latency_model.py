@@ -39,8 +39,8 @@ from npcompile.channels.cost import CostModel  # noqa: E402
 from npcompile.channels.masked import prune_copy  # noqa: E402
 from npcompile.channels.select import select_ratio  # noqa: E402
 from npcompile.graph.shapes import probe_shapes  # noqa: E402
+from npcompile.importance.magnitude import group_magnitude  # noqa: E402
 from npcompile.passes.latency import LatencyBudgetPass  # noqa: E402
-from npcompile.passes.magnitude import group_magnitude  # noqa: E402
 from npcompile.pipeline import Context  # noqa: E402
 from npcompile.runtime.latency_model import kept_dims, weight_axes  # noqa: E402
 from npcompile.runtime.timing import StableOptions, compare, machine_load  # noqa: E402

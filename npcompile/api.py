@@ -211,7 +211,7 @@ class CompileOptions:
         if self.calib_batch_size < 1 or self.maxout_per_unit < 0 or self.maxout_units < 0:
             raise UserError("--calib-batch-size must be >= 1; --maxout-per-unit and --maxout-units >= 0")
         if self.sparsity is not None:
-            from npcompile.passes.sparsity import parse_sparsity
+            from npcompile.graph.weights import parse_sparsity
 
             level = parse_sparsity(self.sparsity)
             if self.sparsity_scope not in ("layer", "global"):
@@ -256,7 +256,7 @@ class CompileOptions:
         """The N:M sparsity pattern asked for, if any."""
         if self.sparsity is None:
             return None
-        from npcompile.passes.sparsity import parse_sparsity
+        from npcompile.graph.weights import parse_sparsity
 
         level = parse_sparsity(self.sparsity)
         return level if isinstance(level, tuple) else None
@@ -317,7 +317,7 @@ def _sparsity_specs(options: CompileOptions) -> list[PassSpec]:
     """Weight sparsity after channel pruning. With ``--sparsity-steps N`` an unstructured level S is
     reached gradually: step i keeps ``(1 - S) ** (i / N)`` of the weights (the same share of the
     remaining ones each step), each step fine-tuned when ``--train`` is given (zeros stay zero)."""
-    from npcompile.passes.sparsity import parse_sparsity
+    from npcompile.graph.weights import parse_sparsity
 
     level = parse_sparsity(str(options.sparsity))
     unstructured = isinstance(level, float)
@@ -609,7 +609,7 @@ def _latency_measure(target: Target, options: CompileOptions) -> Any:
     from npcompile.report.preflight import target_measures
 
     if not target_measures(target):
-        from npcompile.passes.latency import ort_runner
+        from npcompile.runtime.latency_model import ort_runner
 
         return ort_runner(options.threads)
 

@@ -10,50 +10,23 @@ or MatMul that takes the channels, and the input of a maxout over them), pooled 
 tensors (each read tensor counted once). Higher is more important, as for magnitude. Channels
 that are provably zero wherever they are consumed score exactly 0 and every other channel scores
 above 0, so ``--threshold 0`` still removes exactly the dead channels.
+
+The scoring lives in :mod:`npcompile.importance.activation` (:func:`activation_scores`,
+:func:`tensor_rank` and ``CRITERIA``, re-exported here); these passes collect the statistics on
+``calib`` and store the scores in ``ctx.scores``.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-import numpy as np
-
-from npcompile.channels.analysis import ChannelAnalysis, Group
 from npcompile.errors import UserError
+from npcompile.importance.activation import CRITERIA, activation_scores, tensor_rank
 from npcompile.pipeline import Context, Pass, PassResult, register_pass
-from npcompile.runtime.calibrate import Calibrator, SlotStats, check_shapes, group_inputs, nonnegative, slots_to_group
+from npcompile.runtime.calibrate import Calibrator, SlotStats, check_shapes, group_inputs, nonnegative
 from npcompile.runtime.data import Dataset
 
 __all__ = ["ActivationPass", "ApozPass", "MeanAbsPass", "CRITERIA", "activation_scores", "tensor_rank"]
-
-CRITERIA = ("apoz", "mean_abs")
-_TINY = float(np.finfo(np.float64).tiny)
-
-
-def activation_scores(analysis: ChannelAnalysis, groups: list[Group], stats: dict[str, SlotStats],
-                      criterion: str) -> dict[int, np.ndarray]:
-    """Scores per channel of ``groups`` from per-tensor statistics (see the module docstring)."""
-    out: dict[int, np.ndarray] = {}
-    for g in groups:
-        count, zeros, abs_sum = np.zeros(g.size), np.zeros(g.size), np.zeros(g.size)
-        reads = group_inputs(analysis, g)
-        for name, _ in reads:
-            s = stats[name]
-            slots_to_group(analysis, g, s.layout, s.count.astype(np.float64), count)
-            slots_to_group(analysis, g, s.layout, s.zeros.astype(np.float64), zeros)
-            slots_to_group(analysis, g, s.layout, s.abs_sum, abs_sum)
-        if not reads or not (count > 0).all():
-            continue
-        score = 1.0 - zeros / count if criterion == "apoz" else abs_sum / count
-        dead = g.dead if g.dead is not None else np.zeros(g.size, bool)
-        out[g.id] = np.where(dead, 0.0, np.maximum(score, _TINY))
-    return out
-
-
-def tensor_rank(analysis: ChannelAnalysis, name: str) -> int | None:
-    shape = analysis.shapes.get(name)
-    return None if shape is None else len(shape)
-
 
 @register_pass
 class ActivationPass(Pass):

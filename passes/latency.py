@@ -34,16 +34,6 @@ from npcompile.channels.analysis import Group
 from npcompile.channels.cost import CostModel
 from npcompile.channels.masked import prune_copy
 from npcompile.errors import UserError
-from npcompile.passes.search import (
-    DEFAULT_FRACTIONS,
-    _ensure_scores,
-    _evaluator_for,
-    _loss_curve,
-    lowest_mask,
-    removal_levels,
-    search_groups,
-    sensitivity_table,
-)
 from npcompile.pipeline import Context, Pass, PassResult, register_pass
 from npcompile.report.progress import progress
 from npcompile.runtime.latency_model import (
@@ -51,10 +41,21 @@ from npcompile.runtime.latency_model import (
     LatencyModelOptions,
     build_latency_model,
     kept_dims,
+    ort_runner,
     weight_axes,
     width_grid,
 )
 from npcompile.runtime.timing import StableOptions, compare
+from npcompile.search.levels import (
+    DEFAULT_FRACTIONS,
+    ensure_scores,
+    evaluator_for,
+    loss_curve,
+    lowest_mask,
+    removal_levels,
+    search_groups,
+    sensitivity_table,
+)
 
 __all__ = ["LatencyBudgetPass", "CRITERIA", "ort_runner"]
 
@@ -62,16 +63,6 @@ log = logging.getLogger(__name__)
 
 #: how the plan ranks the next step of a group
 CRITERIA = ("per-ms", "importance")
-
-
-def ort_runner(threads: int = 0, provider: str = "CPUExecutionProvider") -> Any:
-    """A runner factory: ``factory(model, feeds)(runs, warmup)`` times an optimized ONNX Runtime session."""
-    from npcompile.runtime.latency_model import _session_runner
-
-    def factory(model: Any, feeds: dict) -> Any:
-        return _session_runner(model, feeds, LatencyModelOptions(threads=threads, provider=provider))
-
-    return factory
 
 
 @register_pass
@@ -226,14 +217,14 @@ class LatencyBudgetPass(Pass):
         """Importance lost at every candidate width: sensitivity with an evaluator, else the share
         of the group's score mass removed."""
         if self.evaluator is not None:
-            ev = _evaluator_for(ctx, self.evaluator, groups, self.threads, True)
+            ev = evaluator_for(ctx, self.evaluator, groups, self.threads, True)
             baseline = ev({})
             table = sensitivity_table(ctx, ev, groups, DEFAULT_FRACTIONS, 1, self.min_channels, baseline)
             out = {}
             for g, row in zip(groups, table, strict=True):
                 size = g.size // g.blocks
                 pts = [(p["removed"], baseline - p["metric"]) for p in row["points"]]
-                out[g.id] = _loss_curve([size - w for w in steps[g.id]], g.blocks, pts)
+                out[g.id] = loss_curve([size - w for w in steps[g.id]], g.blocks, pts)
             return out, "sensitivity"
         out = {}
         for g in groups:
@@ -246,7 +237,7 @@ class LatencyBudgetPass(Pass):
     def run(self, ctx: Context) -> PassResult:
         from npcompile.runtime.verify import probe_inputs
 
-        _ensure_scores(ctx)
+        ensure_scores(ctx)
         groups = [g for g in search_groups(ctx, self.include, self.exclude) if g.id in ctx.scores]
         feeds = probe_inputs(ctx.model, ctx.probe, batch=None, seed=ctx.seed)
         model, where = self._model(ctx, feeds, groups)

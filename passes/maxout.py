@@ -29,6 +29,7 @@ import numpy as np
 
 from npcompile.channels.select import _lowest
 from npcompile.errors import UserError
+from npcompile.importance.activation import activation_scores, tensor_rank
 from npcompile.pipeline import Context, Pass, PassResult, register_pass
 from npcompile.runtime.calibrate import Calibrator, SlotStats, WinCounts, check_shapes, group_inputs, nonnegative
 from npcompile.runtime.data import Dataset
@@ -55,8 +56,6 @@ class MaxoutRelevancePass(Pass):
     def run(self, ctx: Context) -> PassResult:
         if self.calib is None:
             raise UserError("criterion maxout needs calibration data (--calib DATA.npz)")
-        from npcompile.passes.activation import activation_scores, tensor_rank
-
         check_shapes(self.calib, ctx.probe)
         analysis = ctx.analysis
         links = [lk for lk in analysis.links if analysis.group(lk.neurons).prunable

@@ -57,7 +57,7 @@ from npcompile.channels.rewrite import apply_removal
 from npcompile.channels.select import select_ratio
 from npcompile.errors import UserError, VerificationError
 from npcompile.graph.model_io import to_model
-from npcompile.passes.magnitude import group_magnitude
+from npcompile.importance.magnitude import group_magnitude
 from npcompile.pipeline import Context, Pass, PassResult, register_pass
 from npcompile.recovery.reconstruction import (
     ChannelMoments,

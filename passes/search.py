@@ -12,12 +12,13 @@
 
 All three evaluate removals on one masked ONNX Runtime session (:mod:`npcompile.channels.masked`); widths
 move in multiples of ``round_to`` (grouped convolutions lose the same number per block) and never
-go below ``min_channels``.
+go below ``min_channels``. The removal levels, the sensitivity table and the other shared helpers
+are in :mod:`npcompile.search.levels` (re-exported here); the schedules of the binary search in
+:mod:`npcompile.search.variants`.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import heapq
 import logging
 import math
@@ -32,98 +33,34 @@ from npcompile.channels.masked import RemovalEvaluator
 from npcompile.channels.select import name_patterns
 from npcompile.errors import UserError
 from npcompile.execution.bisect import AcceptRate, search_levels
-from npcompile.execution.probes import probe_evaluator
 from npcompile.pipeline import Context, Pass, PassResult, register_pass
-from npcompile.report.progress import enabled as progress_enabled
 from npcompile.report.progress import progress
+from npcompile.search.levels import (
+    DEFAULT_FRACTIONS,
+    check_removal,
+    ensure_scores,
+    evaluator_for,
+    loss_curve,
+    lowest_mask,
+    removal_levels,
+    search_groups,
+    sensitivity_table,
+)
 from npcompile.search.variants import cost_weights, eval_bound, get_variant, visits
 
 __all__ = ["BinarySearchPass", "SensitivityPass", "BudgetPass", "removal_levels", "lowest_mask",
-           "search_groups", "DEFAULT_FRACTIONS", "DEFAULT_VARIANT"]
+           "search_groups", "sensitivity_table", "DEFAULT_FRACTIONS", "DEFAULT_VARIANT"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+# the helpers' names before they moved to npcompile.search.levels
+_ensure_scores, _check_removal, _evaluator_for, _loss_curve = ensure_scores, check_removal, evaluator_for, loss_curve
+
 #: the schedule of ``binary-search`` (``--search-variant``); see :mod:`npcompile.search.variants`
 DEFAULT_VARIANT = "share"  # measured best: benchmarks/README.md, search_variants.py
 
 
-# -- shared helpers ----------------------------------------------------------------------------
-def removal_levels(group: Group, round_to: int = 1, min_channels: int = 1, max_fraction: float = 1.0) -> list[int]:
-    """Allowed numbers of channels to remove *per block*, ascending, starting at 0: the kept width
-    per block is the full width or a multiple of the per-block rounding, at least
-    ``ceil(min_channels / blocks)`` and 1, and at most ``max_fraction`` of the width goes."""
-    blocks = group.blocks
-    size = group.size // blocks
-    if group.kind == "heads":
-        round_to = 1  # whole heads: rounding is for widths, not head counts
-    unit = max(1, round_to // math.gcd(round_to, blocks))
-    min_keep = max(1, math.ceil(min_channels / blocks))
-    most = math.floor(max_fraction * size + 1e-9)
-    keeps = [k for k in range(unit * ((size - 1) // unit), 0, -unit) if k >= min_keep and size - k <= most]
-    return [0] + [size - k for k in keeps]
-
-
-def lowest_mask(group: Group, scores: np.ndarray, per_block: int) -> np.ndarray:
-    """Boolean mask of the ``per_block`` lowest-scored channels of each block (ties: lower index)."""
-    size = group.size // group.blocks
-    mask = np.zeros((group.blocks, size), bool)
-    if per_block > 0:
-        s = np.asarray(scores).reshape(group.blocks, size)
-        for b in range(group.blocks):
-            mask[b, np.lexsort((np.arange(size), s[b]))[:per_block]] = True
-    return mask.ravel()
-
-
-def _matches(group: Group, patterns: list[str]) -> bool:
-    names = [group.name, *group.members]
-    return any(fnmatch.fnmatchcase(n, p) for p in patterns for n in names if n)
-
-
-def search_groups(ctx: Context, include: Sequence[str] | None, exclude: Sequence[str] | None) -> list[Group]:
-    """Prunable groups with scores, in topological order, filtered by fnmatch ``include`` /
-    ``exclude`` patterns on the group name (or the name of any node producing it)."""
-    inc, exc = name_patterns(include), name_patterns(exclude)
-    out = []
-    for g in ctx.analysis.prunable_groups():
-        if g.id not in ctx.scores:
-            continue
-        if inc and not _matches(g, inc):
-            continue
-        if exc and _matches(g, exc):
-            continue
-        out.append(g)
-    return out
-
-
-def _ensure_scores(ctx: Context) -> None:
-    """Rank by L1 magnitude when no analysis pass scored the channels."""
-    if ctx.scores:
-        return
-    from npcompile.passes.magnitude import group_magnitude
-
-    ctx.scores = {g.id: group_magnitude(ctx.analysis, g, 1) for g in ctx.analysis.prunable_groups()}
-    ctx.criterion = ctx.criterion or "magnitude-l1"
-    log.info("no channel scores: ranking by L1 magnitude")
-
-
-def _check_removal(groups: list[Group], scores: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
-    """Half of every group (per block): what the masked model is checked against once."""
-    out = {}
-    for g in groups:
-        half = (g.size // g.blocks) // 2
-        if half:
-            out[g.id] = lowest_mask(g, scores[g.id], half)
-    return out
-
-
-def _evaluator_for(ctx: Context, evaluator: Any, groups: list[Group], threads: int,
-                   check: bool) -> RemovalEvaluator:
-    """Probes of ``groups`` on the context's execution backend (:mod:`npcompile.execution`)."""
-    return probe_evaluator(ctx, evaluator, [g.id for g in groups], threads,
-                           _check_removal(groups, ctx.scores) if check else None)
-
-
+# -- option checks (the shared helpers are in npcompile.search.levels) --------------------------
 def _options_check(round_to: int, min_channels: int) -> None:
     if round_to < 1:
         raise UserError(f"--round-to must be >= 1, got {round_to}")
@@ -185,14 +122,14 @@ class BinarySearchPass(Pass):
         return cost_weights(savings, (float(base.params), float(base.flops)))
 
     def run(self, ctx: Context) -> PassResult:
-        _ensure_scores(ctx)
+        ensure_scores(ctx)
         groups = search_groups(ctx, self.include, self.exclude)
         if not groups:
             ctx.removal = {}
             return PassResult(False, "no prunable groups to search",
                               {"evaluations": 0, "probes": [], "groups": [], "evaluator": _describe(self.evaluator),
                                "variant": self.variant.name})
-        ev = _evaluator_for(ctx, self.evaluator, groups, self.threads, self.check)
+        ev = evaluator_for(ctx, self.evaluator, groups, self.threads, self.check)
         baseline = ev({})
         by_id = {g.id: g for g in groups}
         counts = {g.id: removal_levels(g, self.round_to, self.min_channels) for g in groups}
@@ -201,7 +138,7 @@ class BinarySearchPass(Pass):
         if variant.share or variant.order == "sensitivity":
             weights = self._weights(ctx, groups, counts)
         if variant.order == "sensitivity":
-            half = _check_removal(groups, ctx.scores)
+            half = check_removal(groups, ctx.scores)
             probed = [g.id for g in groups if g.id in half]
             metrics = ev.many([{gid: half[gid]} for gid in probed])
             sensitivity = {g.id: 0.0 for g in groups}
@@ -270,52 +207,11 @@ class BinarySearchPass(Pass):
 
 
 # -- sensitivity -------------------------------------------------------------------------------
-def _fraction_counts(g: Group, fractions: Sequence[float], round_to: int, min_channels: int) -> list[tuple[float, int]]:
-    """(fraction, channels removed per block) for each fraction: the largest allowed removal not
-    above ``floor(fraction * width)`` (as ``--ratio`` rounds)."""
-    levels = removal_levels(g, round_to, min_channels)
-    size = g.size // g.blocks
-    out = []
-    for f in fractions:
-        want = math.floor(f * size + 1e-9)
-        out.append((float(f), max(c for c in levels if c <= want)))
-    return out
-
-
 def _check_fractions(fractions: Sequence[float]) -> tuple[float, ...]:
     fr = tuple(float(f) for f in fractions)
     if not fr or any(not 0.0 < f < 1.0 for f in fr):
         raise UserError(f"sensitivity fractions must lie in (0, 1), got {list(fr)}")
     return tuple(sorted(set(fr)))
-
-
-def sensitivity_table(ctx: Context, ev: RemovalEvaluator, groups: list[Group], fractions: Sequence[float],
-                      round_to: int, min_channels: int, baseline: float) -> list[dict[str, Any]]:
-    """Per group, the metric with each fraction of its lowest-ranked channels removed (others intact)."""
-    levels = {g.id: _fraction_counts(g, fractions, round_to, min_channels) for g in groups}
-    wanted = list(dict.fromkeys((g.id, c) for g in groups for _, c in levels[g.id] if c))
-    by_id = {g.id: g for g in groups}
-    # every group's sweep is independent: all probes at once (on the backend's workers)
-    probes = [{gid: lowest_mask(by_id[gid], ctx.scores[gid], c)} for gid, c in wanted]
-    if progress_enabled():  # in chunks of the backend's width, so that the bar moves
-        step = max(1, int(getattr(ev, "width", 1)))
-        metrics = []
-        with progress("sensitivity", total=len(probes)) as tick:
-            for i in range(0, len(probes), step):
-                metrics += ev.many(probes[i:i + step])
-                tick(len(probes[i:i + step]))
-    else:
-        metrics = ev.many(probes)
-    measured = dict(zip(wanted, metrics, strict=True))
-    table = []
-    for g in groups:
-        points = []
-        for f, per_block in levels[g.id]:
-            metric = measured[(g.id, per_block)] if per_block else baseline
-            points.append({"fraction": f, "removed": per_block * g.blocks, "metric": metric})
-        table.append({"group": g.name, "group_id": g.id, "width": g.size, "points": points})
-        log.debug("sensitivity %s: %s", g.name, [(p["removed"], round(p["metric"], 4)) for p in points])
-    return table
 
 
 @register_pass
@@ -341,14 +237,14 @@ class SensitivityPass(Pass):
         self.include, self.exclude, self.threads, self.check = include, exclude, threads, check
 
     def run(self, ctx: Context) -> PassResult:
-        _ensure_scores(ctx)
+        ensure_scores(ctx)
         groups = search_groups(ctx, self.include, self.exclude)
         if not groups:
             result = PassResult(False, "no prunable groups", {"table": [], "evaluations": 0,
                                                                "evaluator": _describe(self.evaluator)})
             ctx.results[self.name] = result
             return result
-        ev = _evaluator_for(ctx, self.evaluator, groups, self.threads, self.check)
+        ev = evaluator_for(ctx, self.evaluator, groups, self.threads, self.check)
         baseline = ev({})
         table = sensitivity_table(ctx, ev, groups, self.fractions, self.round_to, self.min_channels, baseline)
         summary = f"{len(groups)} groups x {len(self.fractions)} fractions, {ev.evaluations} evaluations"
@@ -360,21 +256,6 @@ class SensitivityPass(Pass):
 
 
 # -- budget ------------------------------------------------------------------------------------
-def _loss_curve(levels: list[int], blocks: int, points: list[tuple[int, float]]) -> list[float]:
-    """Metric loss at each level (per-block count), linear between measured points (total counts)
-    and made non-decreasing; levels past the last measured point are left out."""
-    pts = sorted({0: 0.0, **dict(points)}.items())
-    xs = np.array([p[0] for p in pts], float)
-    ys = np.maximum.accumulate(np.maximum(np.array([p[1] for p in pts], float), 0.0))
-    out = []
-    for c in levels:
-        total = c * blocks
-        if total > xs[-1] + 1e-9:
-            break
-        out.append(float(np.interp(total, xs, ys)))
-    return out
-
-
 @register_pass
 class BudgetPass(Pass):
     """Keep ``target_flops`` and/or ``target_params`` of the model (fractions: 0.5 keeps half) with the
@@ -440,17 +321,17 @@ class BudgetPass(Pass):
         losses = {}
         for g, row in zip(groups, table, strict=True):
             pts = [(p["removed"], baseline - p["metric"]) for p in row["points"]]
-            losses[g.id] = _loss_curve(levels[g.id], g.blocks, pts)
+            losses[g.id] = loss_curve(levels[g.id], g.blocks, pts)
             levels[g.id] = levels[g.id][: len(losses[g.id])]
         return levels, losses, "sensitivity", baseline
 
     def run(self, ctx: Context) -> PassResult:
-        _ensure_scores(ctx)
+        ensure_scores(ctx)
         groups = search_groups(ctx, self.include, self.exclude)
         cm = CostModel(ctx.analysis, ctx.shapes)
         base = cm.base
         goal = {k: None if t is None else t * getattr(base, k) for k, t in self.targets.items()}
-        ev = _evaluator_for(ctx, self.evaluator, groups, self.threads, self.check) \
+        ev = evaluator_for(ctx, self.evaluator, groups, self.threads, self.check) \
             if self.evaluator is not None and groups else None
         levels, losses, guide, baseline = self._losses(ctx, groups, ev)
         by_id = {g.id: g for g in groups}

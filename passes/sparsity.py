@@ -60,7 +60,7 @@ from npcompile.graph.weights import (
     magnitude_keep,
     nm_keep,
     nm_violations,
-    parse_nm,
+    parse_sparsity,
     read_weight,
     weight_slots,
     write_weight,
@@ -75,29 +75,6 @@ log = logging.getLogger(__name__)
 SCOPES = ("layer", "global")
 #: N:M patterns apply to these ops (TensorRT's sparse math covers convolutions and matrix products)
 NM_OPS = ("Conv", "Gemm", "MatMul")
-
-
-def parse_sparsity(value: float | str) -> float | tuple[int, int]:
-    """``0.8``, ``"0.8"`` or ``"80%"`` -> 0.8 (unstructured); ``"2:4"`` -> ``(2, 4)`` (N:M)."""
-    if isinstance(value, str):
-        text = value.strip()
-        nm = parse_nm(text)
-        if ":" in text:
-            if nm is None or not 0 < nm[0] < nm[1] <= 64:
-                raise UserError(f"sparsity pattern must be N:M with 0 < N < M <= 64 (e.g. 2:4), got {value!r}")
-            return nm
-        try:
-            level = float(text[:-1]) / 100.0 if text.endswith("%") else float(text)
-        except ValueError:
-            raise UserError(f"sparsity must be a fraction in [0, 1) or a pattern N:M (e.g. 2:4), "
-                            f"got {value!r}") from None
-    elif isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UserError(f"sparsity must be a fraction in [0, 1) or a pattern N:M, got {value!r}")
-    else:
-        level = float(value)
-    if not 0.0 <= level < 1.0:
-        raise UserError(f"sparsity must be in [0, 1), got {value!r}")
-    return level
 
 
 def _matches(slot: WeightSlot, patterns: list[str]) -> bool:

@@ -15,6 +15,8 @@ so ties go to the lower flat index (within a group of ``m`` for N:M patterns).
   along the input-channel axis, keep the ``n`` largest.
 - :func:`nm_violations` - the groups with more than ``n`` non-zeros (0 for a valid pattern).
 - :func:`zlib_bytes`, :func:`bitmask_bytes` - compressed size figures of weight tensors.
+- :func:`parse_sparsity` (with :func:`parse_nm`) - a sparsity level as the options spell it
+  (``0.8``, ``"80%"``, ``"2:4"``), for the ``sparsity`` pass and ``CompileOptions``.
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from npcompile.errors import UserError
+
 __all__ = ["WEIGHTED_OPS", "WeightSlot", "weight_slots", "read_weight", "write_weight", "magnitude_keep",
-           "global_keep", "nm_keep", "nm_violations", "zlib_bytes", "bitmask_bytes", "parse_nm"]
+           "global_keep", "nm_keep", "nm_violations", "zlib_bytes", "bitmask_bytes", "parse_nm",
+           "parse_sparsity"]
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
@@ -254,6 +259,29 @@ def parse_nm(pattern: str) -> tuple[int, int] | None:
         return int(n), int(m)
     except ValueError:
         return None
+
+
+def parse_sparsity(value: float | str) -> float | tuple[int, int]:
+    """``0.8``, ``"0.8"`` or ``"80%"`` -> 0.8 (unstructured); ``"2:4"`` -> ``(2, 4)`` (N:M)."""
+    if isinstance(value, str):
+        text = value.strip()
+        nm = parse_nm(text)
+        if ":" in text:
+            if nm is None or not 0 < nm[0] < nm[1] <= 64:
+                raise UserError(f"sparsity pattern must be N:M with 0 < N < M <= 64 (e.g. 2:4), got {value!r}")
+            return nm
+        try:
+            level = float(text[:-1]) / 100.0 if text.endswith("%") else float(text)
+        except ValueError:
+            raise UserError(f"sparsity must be a fraction in [0, 1) or a pattern N:M (e.g. 2:4), "
+                            f"got {value!r}") from None
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"sparsity must be a fraction in [0, 1) or a pattern N:M, got {value!r}")
+    else:
+        level = float(value)
+    if not 0.0 <= level < 1.0:
+        raise UserError(f"sparsity must be in [0, 1), got {value!r}")
+    return level
 
 
 def _groups(w: np.ndarray, m: int, axis: int) -> np.ndarray:

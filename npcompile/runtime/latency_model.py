@@ -33,7 +33,7 @@ from onnx import TensorProto, helper
 
 from npcompile.runtime.timing import StableOptions, median_interval, stable_samples
 
-__all__ = ["LatencyModelOptions", "LatencyModel", "width_grid", "build_latency_model"]
+__all__ = ["LatencyModelOptions", "LatencyModel", "width_grid", "build_latency_model", "ort_runner"]
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +214,15 @@ def _session_runner(model: onnx.ModelProto | bytes, feeds: dict[str, np.ndarray]
         return out
 
     return run
+
+
+def ort_runner(threads: int = 0, provider: str = "CPUExecutionProvider") -> Any:
+    """A runner factory: ``factory(model, feeds)(runs, warmup)`` times an optimized ONNX Runtime session."""
+
+    def factory(model: Any, feeds: dict) -> Any:
+        return _session_runner(model, feeds, LatencyModelOptions(threads=threads, provider=provider))
+
+    return factory
 
 
 def time_model(model: onnx.ModelProto | bytes, feeds: dict[str, np.ndarray], options: LatencyModelOptions,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from npcompile.passes.magnitude import group_magnitude
+from npcompile.importance.magnitude import group_magnitude
 from npcompile.pipeline import Context, Pass, PassResult
 
 
