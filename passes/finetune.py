@@ -45,7 +45,6 @@ terminal; otherwise each epoch is logged.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -57,7 +56,7 @@ import onnx
 
 from npcompile.errors import UserError
 from npcompile.pipeline import Context, Pass, PassResult, register_pass
-from npcompile.report.progress import enabled as progress_enabled
+from npcompile.report.progress import progress
 from npcompile.runtime.data import Dataset, load_data
 
 __all__ = ["FinetunePass", "OPTIMIZERS", "LOSSES", "SCHEDULES", "auto_epochs"]
@@ -280,8 +279,7 @@ class FinetunePass(Pass):
         gm.train()
         records: list[dict[str, Any]] = []
         done = 0
-        bar = _progress(total_steps)
-        with bar as progress:
+        with progress("fine-tuning", total=total_steps) as tick:
             epoch = 0
             while done < total_steps:
                 epoch += 1
@@ -325,9 +323,7 @@ class FinetunePass(Pass):
                     seen += b
                     steps += 1
                     done += 1
-                    if progress is not None:
-                        progress.update(progress.task_ids[0], advance=1,
-                                        description=f"fine-tuning epoch {epoch} loss {loss_sum / seen:.4f}")
+                    tick(1, f"epoch {epoch} loss {loss_sum / seen:.4f}")
                 dt = time.perf_counter() - t0
                 rec = {"epoch": epoch, "loss": loss_sum / seen, "accuracy": correct / seen, "samples": seen,
                        "steps": steps, "seconds": dt, "samples_per_s": seen / dt if dt > 0 else float("inf"),
@@ -438,16 +434,3 @@ def _check_labels(out: Any, labels: np.ndarray) -> None:
     lo, hi = int(labels.min()), int(labels.max())
     if lo < 0 or hi >= classes:
         raise UserError(f"training labels range over [{lo}, {hi}] but the model has {classes} classes")
-
-
-def _progress(total: int) -> Any:
-    """A rich progress bar where :func:`npcompile.report.progress.enabled` (a terminal, not --quiet)."""
-    if not progress_enabled():
-        return contextlib.nullcontext(None)
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeRemainingColumn(), console=Console(stderr=True), transient=True)
-    progress.add_task("fine-tuning", total=total)
-    return progress

@@ -8,7 +8,8 @@ accumulator and receives those tensors as extra graph outputs; the built-in ones
 (:class:`WinCounts`, :class:`SlotStats`) also *prepare* per-batch reductions that are appended
 to the graph (ArgMax over each maxout unit, per-row sums of |x| and of non-zeros), so the session
 computes them with its own threads and only small partial results leave it (the activations
-themselves are never copied out). A progress bar is drawn only when stderr is a terminal.
+themselves are never copied out). A progress bar is drawn where :mod:`npcompile.report.progress`
+allows it (a terminal, not --quiet).
 
 :func:`group_inputs` tells which tensors the consumers of a channel group read, the place where
 activation statistics of that group are measured.
@@ -16,6 +17,7 @@ activation statistics of that group are measured.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -34,6 +36,7 @@ from npcompile.channels.layout import Layout
 from npcompile.errors import UserError
 from npcompile.graph.shapes import input_specs
 from npcompile.report.progress import enabled as progress_enabled
+from npcompile.report.progress import progress as progress_bar
 from npcompile.rules.quant import site_consumer
 from npcompile.runtime.data import Dataset
 
@@ -398,7 +401,8 @@ class Calibrator:
         n = len(dataset)
         t0 = time.perf_counter()
         batches = 0
-        bar = _progress(n, dataset.source) if self.progress else None
+        bars = contextlib.ExitStack()
+        tick = bars.enter_context(progress_bar("calibrating", n)) if self.progress else None
 
         def accumulate(values: dict[str, np.ndarray]) -> None:
             for acc, want in zip(accumulators, wants, strict=True):
@@ -423,15 +427,14 @@ class Calibrator:
                 else:
                     pending = pool.submit(accumulate, values)
                 batches += 1
-                if bar is not None:
-                    bar[0].advance(bar[1], len(next(iter(feeds.values()))))
+                if tick is not None:
+                    tick(len(next(iter(feeds.values()))), dataset.source)
             if pending is not None:
                 pending.result()
         finally:
             if pool is not None:
                 pool.shutdown(wait=True)
-            if bar is not None:
-                bar[0].stop()
+            bars.close()
         dt = time.perf_counter() - t0
         log.info("calibrated on %d samples in %d batches (%.2f s)", n, batches, dt)
         return CalibrationRun(n, batches, dt)
@@ -447,17 +450,6 @@ def check_shapes(dataset: Dataset, probe: dict[str, tuple[int, ...]]) -> None:
             raise UserError(f"calibration data: input {name} has shape {list(a.shape)}, the analysis used "
                             f"{['N', *shape[1:]]}; give the data's shape with --input-shape "
                             f"{name}:{'x'.join(map(str, (1, *a.shape[1:])))}")
-
-
-def _progress(total: int, source: str):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn("calibrating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   console=Console(stderr=True), transient=True)
-    task = bar.add_task(source or "data", total=total)
-    bar.start()
-    return bar, task
 
 
 _NONNEG_OPS = {"Relu", "Abs", "Sigmoid", "Softplus", "Exp", "HardSigmoid", "Softmax", "Sqrt"}
