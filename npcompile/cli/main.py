@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
 import traceback
 import warnings
@@ -285,13 +284,10 @@ def inspect_cmd(
     frozen with the reason), attention blocks, and params and FLOPs per layer."""
     from npcompile.api import inspect
     from npcompile.graph.shapes import parse_input_shapes
-    from npcompile.report.graph_view import GRAPH_FORMATS, write_graph
+    from npcompile.report.graph_view import check_graph_path, write_graph
 
-    if graph is not None and graph.suffix.lower() not in GRAPH_FORMATS:
-        raise UserError(f"--graph {graph}: give a file ending in one of {', '.join(GRAPH_FORMATS)}")
-    if graph is not None and graph.suffix.lower() not in (".dot", ".gv") and shutil.which("dot") is None:
-        raise UserError(f"--graph {graph.name} needs Graphviz's dot program (apt-get install graphviz); "
-                        f"or give a .dot file")
+    if graph is not None:
+        check_graph_path(graph)  # before the analysis: a bad path fails at once
     info = inspect(str(model), parse_input_shapes(input_shape), dot=graph is not None)
     dot = info.pop("dot", None)
     if graph is not None:

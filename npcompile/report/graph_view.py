@@ -21,7 +21,7 @@ import onnx
 from npcompile.errors import UserError
 from npcompile.graph.model_io import atomic_write_bytes
 
-__all__ = ["model_summary", "groups_dot", "write_graph", "GRAPH_FORMATS"]
+__all__ = ["model_summary", "groups_dot", "check_graph_path", "write_graph", "GRAPH_FORMATS"]
 
 #: file suffixes :func:`write_graph` accepts (``.dot`` needs nothing; the others need Graphviz)
 GRAPH_FORMATS = (".dot", ".gv", ".svg", ".png", ".pdf")
@@ -114,22 +114,33 @@ def groups_dot(model: onnx.ModelProto, groups: list[dict[str, Any]], max_reason:
     return "\n".join(lines) + "\n"
 
 
-def write_graph(dot: str, path: str | Path) -> Path:
-    """Write ``dot`` to ``path``: as DOT text for ``.dot`` / ``.gv``, rendered by Graphviz's ``dot``
-    for ``.svg`` / ``.png`` / ``.pdf`` (a :class:`UserError` names the install when it is missing)."""
+def check_graph_path(path: str | Path) -> str | None:
+    """Whether ``path`` can take a picture (its suffix, its folder, Graphviz for rendered formats):
+    a :class:`UserError` if not, else the ``dot`` program to render with (``None`` for DOT text)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in GRAPH_FORMATS:
-        raise UserError(f"graph file {path.name}: give one of {', '.join(GRAPH_FORMATS)}")
+        raise UserError(f"graph file {path}: give a file ending in one of {', '.join(GRAPH_FORMATS)}")
     if not path.parent.is_dir():
         raise UserError(f"graph file {path}: folder {path.parent} does not exist")
     if suffix in (".dot", ".gv"):
-        atomic_write_bytes(path, dot.encode())
-        return path
+        return None
     exe = shutil.which("dot")
     if exe is None:
         raise UserError(f"writing {suffix[1:].upper()} needs Graphviz's dot program (apt-get install graphviz); "
                         f"or give a .dot file")
+    return exe
+
+
+def write_graph(dot: str, path: str | Path) -> Path:
+    """Write ``dot`` to ``path``: as DOT text for ``.dot`` / ``.gv``, rendered by Graphviz's ``dot``
+    for ``.svg`` / ``.png`` / ``.pdf`` (checked by :func:`check_graph_path` first)."""
+    path = Path(path)
+    exe = check_graph_path(path)
+    if exe is None:
+        atomic_write_bytes(path, dot.encode())
+        return path
+    suffix = path.suffix.lower()
     r = subprocess.run([exe, f"-T{suffix[1:]}"], input=dot.encode(), capture_output=True, timeout=300)
     if r.returncode != 0:
         raise RuntimeError(f"Graphviz dot failed: {r.stderr.decode(errors='replace').strip()[:500]}")
