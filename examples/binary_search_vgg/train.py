@@ -24,7 +24,6 @@ Requires: torch, onnx, numpy.
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
 import sys
 import time
@@ -39,60 +38,27 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
+# the Fashion-MNIST helpers the examples share (examples/fashion_mnist.py)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fashion_mnist import (  # noqa: E402
+    DATA_DIR,
+    DataMissing,
+    accuracy,
+    balanced_order,
+    data_dir,  # noqa: F401  (the example's test calls train.data_dir())
+    load_fashion_mnist,
+)
+
 SEED = 0
 HERE = Path(__file__).resolve().parent
-DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
-INSTALL = "apt-get install -y dataset-fashion-mnist"
-FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
-CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 #: VGG-16's 13 convolutions ("M": 2x2 max-pool) at a quarter of the original widths (64-128-256-512-512)
 CFG = (16, 16, "M", 32, 32, "M", 64, 64, 64, "M", 128, 128, 128, "M", 128, 128, 128, "M")
-
-
-class DataMissing(RuntimeError):
-    """The Fashion-MNIST files are not there."""
-
-
-def data_dir(path: str | os.PathLike | None = None) -> Path:
-    """The folder holding the Fashion-MNIST idx files (``--data``, ``$FASHION_MNIST_DIR`` or the
-    Debian package's); :class:`DataMissing` naming the install command when a file is missing."""
-    root = Path(path or os.environ.get("FASHION_MNIST_DIR") or DATA_DIR)
-    missing = [f for pair in FILES.values() for f in pair if not (root / f).is_file()]
-    if missing:
-        raise DataMissing(f"Fashion-MNIST not found in {root} (missing {', '.join(missing)}); install it with "
-                          f"`{INSTALL}` (Debian/Ubuntu, as root) or pass --data DIR holding the idx .gz files")
-    return root
-
-
-def load_fashion_mnist(split: str, path: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Images (uint8 [N,28,28]) and labels (int64 [N]) of the ``train`` or ``test`` split."""
-    root = data_dir(path)
-    img_file, lab_file = FILES[split]
-    with gzip.open(root / img_file) as f:
-        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
-    with gzip.open(root / lab_file) as f:
-        labels = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
-    if len(images) != len(labels):
-        raise DataMissing(f"{root}: {len(images)} images but {len(labels)} labels in the {split} split")
-    return images, labels
 
 
 def to_input(images: np.ndarray) -> np.ndarray:
     """uint8 [N,28,28] -> float32 [N,1,32,32] in [0,1] (2 pixels of zero padding on each side)."""
     x = images.astype(np.float32) / 255.0
     return np.pad(x, ((0, 0), (2, 2), (2, 2)))[:, None]
-
-
-def balanced_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """All indices in a random order in which every prefix holds (nearly) as many of each class."""
-    rank = np.empty(len(labels))
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        rank[rng.permutation(idx)] = np.arange(len(idx))
-    return np.lexsort((rng.random(len(labels)), rank))
 
 
 class VGG(nn.Module):
@@ -124,15 +90,6 @@ def shrink_channels(bns: list[nn.BatchNorm2d], step: float) -> None:
             keep = torch.clamp(1 - step / norm.clamp_min(1e-12), min=0)
             bn.weight.mul_(keep)
             bn.bias.mul_(keep)
-
-
-def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 500) -> float:
-    model.eval()
-    hits = 0
-    with torch.no_grad():
-        for i in range(0, len(x), batch):
-            hits += int((model(torch.from_numpy(x[i:i + batch])).argmax(1).numpy() == y[i:i + batch]).sum())
-    return 100.0 * hits / len(x)
 
 
 def main(argv: list[str] | None = None) -> int:

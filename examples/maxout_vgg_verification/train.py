@@ -31,7 +31,6 @@ Requires: torch, onnx, numpy; Fashion-MNIST (apt-get install -y dataset-fashion-
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
 import sys
 import time
@@ -44,10 +43,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
+# the Fashion-MNIST helpers the examples share (examples/fashion_mnist.py)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fashion_mnist import DATA_DIR, DataMissing, load_fashion_mnist  # noqa: E402
+
 SEED = 0
 HERE = Path(__file__).resolve().parent
-DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
-INSTALL = "apt-get install -y dataset-fashion-mnist"
 TRAIN_CLASSES = (0, 1, 2, 3, 5, 7)
 HELD_OUT = (4, 6, 8, 9)
 K = 4
@@ -89,15 +90,6 @@ class MaxoutVGG(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         emb = self.fc(self.features(x))
         return self.head(emb), emb
-
-
-def load_split(split: str, root: Path) -> tuple[np.ndarray, np.ndarray]:
-    """float32 [N,1,28,28] in [0,1] and int64 labels of Fashion-MNIST's ``train`` or ``t10k`` split."""
-    with gzip.open(root / f"{split}-images-idx3-ubyte.gz") as f:
-        x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)
-    with gzip.open(root / f"{split}-labels-idx1-ubyte.gz") as f:
-        y = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
-    return x.astype(np.float32) / 255.0, y
 
 
 def make_pairs(labels: np.ndarray, n_pairs: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -146,16 +138,18 @@ def main(argv: list[str] | None = None) -> int:
         args.epochs, args.train_per_class, args.finetune_per_class = 2, 200, 100
         args.calib_size, args.pairs = 300, 300
     out = args.out or HERE / ("work-quick" if args.quick else "work")
-    if not (args.data / "train-images-idx3-ubyte.gz").is_file():
-        print(f"error: Fashion-MNIST not found in {args.data}; install it with `{INSTALL}` or pass --data DIR",
-              file=sys.stderr)
+    try:
+        xtr_u8, ytr_all = load_fashion_mnist("train", args.data)
+        xte_u8, yte_all = load_fashion_mnist("test", args.data)
+    except DataMissing as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     torch.manual_seed(SEED)
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(SEED)
-    xtr_all, ytr_all = load_split("train", args.data)
-    xte_all, yte_all = load_split("t10k", args.data)
+    # float32 [N,1,28,28] in [0,1]
+    xtr_all, xte_all = ((x.astype(np.float32) / 255.0)[:, None] for x in (xtr_u8, xte_u8))
 
     # training classes: the first --train-per-class images of each (in a seeded order), labels 0..5
     order = rng.permutation(len(ytr_all))

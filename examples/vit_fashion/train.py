@@ -25,7 +25,6 @@ Requires: torch, transformers, onnx, numpy.
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
 import sys
 import time
@@ -41,14 +40,18 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+# the Fashion-MNIST helpers the examples share (examples/fashion_mnist.py)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fashion_mnist import (  # noqa: E402
+    DATA_DIR,
+    DataMissing,
+    accuracy,
+    balanced_order,
+    load_fashion_mnist,
+)
+
 SEED = 0
 HERE = Path(__file__).resolve().parent
-DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
-INSTALL = "apt-get install -y dataset-fashion-mnist"
-FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
 #: the ViT configuration (transformers.ViTConfig keywords)
 CONFIG = {"image_size": 28, "patch_size": 7, "num_channels": 1, "hidden_size": 96, "num_hidden_layers": 4,
           "num_attention_heads": 6, "intermediate_size": 384, "num_labels": 10,
@@ -57,43 +60,9 @@ QUICK_CONFIG = {**CONFIG, "hidden_size": 48, "num_hidden_layers": 2, "num_attent
                 "intermediate_size": 96}
 
 
-class DataMissing(RuntimeError):
-    """The Fashion-MNIST files are not there."""
-
-
-def data_dir(path: str | os.PathLike | None = None) -> Path:
-    """The folder holding the Fashion-MNIST idx files; :class:`DataMissing` naming the install command."""
-    root = Path(path or os.environ.get("FASHION_MNIST_DIR") or DATA_DIR)
-    missing = [f for pair in FILES.values() for f in pair if not (root / f).is_file()]
-    if missing:
-        raise DataMissing(f"Fashion-MNIST not found in {root} (missing {', '.join(missing)}); install it with "
-                          f"`{INSTALL}` (Debian/Ubuntu, as root) or pass --data DIR holding the idx .gz files")
-    return root
-
-
-def load_fashion_mnist(split: str, path: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Images (uint8 [N,28,28]) and labels (int64 [N]) of the ``train`` or ``test`` split."""
-    root = data_dir(path)
-    img_file, lab_file = FILES[split]
-    with gzip.open(root / img_file) as f:
-        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
-    with gzip.open(root / lab_file) as f:
-        labels = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
-    return images, labels
-
-
 def to_input(images: np.ndarray) -> np.ndarray:
     """uint8 [N,28,28] -> float32 [N,1,28,28] in [0,1]."""
     return (images.astype(np.float32) / 255.0)[:, None]
-
-
-def balanced_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """All indices in a random order in which every prefix holds (nearly) as many of each class."""
-    rank = np.empty(len(labels))
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        rank[rng.permutation(idx)] = np.arange(len(idx))
-    return np.lexsort((rng.random(len(labels)), rank))
 
 
 class ViT(nn.Module):
@@ -107,15 +76,6 @@ class ViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=x).logits
-
-
-def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 500) -> float:
-    model.eval()
-    hits = 0
-    with torch.no_grad():
-        for i in range(0, len(x), batch):
-            hits += int((model(torch.from_numpy(x[i:i + batch])).argmax(1).numpy() == y[i:i + batch]).sum())
-    return 100.0 * hits / len(x)
 
 
 def main(argv: list[str] | None = None) -> int:
