@@ -95,21 +95,30 @@ def deit(attn: str = "eager") -> nn.Module:
 
 
 class TorchEncoder(nn.Module):
-    """``nn.TransformerEncoder`` (its fused ``in_proj``) over embedded features, then a classifier."""
+    """``nn.TransformerEncoder`` (its fused ``in_proj``) over embedded features, then a classifier;
+    ``batch_first=False``: the sequence-first layout (the input is still ``(batch, seq, 8)``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, batch_first: bool = True) -> None:
         super().__init__()
+        self.batch_first = batch_first
         self.inp = nn.Linear(8, HIDDEN)
-        layer = nn.TransformerEncoderLayer(HIDDEN, HEADS, INTER, dropout=0.0, batch_first=True)
+        layer = nn.TransformerEncoderLayer(HIDDEN, HEADS, INTER, dropout=0.0, batch_first=batch_first)
         self.enc = nn.TransformerEncoder(layer, LAYERS, enable_nested_tensor=False)
         self.head = nn.Linear(HIDDEN, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.enc(self.inp(x)))
+        h = self.inp(x)
+        if not self.batch_first:
+            return self.head(self.enc(h.transpose(0, 1))).transpose(0, 1)
+        return self.head(self.enc(h))
 
 
 def torch_encoder(attn: str = "eager") -> nn.Module:
     return _randomize(TorchEncoder())
+
+
+def torch_encoder_seq_first(attn: str = "eager") -> nn.Module:
+    return _randomize(TorchEncoder(batch_first=False))
 
 
 #: name -> (builder, example input, input name, dynamic axes of the input)
@@ -120,6 +129,8 @@ HF: dict[str, tuple[Callable[..., nn.Module], Callable[[], torch.Tensor], str, d
     "vit_hf": (vit_hf, lambda: torch.randn(2, 3, 16, 16), "pixel_values", {0: "batch"}),
     "deit": (deit, lambda: torch.randn(2, 3, 16, 16), "pixel_values", {0: "batch"}),
     "torch_encoder": (torch_encoder, lambda: torch.randn(2, 7, 8), "input", {0: "batch", 1: "seq"}),
+    "torch_encoder_seq_first": (torch_encoder_seq_first, lambda: torch.randn(2, 7, 8), "input",
+                                {0: "batch", 1: "seq"}),
 }
 
 

@@ -1,7 +1,8 @@
 """Attention heads, gated MLPs and MLP neurons on transformer graphs built from real model
 definitions (Hugging Face ``transformers`` BERT, GPT-2, Llama with grouped-query attention, ViT,
-DeiT; random weights, nothing downloaded), with both PyTorch exporters and both attention
-implementations (decomposed ``eager`` and ``sdpa``).
+DeiT, and ``torch.nn.TransformerEncoder`` batch- and sequence-first; random weights, nothing
+downloaded), with both PyTorch exporters and both attention implementations (decomposed ``eager``
+and ``sdpa``).
 
 A quarter of the heads of every block (value rows zero) and a quarter of the MLP neurons are planted
 dead: the lossless default removes them with outputs unchanged at another batch size and sequence
@@ -27,8 +28,10 @@ from npcompile.runtime.verify import compare, probe_inputs  # noqa: E402
 from npcompile.testing import plant_dead_channels  # noqa: E402
 
 TEXT = ("bert", "gpt2", "llama")
+TORCH = ("torch_encoder", "torch_encoder_seq_first")  # nn.TransformerEncoder: nn.MultiheadAttention's in_proj
 CASES = [(n, d, a) for n in ("bert", "gpt2", "llama", "vit_hf", "deit") for d in (False, True)
          for a in ("eager", "sdpa") if not (n == "llama" and a == "sdpa" and not d)]  # not exportable
+CASES += [(n, d, "eager") for n in TORCH for d in (False, True)]
 IDS = [f"{n}-{'dynamo' if d else 'legacy'}-{a}" for n, d, a in CASES]
 
 
@@ -47,7 +50,15 @@ def exported(tmp_path_factory):
 
 
 def _shapes(name: str, batch: int = 2, seq: int = 7) -> dict[str, tuple[int, ...]]:
+    if name in TORCH:
+        return {"input": (batch, seq, 8)}
     return {"input_ids": (batch, seq)} if name in TEXT else {}
+
+
+def _other(name: str, dynamo: bool) -> dict[str, tuple[int, ...]]:
+    """Another batch size and sequence length (the legacy exporter bakes nn.MultiheadAttention's
+    sequence length into a Reshape constant: only the batch varies there)."""
+    return _shapes(name, 3, 7 if name in TORCH and not dynamo else 5)
 
 
 def _zeros(model: onnx.ModelProto) -> int:
@@ -76,7 +87,7 @@ def test_dead_heads_and_neurons_removed_losslessly(name, dynamo, attn, exported)
     zeros_before = _zeros(planted) - _zeros(model)
     result = npcompile.compile(planted, target="onnx", input_shapes=shapes)  # the lossless default
     onnx.checker.check_model(result.model, full_check=True)
-    other = probe_shapes(model, _shapes(name, 3, 5))  # another batch size and sequence length
+    other = probe_shapes(model, _other(name, dynamo))  # another batch size and sequence length
     assert compare(planted, result.model, probe_inputs(planted, other, batch=3, seed=11)).max_rel_diff <= 1e-4
     assert zeros_before > 0
     assert _zeros(result.model) - _zeros(model) <= 0.05 * zeros_before
@@ -94,7 +105,7 @@ def test_ratio_removes_heads_and_neurons(name, dynamo, attn, exported) -> None:
     heads = [k for k in removed if k.endswith(":heads")]
     mlp = [k for k in removed if not k.endswith(":heads")]
     assert len(heads) >= hf_zoo.LAYERS and mlp, sorted(removed)  # (with GQA: key/value and query heads)
-    other = probe_shapes(model, _shapes(name, 3, 5))
+    other = probe_shapes(model, _other(name, dynamo))
     assert np.isfinite(compare(model, result.model, probe_inputs(model, other, batch=3, seed=2)).max_abs_diff)
 
 
@@ -109,7 +120,8 @@ def test_head_removal_rewrites_head_counts(exported) -> None:
     assert out_proj and all(inits[n.input[1]].shape[0] == 2 * (hf_zoo.HIDDEN // hf_zoo.HEADS) for n in out_proj)
 
 
-@pytest.mark.parametrize("name,dynamo", [("bert", False), ("llama", False), ("vit_hf", True)])
+@pytest.mark.parametrize("name,dynamo", [("bert", False), ("llama", False), ("vit_hf", True), ("torch_encoder", True),
+                                         ("torch_encoder_seq_first", False)])
 def test_masked_heads_equal_deletion(name, dynamo, exported) -> None:
     """Search probes mask heads on one session: equal to deleting them (key/value heads of
     grouped-query attention mask their query heads' output columns)."""
@@ -129,7 +141,8 @@ def test_masked_heads_equal_deletion(name, dynamo, exported) -> None:
     assert masked.max_rel_diff(removal, probe_inputs(model, probe)) <= 1e-5
 
 
-@pytest.mark.parametrize("name,dynamo", [("vit_hf", False), ("vit_hf", True), ("deit", False)])
+@pytest.mark.parametrize("name,dynamo", [("vit_hf", False), ("vit_hf", True), ("deit", False), ("torch_encoder", False),
+                                         ("torch_encoder_seq_first", True)])
 def test_hidden_width_prunes_the_residual_stream(name, dynamo, exported) -> None:
     """With the prune-hidden pass the residual stream is one group through every block (patch
     embedding, class token, position embeddings, LayerNorms, projections, head): pruned, valid,
@@ -137,7 +150,7 @@ def test_hidden_width_prunes_the_residual_stream(name, dynamo, exported) -> None
     from npcompile.channels.analysis import AnalysisOptions
 
     model = exported(name, dynamo, "eager")
-    probe = probe_shapes(model, {})
+    probe = probe_shapes(model, _shapes(name))
     plain = Context(model, probe).analysis
     assert not any(g.lossy for g in plain.groups)
     ctx = Context(model, probe)
@@ -159,7 +172,7 @@ def test_hidden_width_prunes_the_residual_stream(name, dynamo, exported) -> None
     inits = {t.name: numpy_helper.to_array(t) for t in ctx.model.graph.initializer}
     widths = {v.shape[0] for v in inits.values() if v.ndim == 1 and v.shape[0] in (24, hf_zoo.HIDDEN)}
     assert 24 in widths and hf_zoo.HIDDEN not in widths  # every norm and bias of the stream shrank
-    other = probe_shapes(model, {})
+    other = probe_shapes(model, _other(name, dynamo))
     assert np.isfinite(compare(model, ctx.model, probe_inputs(model, other, batch=3, seed=2)).max_abs_diff)
 
 

@@ -48,6 +48,8 @@ def head_reshape(node: gs.Node, ctx: ChannelAnalysis, x: ChannelDim, s_in: tuple
     cin, cout = _cum(s_in), _cum(s_out)
     starts = [b for b in range(len(s_out)) if cout[b] == cin[a]]
     stops = [c for c in range(len(s_out) + 1) if cout[c] == cin[a + 1]]
+    if not starts and stops:
+        return _merged_head_split(node, ctx, x, s_in, s_out, stops[0])
     if not starts or not stops:
         return False
     b, c = starts[-1], stops[0]
@@ -71,6 +73,39 @@ def head_reshape(node: gs.Node, ctx: ChannelAnalysis, x: ChannelDim, s_in: tuple
         ctx.freeze(units, f"Reshape {node.name}: its head count cannot be rewritten")
     pot = x.pot.reshape(outer, -1, k).sum(axis=(0, 2))
     ctx.set_dim(node.outputs[0], axis, units, pot)
+    return True
+
+
+def _merged_head_split(node: gs.Node, ctx: ChannelAnalysis, x: ChannelDim, s_in: tuple[int, ...],
+                       s_out: tuple[int, ...], c: int) -> bool:
+    """``[.., B, heads * head_dim] -> [.., B * heads, head_dim]``: the channel axis split into heads
+    whose axis is merged, as the inner factor, with the axes before it (``nn.MultiheadAttention``
+    folds heads into the batch: ``(L, B, E) -> (L, B * heads, head_dim)``). The merged axis then
+    holds the heads repeated ``B`` times (``outer``); a later Reshape that splits it again gives a
+    plain head axis. False when the reshape is not of that form."""
+    a = x.axis
+    cin, cout = _cum(s_in), _cum(s_out)
+    m = c - 1  # the head_dim axis
+    if m < 1 or not x.layout.plain:
+        return False
+    k = int(s_out[m])
+    if k < 2 or s_in[a] % k:
+        return False
+    heads = int(s_in[a]) // k
+    befores = [j for j in range(a) if cin[j] == cout[m - 1]]
+    if heads < 2 or cout[m] != cin[a] * heads or not befores:
+        return False
+    outer = cin[a] // cin[befores[-1]]
+    units = ctx.link_blocks(node, x, k, 1, "heads",
+                            f"Reshape {node.name} splits channels that are not one window of one group into heads")
+    if units is None:
+        return True
+    merged = units.repeat(outer=outer)
+    # head_dim never changes, also where it is computed from the hidden width (Div(E, heads))
+    entries = [(m - 1, lambda removed, find: merged.kept_size(removed, find)), (m, lambda removed, find: k)]
+    if not target_fixup(node, ctx, entries, [units], f"head count of {node.name}"):
+        ctx.freeze(units, f"Reshape {node.name}: its head count cannot be rewritten")
+    ctx.set_dim(node.outputs[0], m - 1, merged, x.pot.reshape(heads, k).sum(axis=1))
     return True
 
 

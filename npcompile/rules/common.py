@@ -82,9 +82,10 @@ def target_fixup(node: gs.Node, ctx: ChannelAnalysis, entries: list[tuple[int, C
     at_probe = np.ravel(at_probe)
     wanted = [(axis, compute) for axis, compute in entries
               if not (int(at_probe[axis]) == -1 or (int(at_probe[axis]) == 0 and not allowzero))]
-    if not wanted:
-        return True
     value = ctx.value(target)  # a constant, or computed from static shapes (becomes a constant)
+    keep = [] if value is not None else _keep_entries(ctx, target, at_probe, {axis for axis, _ in entries})
+    if not wanted:
+        return not keep or _override_fixup(node, ctx, index, at_probe, keep, layouts, what)
     writes: list[tuple[int, int, Compute]] = []  # (concat input or -1, position, compute)
     concat = target.inputs[0] if value is None and target.inputs and target.inputs[0].op == "Concat" else None
     if value is not None:
@@ -102,7 +103,9 @@ def target_fixup(node: gs.Node, ctx: ChannelAnalysis, entries: list[tuple[int, C
                 break
             writes.append((hit[0], axis - bounds[hit[0]][0], compute))
     if value is None and not writes:
-        return _override_fixup(node, ctx, index, at_probe, wanted, layouts, what)
+        return _override_fixup(node, ctx, index, at_probe, wanted + keep, layouts, what)
+    if keep:
+        _override_fixup(node, ctx, index, at_probe, keep, layouts, what)
 
     def prepare(removed, find):
         new: dict[int, np.ndarray] = {}
@@ -123,6 +126,19 @@ def target_fixup(node: gs.Node, ctx: ChannelAnalysis, entries: list[tuple[int, C
 
     ctx.add_fixup(layouts, prepare, what or f"target shape of {node.name}")
     return True
+
+
+def _keep_entries(ctx: ChannelAnalysis, target: gs.Tensor, at_probe: np.ndarray,
+                  skip: set[int]) -> list[tuple[int, Compute]]:
+    """Entries of a run-time shape ``target`` (other than ``skip``) computed from a pruned channel
+    axis that must nevertheless keep their value: a head_dim computed as ``hidden // heads``
+    (``nn.MultiheadAttention``) stays the same when the hidden width shrinks."""
+    keep: list[tuple[int, Compute]] = []
+    for axis in range(len(at_probe)):
+        if axis in skip or int(at_probe[axis]) <= 0 or _origin_layout(ctx, target, axis) is None:
+            continue
+        keep.append((axis, lambda removed, find, v=int(at_probe[axis]): v))
+    return keep
 
 
 def _origin_layout(ctx: ChannelAnalysis, target: gs.Tensor, axis: int):

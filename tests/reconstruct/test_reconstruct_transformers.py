@@ -11,9 +11,10 @@ saw: the output is closer to the unpruned model's than with plain deletion; with
 squares fit of its unpruned output on its pruned input; the models pass the full ONNX checker and
 run in ONNX Runtime at another batch size and sequence length.
 
-``nn.TransformerEncoder``'s fused ``in_proj`` splits q/k/v in a way the analysis leaves frozen,
-so only its MLP neurons are removed there (its consumer: ``linear2``); its legacy export fixes the
-sequence length (in the original model too), so only the batch size changes there.
+``nn.TransformerEncoder``'s fused ``in_proj`` is unpacked into q/k/v windows whose heads are folded
+into the batch axis; its heads are removed like the others (consumers: ``out_proj``, a Gemm, and
+``linear2``); its legacy export fixes the sequence length (in the original model too), so only the
+batch size changes there.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ L = range(hf_zoo.LAYERS)
 CONSUMERS = {
     "bert": {f"/model/encoder/layer.{i}/{p}/MatMul" for i in L for p in ("attention/output/dense", "output/dense")},
     "llama": {f"/model/layers.{i}/{p}/MatMul" for i in L for p in ("self_attn/o_proj", "mlp/down_proj")},
-    "torch_encoder": {f"/enc/layers.{i}/linear2/MatMul" for i in L},
+    "torch_encoder": {f"/enc/layers.{i}/{p}" for i in L for p in ("self_attn/Gemm", "linear2/MatMul")},
 }
 #: held-out error with reconstruction at most this share of plain deletion's (Llama, pre-norm with
 #: independent random heads, recovers least: about 1.0 -> 0.87 here; BERT 0.45 -> 0.06)
@@ -47,8 +48,7 @@ GAIN = {"bert": 0.3, "llama": 0.95, "torch_encoder": 0.3}
 UPSTREAM = {
     "bert": {f"/model/encoder/layer.0/attention/self/{p}/MatMul" for p in ("query", "key", "value")},
     "llama": {f"/model/layers.0/self_attn/{p}_proj/MatMul" for p in ("q", "k", "v")},
-    "torch_encoder": {"/inp/MatMul", "/enc/layers.0/self_attn/MatMul", "/enc/layers.0/self_attn/Gemm",
-                      "/enc/layers.0/linear1/MatMul"},
+    "torch_encoder": {"/inp/MatMul", "/enc/layers.0/self_attn/MatMul"},
 }
 
 
