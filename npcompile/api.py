@@ -31,6 +31,7 @@ from npcompile.report.noops import collapse_gate, noop_warnings
 from npcompile.report.outdir import OUTPUT_FILES, publish
 from npcompile.report.plots import render_plots
 from npcompile.report.preflight import preflight
+from npcompile.runtime.data import sample_shapes
 from npcompile.runtime.verify import compare, probe_inputs
 from npcompile.targets import BenchmarkOptions, LatencyStats, Target, get_target
 
@@ -486,7 +487,8 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
     load_info: dict[str, Any] = {}
     original = load_model(model, example_inputs, load_info)
     load_s = time.perf_counter() - t0
-    probe = probe_shapes(original, options.input_shapes, values=options.input_values)
+    probe = probe_shapes(original, options.input_shapes, values=options.input_values,
+                         samples=sample_shapes([options.calib, options.eval, options.train]))
     specs, base, round_to, default_round = resolve_specs(options, target)
     evaluator = _make_evaluator(options, original)
     passes = instantiate(specs, original, base, {"evaluator": evaluator, "measure": _latency_measure(target, options)})

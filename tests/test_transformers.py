@@ -201,3 +201,19 @@ def test_prune_hidden_flag_from_the_cli(exported, tmp_path) -> None:
     r = cli("--prune-hidden", "--target", "onnx", "-o", str(tmp_path / "refused"))
     assert r.returncode == 2 and "--prune-hidden is lossy" in r.stderr
     assert not (tmp_path / "refused").exists()
+
+
+def test_sequence_length_from_the_data(exported, tmp_path) -> None:
+    """A dynamic sequence axis is sized by the data given (no --input-shape needed); without data
+    the error says how to give it."""
+    from npcompile.errors import UserError
+    from npcompile.runtime.data import sample_shapes
+
+    model = exported("torch_encoder", True, "eager")
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input=np.random.default_rng(0).normal(size=(16, 6, 8)).astype(np.float32))
+    assert sample_shapes([None, calib]) == {"input": (16, 6, 8)}
+    result = npcompile.compile(model, criterion="mean-abs", ratio=0.3, calib=str(calib), target="onnx")
+    assert result.report["plan"][0] and any(k.endswith(":heads") for k in result.report["plan"][0])
+    with pytest.raises(UserError, match="dynamic dimension 1.*--input-shape"):
+        npcompile.compile(model, ratio=0.3, target="onnx")

@@ -77,11 +77,14 @@ class Probe(dict):
 
 
 def probe_shapes(model: onnx.ModelProto, overrides: dict[str, tuple[int, ...]] | None = None,
-                 batch: int = 1, values: dict[str, np.ndarray] | None = None) -> Probe:
+                 batch: int = 1, values: dict[str, np.ndarray] | None = None,
+                 samples: dict[str, tuple[int, ...]] | None = None) -> Probe:
     """A concrete shape for every model input: fixed dims as they are, a dynamic first dim set to
     ``batch``; other dynamic dims must come from ``overrides`` (which may fix any axis of any
-    input, batch included). ``values`` fixes inputs' values (their shapes follow them). An
-    integer scalar input (it may select behaviour) needs a value."""
+    input, batch included) or from ``samples`` (the shapes of the user's data arrays, which size
+    the dynamic axes after the first where their rank matches). ``values`` fixes inputs' values
+    (their shapes follow them). An integer scalar input (it may select behaviour) needs a value."""
+    samples = dict(samples or {})
     overrides = dict(overrides or {})
     values = {k: np.asarray(v) for k, v in (values or {}).items()}
     specs = input_specs(model)
@@ -117,10 +120,12 @@ def probe_shapes(model: onnx.ModelProto, overrides: dict[str, tuple[int, ...]] |
                 dims.append(int(d.dim_value))
             elif i == 0:
                 dims.append(batch)
+            elif spec.name in samples and len(samples[spec.name]) == len(shape_dims):
+                dims.append(samples[spec.name][i])
             else:
                 raise UserError(f"input {spec.name} has a dynamic dimension {i} "
                                 f"({d.dim_param or '?'}); give its size with --input-shape "
-                                f"{spec.name}:...")
+                                f"{spec.name}:... (or data with --calib/--eval/--train)")
         out[spec.name] = tuple(dims)
     return out
 

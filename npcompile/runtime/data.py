@@ -131,3 +131,28 @@ def load_data(path: str | os.PathLike, model: onnx.ModelProto, labels: str = "op
         elif labels == "required":
             raise UserError(f"{what} file {p} has no 'labels' array")
     return Dataset(inputs, y, str(p))
+
+
+def sample_shapes(paths: list[object]) -> dict[str, tuple[int, ...]]:
+    """The shape of every array in the first of ``paths`` (``.npz`` files; missing or unreadable
+    ones are skipped: :func:`load_data` reports them) that holds it, read from the array headers
+    only. Gives the probe the sizes of dynamic axes (a sequence length) the data already fixes."""
+    out: dict[str, tuple[int, ...]] = {}
+    for path in paths:
+        if not isinstance(path, (str, os.PathLike)) or not Path(path).is_file():
+            continue
+        try:
+            with zipfile.ZipFile(path) as z:
+                for info in z.infolist():
+                    name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                    if name in out:
+                        continue
+                    with z.open(info) as f:
+                        version = np.lib.format.read_magic(f)
+                        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                            np.lib.format.read_array_header_2_0
+                        shape, _, _ = read(f)
+                    out[name] = tuple(int(s) for s in shape)
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+            continue
+    return out
