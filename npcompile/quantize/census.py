@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 from collections import Counter
 from typing import Any
 
@@ -22,6 +21,7 @@ import onnx
 from onnx import numpy_helper
 
 from npcompile.errors import UserError
+from npcompile.graph.names import first_match
 
 __all__ = ["node_census", "check_scales", "sizes", "excluded_nodes", "QUANT_OPS"]
 
@@ -67,10 +67,9 @@ def excluded_nodes(model: onnx.ModelProto, patterns: list[str] | tuple[str, ...]
     """Node name -> the first pattern (fnmatch, case-sensitive) it matches."""
     out: dict[str, str] = {}
     for n in model.graph.node:
-        for p in patterns:
-            if n.name and fnmatch.fnmatchcase(n.name, p):
-                out[n.name] = p
-                break
+        p = first_match(n.name, patterns)
+        if p is not None:
+            out[n.name] = p
     return out
 
 
