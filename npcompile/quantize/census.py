@@ -22,12 +22,13 @@ from onnx import numpy_helper
 
 from npcompile.errors import UserError
 from npcompile.graph.names import first_match
+from npcompile.graph.weighted_ops import WEIGHTED_OPS
 
 __all__ = ["node_census", "check_scales", "sizes", "excluded_nodes", "QUANT_OPS"]
 
 _FLOAT = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 #: ops that take a weight as input 1 (quantized only when that weight is too)
-_WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+_WEIGHTED = set(WEIGHTED_OPS)
 #: integer and quantization ops the tools insert
 QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
              "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLSTM",

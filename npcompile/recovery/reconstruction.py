@@ -36,6 +36,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from npcompile.channels.analysis import ChannelAnalysis, Group, Site
+from npcompile.graph.weighted_ops import REFIT_OPS
 from npcompile.runtime.data import Dataset
 
 __all__ = ["Layer", "LayerStats", "MeanStats", "ChannelMoments", "layer_from_node", "removal_layers",
@@ -44,8 +45,8 @@ __all__ = ["Layer", "LayerStats", "MeanStats", "ChannelMoments", "layer_from_nod
 
 log = logging.getLogger(__name__)
 
-#: ops whose weights can be refit
-LAYER_OPS = ("Conv", "Gemm", "MatMul")
+#: ops whose weights can be refit (the weighted ops but ConvTranspose)
+LAYER_OPS = REFIT_OPS
 
 
 def blas_threads(n: int = 1) -> contextlib.AbstractContextManager:
