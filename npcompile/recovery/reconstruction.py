@@ -38,6 +38,7 @@ import onnx_graphsurgeon as gs
 from npcompile.channels.analysis import ChannelAnalysis, Group, Site
 from npcompile.graph.weighted_ops import REFIT_OPS
 from npcompile.runtime.data import Dataset
+from npcompile.runtime.stream import TensorStream, batches
 
 __all__ = ["Layer", "LayerStats", "MeanStats", "ChannelMoments", "layer_from_node", "removal_layers",
            "downstream_layers", "layer_levels", "stream", "solve", "errors", "greedy_removal",
@@ -518,24 +519,13 @@ def stream(dataset: Dataset, batch_size: int, sessions: Sequence[tuple[Any, Sequ
     :class:`~npcompile.runtime.calibrate.Calibrator` exposing them) and call ``fn(first, values)`` with
     the index of the batch's first sample and one dict of tensors per session. Only one batch of
     activations is held at a time. Returns (samples, seconds spent in each session)."""
+    streams = [TensorStream(cal.session, cal.inputs) for cal, _ in sessions]
     first = 0
-    spent = [0.0] * len(sessions)
-    for feeds, _ in dataset.batches(batch_size):
-        values = []
-        for i, (cal, names) in enumerate(sessions):
-            fetch = [t for t in dict.fromkeys(names) if t not in cal.inputs]
-            f = {k: feeds[k] for k in cal.inputs}
-            t0 = time.perf_counter()
-            got = dict(zip(fetch, cal.session.run(fetch, f), strict=True)) if fetch else {}
-            spent[i] += time.perf_counter() - t0
-            for t in names:
-                if t in cal.inputs:
-                    got[t] = feeds[t]
-            values.append(got)
-        n = len(next(iter(feeds.values())))
-        fn(first, values)
-        first += n
-    return first, spent
+    for batch in batches(dataset, batch_size):
+        values = [ts.run(names, batch.feeds) for ts, (_, names) in zip(streams, sessions, strict=True)]
+        fn(batch.first, values)
+        first += batch.size
+    return first, [ts.seconds for ts in streams]
 
 
 # ---------------------------------------------------------------------------------------------
