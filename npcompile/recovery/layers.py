@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from npcompile.graph.weighted_ops import REFIT_OPS
+from npcompile.graph.weighted_ops import REFIT_OPS, WEIGHTED
 
-__all__ = ["LAYER_OPS", "Layer", "layer_from_node", "sample_positions", "conv_patches", "conv_column_sums"]
+__all__ = ["LAYER_OPS", "Layer", "layer_from_node", "bias_input", "set_bias_input", "sample_positions", "conv_patches",
+           "conv_column_sums"]
 
 
 #: ops whose weights can be refit (the weighted ops but ConvTranspose)
@@ -207,6 +208,22 @@ def conv_column_sums(x: np.ndarray, layer: Layer, channels: np.ndarray, out_sp: 
     return out
 
 
+def bias_input(node: gs.Node) -> gs.Tensor | None:
+    """The bias input of weighted ``node`` (Gemm's ``C``; the slot from the weighted-ops table),
+    ``None`` when it has none."""
+    slot = WEIGHTED[node.op].bias
+    return node.inputs[slot] if slot is not None and len(node.inputs) > slot else None
+
+
+def set_bias_input(node: gs.Node, const: gs.Constant) -> None:
+    """Make ``const`` the bias input of weighted ``node``, in its slot (appended when missing)."""
+    slot = WEIGHTED[node.op].bias
+    if len(node.inputs) > slot:
+        node.inputs[slot] = const
+    else:
+        node.inputs.append(const)
+
+
 def layer_from_node(node: gs.Node, in_keep: np.ndarray | None, out_keep: np.ndarray | None,
                     shapes: dict[str, tuple[int, ...]]) -> Layer:
     """A :class:`Layer` of ``node`` (reference values copied); ``skip`` says why one cannot be
@@ -233,7 +250,7 @@ def layer_from_node(node: gs.Node, in_keep: np.ndarray | None, out_keep: np.ndar
         if isinstance(kw["auto_pad"], bytes):
             kw["auto_pad"] = kw["auto_pad"].decode()
         n_out, n_in = w.shape[0], w.shape[1] * groups
-        b = node.inputs[2] if len(node.inputs) > 2 else None
+        b = bias_input(node)
         if b is not None and b.name and not isinstance(b, gs.Constant):
             skip = skip or f"{name} has a non-constant bias"
         bias = np.asarray(b.values, np.float64).reshape(-1) if isinstance(b, gs.Constant) else np.zeros(n_out)
@@ -242,7 +259,7 @@ def layer_from_node(node: gs.Node, in_keep: np.ndarray | None, out_keep: np.ndar
         alpha, beta = float(node.attrs.get("alpha", 1.0)), float(node.attrs.get("beta", 1.0))
         kw = {"trans_b": trans_b, "alpha": alpha}
         n_in, n_out = (w.shape[1], w.shape[0]) if trans_b else w.shape
-        c = node.inputs[2] if len(node.inputs) > 2 else None
+        c = bias_input(node)
         bias = np.zeros(n_out)
         if c is not None and c.name:
             if not isinstance(c, gs.Constant):

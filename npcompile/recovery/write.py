@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from npcompile.recovery.layers import Layer
+from npcompile.recovery.layers import Layer, set_bias_input
 
 __all__ = ["Names", "write_layer", "bn_nodes"]
 
@@ -66,17 +66,9 @@ def _write_bias(graph: gs.Graph, layer: Layer, beta: np.ndarray, names: Callable
     kept_bias = layer.bias[layer.out_keep]
     if layer.op == "Conv":
         b = (kept_bias + shift).astype(dtype)
-        const = gs.Constant(names(f"{layer.name}_bias"), b)
-        if len(node.inputs) > 2:
-            node.inputs[2] = const
-        else:
-            node.inputs.append(const)
+        set_bias_input(node, gs.Constant(names(f"{layer.name}_bias"), b))
     elif layer.op == "Gemm":
-        const = gs.Constant(names(f"{layer.name}_C"), (kept_bias + shift).astype(dtype))
-        if len(node.inputs) > 2:
-            node.inputs[2] = const
-        else:
-            node.inputs.append(const)
+        set_bias_input(node, gs.Constant(names(f"{layer.name}_C"), (kept_bias + shift).astype(dtype)))
         node.attrs["beta"] = 1.0
     else:
         _matmul_bias(graph, layer, shift.astype(dtype), names)
