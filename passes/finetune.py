@@ -58,6 +58,7 @@ from npcompile.errors import UserError
 from npcompile.pipeline import Context, Pass, PassResult, register_pass
 from npcompile.report.progress import progress
 from npcompile.runtime.data import Dataset, load_data
+from npcompile.runtime.stream import batches, fetch
 
 __all__ = ["FinetunePass", "OPTIMIZERS", "LOSSES", "SCHEDULES", "auto_epochs"]
 
@@ -392,13 +393,16 @@ class _Teacher:
         self.session = make_session(model, threads=threads)
         first = self._run(np.arange(min(1, len(data))))
         if first.nbytes * len(data) <= TEACHER_CACHE_BYTES:
-            self.all = np.concatenate([self._run(np.arange(i, min(i + self.BATCH, len(data))))
-                                       for i in range(0, len(data), self.BATCH)])
+            self.all = np.concatenate([self._scores(b.feeds)
+                                       for b in batches(Dataset(self.inputs), self.BATCH, contiguous=True)])
             ctx.cache[key] = self.all
             self.session = None
 
     def _run(self, idx: np.ndarray) -> np.ndarray:
-        out = self.session.run([self.output], {k: np.ascontiguousarray(v[idx]) for k, v in self.inputs.items()})[0]
+        return self._scores({k: np.ascontiguousarray(v[idx]) for k, v in self.inputs.items()})
+
+    def _scores(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        out = fetch(self.session, [self.output], feeds)[self.output]
         out = out.astype(np.float32, copy=False)
         if self.producer == "Softmax":
             out = np.log(np.maximum(out, np.finfo(np.float32).tiny))

@@ -27,7 +27,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from npcompile.channels.select import _lowest
+from npcompile.channels.select import lowest, lowest_per_block
 from npcompile.errors import UserError
 from npcompile.importance.activation import activation_scores, tensor_rank
 from npcompile.pipeline import Context, Pass, PassResult, register_pass
@@ -121,8 +121,7 @@ class MaxoutSelectPass(Pass):
                     notes.append(f"{neurons.name}: neurons also fall into {neurons.blocks} blocks; skipped")
                 else:
                     n = min(self.per_unit, lk.k - 1)
-                    s = ctx.scores[neurons.id].reshape(lk.n_units, lk.k)
-                    mask = np.concatenate([_lowest(row, n) for row in s])
+                    mask = lowest_per_block(ctx.scores[neurons.id], lk.n_units, n)
                     if mask.any():
                         removal[neurons.id] = mask | removal.get(neurons.id, False)
             if self.units and units.prunable:
@@ -130,7 +129,7 @@ class MaxoutSelectPass(Pass):
                     raise UserError("maxout-select: removing whole units needs unit scores; run the maxout "
                                     "analysis with units=True")
                 m = min(self.units, lk.n_units - 1)
-                mask = _lowest(ctx.scores[units.id], m)
+                mask = lowest(ctx.scores[units.id], m)
                 if mask.any():
                     removal[units.id] = mask | removal.get(units.id, False)
         ctx.removal = analysis.close_removal(removal)

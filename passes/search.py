@@ -30,9 +30,9 @@ import numpy as np
 from npcompile.channels.analysis import Group
 from npcompile.channels.cost import Cost, CostModel
 from npcompile.channels.masked import RemovalEvaluator
-from npcompile.channels.select import name_patterns
 from npcompile.errors import UserError
 from npcompile.execution.bisect import AcceptRate, search_levels
+from npcompile.graph.names import name_patterns
 from npcompile.pipeline import Context, Pass, PassResult, register_pass
 from npcompile.report.progress import progress
 from npcompile.search.levels import (

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import fnmatch
 from typing import Any
 
 import numpy as np
 
-from npcompile.channels.select import name_patterns, select_ratio, select_threshold
+from npcompile.channels.select import select_ratio, select_threshold
 from npcompile.errors import UserError
+from npcompile.graph.names import matches, name_patterns
 from npcompile.pipeline import Context, Pass, PassResult, register_pass
 
 __all__ = ["SelectPass", "DeadChannelsPass"]
@@ -50,8 +50,9 @@ class SelectPass(Pass):
 
     def _wanted(self, group: Any) -> bool:
         names = [group.name, *group.members]
-        hit = lambda pats: any(fnmatch.fnmatchcase(n, p) for p in pats for n in names if n)  # noqa: E731
-        return (not self.include or hit(self.include)) and not (self.exclude and hit(self.exclude))
+        if self.include and not matches(names, self.include):
+            return False
+        return not (self.exclude and matches(names, self.exclude))
 
 
 @register_pass

@@ -43,7 +43,6 @@ Fine-tuning afterwards keeps the zeros (``finetune`` holds zero weights at zero 
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -51,8 +50,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from npcompile.channels.select import name_patterns
 from npcompile.errors import UserError
+from npcompile.graph.names import matches, name_patterns
 from npcompile.graph.weights import (
     WeightSlot,
     bitmask_bytes,
@@ -78,7 +77,7 @@ NM_OPS = ("Conv", "Gemm", "MatMul")
 
 
 def _matches(slot: WeightSlot, patterns: list[str]) -> bool:
-    return any(fnmatch.fnmatchcase(n, p) for p in patterns for n in (*slot.nodes, slot.tensor) if n)
+    return matches((*slot.nodes, slot.tensor), patterns)
 
 
 @register_pass

@@ -21,14 +21,12 @@ import onnx_graphsurgeon as gs
 
 from npcompile.channels.analysis import ChannelAnalysis
 from npcompile.channels.layout import Layout
+from npcompile.graph.weighted_ops import WEIGHTED
 from npcompile.rules.quant import is_parameter, weight_constant
 
 __all__ = ["Cost", "CostModel", "group_costs", "node_macs"]
 
 log = logging.getLogger(__name__)
-
-_WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-
 
 @dataclass(frozen=True)
 class Cost:
@@ -49,23 +47,14 @@ def _shape(t: gs.Tensor, shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, ..
 def node_macs(node: gs.Node, shapes: Mapping[str, tuple[int, ...]]) -> int | None:
     """Multiply-accumulates of a weighted node at batch 1 (as :mod:`npcompile.graph.stats` counts them),
     or ``None`` when its shapes are unknown."""
-    if node.op not in _WEIGHTED or len(node.inputs) < 2 or not node.outputs:
+    if node.op not in WEIGHTED or len(node.inputs) < 2 or not node.outputs:
         return None
     out = _shape(node.outputs[0], shapes)
     w = _shape(node.inputs[1], shapes)
     if out is None or w is None:
         return None
-    batch = out[0] if out and out[0] > 0 else 1
-    out_elems = math.prod(out) // max(batch, 1) if node.op != "MatMul" or len(out) > 1 else math.prod(out)
-    if node.op == "Conv":
-        return out_elems * math.prod(w[1:])
-    if node.op == "ConvTranspose":
-        x = _shape(node.inputs[0], shapes)
-        return (math.prod(x[1:]) if x else 0) * math.prod(w[1:])
-    if node.op == "Gemm":
-        trans_b = int(node.attrs.get("transB", 0))
-        return out_elems * (w[1] if trans_b else w[0])
-    return out_elems * w[-2]
+    trans_b = bool(int(node.attrs.get("transB", 0))) if node.op == "Gemm" else False
+    return WEIGHTED[node.op].macs(out, w, _shape(node.inputs[0], shapes), trans_b)
 
 
 @dataclass

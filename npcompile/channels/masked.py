@@ -30,6 +30,7 @@ import onnx_graphsurgeon as gs
 from npcompile.channels.analysis import ChannelAnalysis, Site
 from npcompile.channels.layout import Layout
 from npcompile.graph.model_io import to_model
+from npcompile.graph.weighted_ops import WEIGHTED_OPS
 from npcompile.rules.quant import site_consumer, site_values
 
 __all__ = ["MaskedModel", "MaskedRunner", "MaskInput", "RemovalEvaluator", "prune_copy", "CONSUMER_OPS", "NotMaskable"]
@@ -37,7 +38,7 @@ __all__ = ["MaskedModel", "MaskedRunner", "MaskInput", "RemovalEvaluator", "prun
 log = logging.getLogger(__name__)
 
 #: ops whose ``in`` sites read the group's channels on data input 0
-CONSUMER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+CONSUMER_OPS = WEIGHTED_OPS
 
 
 class NotMaskable(ValueError):

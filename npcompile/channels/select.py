@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import numpy as np
 
 from npcompile.channels.analysis import Group
 from npcompile.errors import UserError
+from npcompile.graph.names import name_patterns  # noqa: F401 - re-exported (its old home)
 
-__all__ = ["select_ratio", "select_threshold", "rounded_keep", "name_patterns"]
-
-
-def name_patterns(value: str | Sequence[str] | None) -> list[str]:
-    """fnmatch patterns given as a list or a comma-separated string (include/exclude options)."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [p.strip() for p in value.split(",") if p.strip()]
-    return [str(p) for p in value]
+__all__ = ["select_ratio", "select_threshold", "rounded_keep", "name_patterns", "lowest", "lowest_per_block"]
 
 
 def rounded_keep(n: int, keep: int, round_to: int, min_channels: int = 1) -> int:
@@ -30,7 +21,9 @@ def rounded_keep(n: int, keep: int, round_to: int, min_channels: int = 1) -> int
     return min(n, keep)
 
 
-def _lowest(scores: np.ndarray, count: int, candidates: np.ndarray | None = None) -> np.ndarray:
+def lowest(scores: np.ndarray, count: int, candidates: np.ndarray | None = None) -> np.ndarray:
+    """Boolean mask of the ``count`` lowest of ``scores`` (ties: the lower index first), among
+    ``candidates`` (a boolean mask) when given."""
     mask = np.zeros(scores.shape[0], bool)
     if count <= 0:
         return mask
@@ -41,14 +34,25 @@ def _lowest(scores: np.ndarray, count: int, candidates: np.ndarray | None = None
     return mask
 
 
+_lowest = lowest  # the old private name
+
+
+def lowest_per_block(scores: np.ndarray, blocks: int, count: int,
+                     candidates: np.ndarray | None = None) -> np.ndarray:
+    """Boolean mask of the ``count`` lowest of ``scores`` in each of ``blocks`` equal consecutive
+    blocks (see :func:`lowest`; ``candidates`` per channel, like ``scores``)."""
+    scores = np.asarray(scores).reshape(-1)
+    size = scores.shape[0] // blocks
+    parts = [lowest(scores[b * size:(b + 1) * size], count,
+                    None if candidates is None else candidates[b * size:(b + 1) * size])
+             for b in range(blocks)]
+    return np.concatenate(parts)
+
+
 def _per_block(g: Group, scores: np.ndarray, remove_per_block: int,
                candidates: np.ndarray | None = None) -> np.ndarray:
     """Remove ``remove_per_block`` lowest-scored channels in each of the group's blocks."""
-    size = g.size // g.blocks
-    parts = [_lowest(scores[b * size:(b + 1) * size], remove_per_block,
-                     None if candidates is None else candidates[b * size:(b + 1) * size])
-             for b in range(g.blocks)]
-    return np.concatenate(parts)
+    return lowest_per_block(scores, g.blocks, remove_per_block, candidates)
 
 
 def _block_round(round_to: int, blocks: int) -> int:
@@ -73,10 +77,10 @@ def select_ratio(groups: list[Group], scores: dict[int, np.ndarray], ratio: floa
                                 math.ceil(min_channels / g.blocks))
             mask = _per_block(g, scores[g.id], size - keep)
         elif g.kind == "heads":  # whole heads: the nearest count, never all, no width rounding
-            mask = _lowest(scores[g.id], min(g.size - 1, math.floor(ratio * g.size + 0.5)))
+            mask = lowest(scores[g.id], min(g.size - 1, math.floor(ratio * g.size + 0.5)))
         else:
             keep = rounded_keep(g.size, g.size - math.floor(ratio * g.size), round_to, min_channels)
-            mask = _lowest(scores[g.id], g.size - keep)
+            mask = lowest(scores[g.id], g.size - keep)
         if mask.any():
             out[g.id] = mask
     return out
@@ -103,7 +107,7 @@ def select_threshold(groups: list[Group], scores: dict[int, np.ndarray], thresho
         else:
             keep = rounded_keep(g.size, g.size - int(cand.sum()), 1 if g.kind == "heads" else round_to,
                                 min_channels)
-            mask = _lowest(s, g.size - keep, cand)
+            mask = lowest(s, g.size - keep, cand)
         if mask.any():
             out[g.id] = mask
     return out

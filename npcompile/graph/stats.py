@@ -10,11 +10,9 @@ import onnx
 from onnx import numpy_helper
 
 from npcompile.graph.shapes import bodies, static_shapes
+from npcompile.graph.weighted_ops import WEIGHTED
 
 __all__ = ["LayerInfo", "ModelStats", "model_stats"]
-
-_WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-
 
 @dataclass
 class LayerInfo:
@@ -120,29 +118,17 @@ def model_stats(model: onnx.ModelProto, probe: dict[str, tuple[int, ...]],
     layers: list[LayerInfo] = []
     inner_shapes = {name: tuple(t.dims) for name, t in inner}
     for node in _nodes_recursive(model.graph):  # both branches of an If are counted
-        if node.op_type not in _WEIGHTED or len(node.input) < 2:
+        if node.op_type not in WEIGHTED or len(node.input) < 2:
             continue
         out = shapes.get(node.output[0])
         w = shapes.get(node.input[1]) or inner_shapes.get(node.input[1])
         if out is None or w is None:
             continue
-        batch = out[0] if out and out[0] > 0 else 1
-        out_elems = math.prod(out) // max(batch, 1) if node.op_type != "MatMul" or len(out) > 1 else math.prod(out)
+        entry = WEIGHTED[node.op_type]
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        if node.op_type == "Conv":
-            macs = out_elems * math.prod(w[1:])
-            cin, cout = w[1] * group, w[0]
-        elif node.op_type == "ConvTranspose":
-            x = shapes.get(node.input[0])
-            macs = (math.prod(x[1:]) if x else 0) * math.prod(w[1:])
-            cin, cout = w[0], w[1] * group
-        elif node.op_type == "Gemm":
-            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-            cin, cout = (w[1], w[0]) if trans_b else (w[0], w[1])
-            macs = out_elems * cin
-        else:
-            cin, cout = w[-2], w[-1]
-            macs = out_elems * cin
+        trans_b = bool(next((a.i for a in node.attribute if a.name == "transB"), 0))
+        macs = entry.macs(out, w, shapes.get(node.input[0]), trans_b)
+        cin, cout = entry.channels(w, group, trans_b)
         p = sum(math.prod(inits[i].dims) for i in (dq.get(i, i) for i in node.input[1:]) if i in inits)
         name = node.name or node.output[0]
         layers.append(LayerInfo(name, node.op_type, int(cin), int(cout), int(p), int(2 * macs)))

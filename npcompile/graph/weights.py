@@ -33,12 +33,12 @@ import onnx
 from onnx import numpy_helper
 
 from npcompile.errors import UserError
+from npcompile.graph.weighted_ops import WEIGHTED, WEIGHTED_OPS
 
 __all__ = ["WEIGHTED_OPS", "WeightSlot", "weight_slots", "read_weight", "write_weight", "magnitude_keep",
            "global_keep", "nm_keep", "nm_violations", "zlib_bytes", "bitmask_bytes", "parse_nm",
            "parse_sparsity"]
 
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
                 onnx.TensorProto.BFLOAT16)
 
@@ -80,13 +80,7 @@ def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
 
 
 def _in_axis(node: onnx.NodeProto, ndim: int) -> int | None:
-    if node.op_type == "Conv":
-        return 1 if ndim >= 3 else None
-    if node.op_type == "ConvTranspose":
-        return 0 if ndim >= 3 else None
-    if node.op_type == "Gemm":
-        return (1 if _attr(node, "transB", 0) else 0) if ndim == 2 else None
-    return ndim - 2 if ndim >= 2 else None
+    return WEIGHTED[node.op_type].in_axis(ndim, bool(_attr(node, "transB", 0)))
 
 
 def _constant_nodes(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 from collections import Counter
 from typing import Any
 
@@ -22,12 +21,14 @@ import onnx
 from onnx import numpy_helper
 
 from npcompile.errors import UserError
+from npcompile.graph.names import first_match
+from npcompile.graph.weighted_ops import WEIGHTED_OPS
 
 __all__ = ["node_census", "check_scales", "sizes", "excluded_nodes", "QUANT_OPS"]
 
 _FLOAT = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 #: ops that take a weight as input 1 (quantized only when that weight is too)
-_WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+_WEIGHTED = set(WEIGHTED_OPS)
 #: integer and quantization ops the tools insert
 QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
              "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLSTM",
@@ -67,10 +68,9 @@ def excluded_nodes(model: onnx.ModelProto, patterns: list[str] | tuple[str, ...]
     """Node name -> the first pattern (fnmatch, case-sensitive) it matches."""
     out: dict[str, str] = {}
     for n in model.graph.node:
-        for p in patterns:
-            if n.name and fnmatch.fnmatchcase(n.name, p):
-                out[n.name] = p
-                break
+        p = first_match(n.name, patterns)
+        if p is not None:
+            out[n.name] = p
     return out
 
 

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from npcompile.channels.select import name_patterns
 from npcompile.errors import UserError
+from npcompile.graph.names import name_patterns
 
 __all__ = ["SCHEMES", "METHODS", "ACTIVATIONS", "QuantizeOptions"]
 

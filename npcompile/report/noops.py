@@ -4,16 +4,16 @@ without maxout units) and a failure for an accuracy collapsed to chance level.""
 
 from __future__ import annotations
 
-import fnmatch
 from typing import Any
 
+from npcompile.graph.names import matches
 from npcompile.report.gates import GateResult
 
 __all__ = ["collapse_gate", "noop_warnings"]
 
 
 def _hits(patterns: list[str], names: list[str]) -> bool:
-    return any(fnmatch.fnmatchcase(n, p) for p in patterns for n in names)
+    return matches(names, patterns)
 
 
 def noop_warnings(options: Any, report: dict[str, Any]) -> list[str]:

@@ -39,6 +39,7 @@ from npcompile.report.progress import enabled as progress_enabled
 from npcompile.report.progress import progress as progress_bar
 from npcompile.rules.quant import site_consumer
 from npcompile.runtime.data import Dataset
+from npcompile.runtime.stream import TensorStream, batches
 
 __all__ = ["Accumulator", "Calibrator", "CalibrationRun", "ReductionBuilder", "WinCounts", "SlotStats",
            "group_inputs", "slots_to_group", "expose_tensors", "nonnegative", "check_shapes"]
@@ -398,9 +399,11 @@ class Calibrator:
         if unknown:
             raise UserError(f"calibration: tensors {sorted(unknown)} were not exposed by this calibrator")
         fetch = [t for t in self.fetch if t in need]
+        names = [*fetch, *(k for k in self.inputs if k in need)]  # the inputs handed through
+        tensors = TensorStream(self.session, self.inputs)
         n = len(dataset)
         t0 = time.perf_counter()
-        batches = 0
+        n_batches = 0
         bars = contextlib.ExitStack()
         tick = bars.enter_context(progress_bar("calibrating", n)) if self.progress else None
 
@@ -413,12 +416,8 @@ class Calibrator:
         pool = ThreadPoolExecutor(1) if (os.cpu_count() or 1) > 1 else None
         pending: Future | None = None
         try:
-            for feeds, _ in dataset.batches(self.batch_size):
-                feeds = {k: feeds[k] for k in self.inputs}
-                values = dict(zip(fetch, self.session.run(fetch, feeds), strict=True)) if fetch else {}
-                for k in self.inputs:
-                    if k in need:
-                        values[k] = feeds[k]
+            for batch in batches(dataset, self.batch_size):
+                values = tensors.run(names, batch.feeds)
                 if pending is not None:
                     pending.result()
                     pending = None
@@ -426,9 +425,9 @@ class Calibrator:
                     accumulate(values)
                 else:
                     pending = pool.submit(accumulate, values)
-                batches += 1
+                n_batches += 1
                 if tick is not None:
-                    tick(len(next(iter(feeds.values()))), dataset.source)
+                    tick(batch.size, dataset.source)
             if pending is not None:
                 pending.result()
         finally:
@@ -436,8 +435,8 @@ class Calibrator:
                 pool.shutdown(wait=True)
             bars.close()
         dt = time.perf_counter() - t0
-        log.info("calibrated on %d samples in %d batches (%.2f s)", n, batches, dt)
-        return CalibrationRun(n, batches, dt)
+        log.info("calibrated on %d samples in %d batches (%.2f s)", n, n_batches, dt)
+        return CalibrationRun(n, n_batches, dt)
 
 
 def check_shapes(dataset: Dataset, probe: dict[str, tuple[int, ...]]) -> None:

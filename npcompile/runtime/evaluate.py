@@ -36,6 +36,7 @@ import onnx
 from npcompile.errors import UserError
 from npcompile.graph.shapes import input_specs
 from npcompile.runtime.data import Dataset
+from npcompile.runtime.stream import batches
 
 __all__ = [
     "Runner",
@@ -80,13 +81,9 @@ class _Batches:
         self.n = len(dataset)
         self.feeds: list[dict[str, np.ndarray]] = []
         self.sizes: list[int] = []
-        for feeds, _ in dataset.batches(batch_size):
-            real = next(iter(feeds.values())).shape[0]
-            if fixed_batch and real < batch_size:
-                pad = batch_size - real
-                feeds = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in feeds.items()}
-            self.feeds.append({k: np.ascontiguousarray(v) for k, v in feeds.items()})
-            self.sizes.append(real)
+        for batch in batches(dataset, batch_size, pad_to=batch_size if fixed_batch else None, contiguous=True):
+            self.feeds.append(batch.feeds)
+            self.sizes.append(batch.size)
 
     def subset(self, start: int, stop: int) -> _Batches:
         """Batches ``start:stop`` (the same batches, not re-split: each runs exactly as here)."""

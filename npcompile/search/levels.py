@@ -16,7 +16,6 @@ that costs:
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import math
 from collections.abc import Sequence
@@ -26,8 +25,9 @@ import numpy as np
 
 from npcompile.channels.analysis import Group
 from npcompile.channels.masked import RemovalEvaluator
-from npcompile.channels.select import name_patterns
+from npcompile.channels.select import lowest_per_block
 from npcompile.execution.probes import probe_evaluator
+from npcompile.graph.names import matches, name_patterns
 from npcompile.importance.magnitude import group_magnitude
 from npcompile.pipeline import Context
 from npcompile.report.progress import enabled as progress_enabled
@@ -58,18 +58,11 @@ def removal_levels(group: Group, round_to: int = 1, min_channels: int = 1, max_f
 
 def lowest_mask(group: Group, scores: np.ndarray, per_block: int) -> np.ndarray:
     """Boolean mask of the ``per_block`` lowest-scored channels of each block (ties: lower index)."""
-    size = group.size // group.blocks
-    mask = np.zeros((group.blocks, size), bool)
-    if per_block > 0:
-        s = np.asarray(scores).reshape(group.blocks, size)
-        for b in range(group.blocks):
-            mask[b, np.lexsort((np.arange(size), s[b]))[:per_block]] = True
-    return mask.ravel()
+    return lowest_per_block(scores, group.blocks, per_block)
 
 
 def _matches(group: Group, patterns: list[str]) -> bool:
-    names = [group.name, *group.members]
-    return any(fnmatch.fnmatchcase(n, p) for p in patterns for n in names if n)
+    return matches([group.name, *group.members], patterns)
 
 
 def search_groups(ctx: Context, include: Sequence[str] | None, exclude: Sequence[str] | None) -> list[Group]:
