@@ -215,7 +215,7 @@ class _Search(OptionGroup):
 
     def check(self, o: Any) -> None:
         if o.latency_criterion not in LATENCY_CRITERIA:
-            raise UserError(f"--latency-criterion must be per-ms or importance, got {o.latency_criterion!r}")
+            raise UserError(f"--latency-criterion must be {' or '.join(LATENCY_CRITERIA)}, got {o.latency_criterion!r}")
         if o.search is not None:
             if o.search not in SEARCHES:
                 raise UserError(f"unknown --search {o.search!r}; the search is 'binary'")
@@ -279,7 +279,7 @@ class _Finetune(OptionGroup):
         Option("lr", float, 1e-3, "Fine-tuning learning rate."),
         # weight of distillation from the original model in fine-tuning (0: labels only)
         Option("distill", float, 0.0, "Fine-tuning: weight of distillation from the original model (0: labels only)."),
-        Option("optimizer", str, "adam", "Fine-tuning optimizer: adam or sgd."),
+        Option("optimizer", str, "adam", f"Fine-tuning optimizer: {' or '.join(OPTIMIZERS)}."),
         Option("batch_size", int, 64, "Fine-tuning batch size."),
         # analyse -> select -> prune (-> fine-tune), repeated
         Option("steps", int, 1, "Repeat analyse -> prune (-> fine-tune) N times."),
@@ -294,7 +294,7 @@ class _Finetune(OptionGroup):
         if not 0.0 <= o.distill <= 1.0:
             raise UserError(f"--distill must be in [0, 1], got {o.distill}")
         if o.optimizer not in OPTIMIZERS:
-            raise UserError(f"unknown --optimizer {o.optimizer!r}; choose adam or sgd")
+            raise UserError(f"unknown --optimizer {o.optimizer!r}; choose {' or '.join(OPTIMIZERS)}")
 
     def specs(self, o: Any) -> list[PassSpec]:
         """The fine-tuning pass the options ask for (none without --train)."""
@@ -386,7 +386,7 @@ class _Sparsity(OptionGroup):
                "Weight sparsity after pruning: a fraction (0.8, 80%) or 2:4 (TensorRT's structured pattern).",
                cli_type=str | None),
         # layer or global (unstructured only)
-        Option("sparsity_scope", str, "layer", "Unstructured sparsity per layer or global."),
+        Option("sparsity_scope", str, "layer", f"Unstructured sparsity per {' or '.join(SPARSITY_SCOPES)}."),
         # reach an unstructured level in this many prune (-> fine-tune) steps
         Option("sparsity_steps", int, 1, "Reach the --sparsity fraction gradually, in N prune (-> fine-tune) steps."),
     )
@@ -397,7 +397,7 @@ class _Sparsity(OptionGroup):
 
             level = parse_sparsity(o.sparsity)
             if o.sparsity_scope not in SPARSITY_SCOPES:
-                raise UserError(f"--sparsity-scope must be layer or global, got {o.sparsity_scope!r}")
+                raise UserError(f"--sparsity-scope must be {' or '.join(SPARSITY_SCOPES)}, got {o.sparsity_scope!r}")
             if isinstance(level, tuple) and o.sparsity_scope == "global":
                 raise UserError("an N:M sparsity pattern is per layer; --sparsity-scope global is for fractions")
             if isinstance(level, tuple) and o.sparsity_steps != 1:
