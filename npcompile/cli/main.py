@@ -3,6 +3,8 @@
 ``npcompile MODEL [options]`` compiles (the same as ``npcompile compile MODEL``); ``npcompile
 inspect MODEL`` shows channel groups and per-layer figures; ``npcompile passes`` lists passes.
 Exit codes: 0 done, 1 a gate failed, 2 user or model error (one line on stderr), 3 internal error.
+This module holds the ``app`` and :func:`main`; each command lives in a module of its own
+(``compile``, ``inspect``, ``listing``, ``batch``), imported at the end to register it.
 """
 
 from __future__ import annotations

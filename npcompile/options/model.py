@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from npcompile.options.checks import mode, validate
 from npcompile.options.declare import Option
@@ -67,10 +67,17 @@ class _Behaviour:
         return level if isinstance(level, tuple) else None
 
 
-CompileOptions = dataclasses.make_dataclass(
-    "CompileOptions", [o.dataclass_field() for o in FIELDS.values()], bases=(_Behaviour,))
-CompileOptions.__module__ = __name__
-CompileOptions.__doc__ = (
-    "Options of one compilation: one field per option declared in :mod:`npcompile.options.groups`\n"
-    "(the CLI flags map onto them; the gate flags make up ``gates``). Keyword construction, attribute\n"
-    "access, :meth:`validate`, :attr:`mode`, :attr:`lossless` and :attr:`nm_pattern`.")
+_DOC = """Options of one compilation: one field per option declared in :mod:`npcompile.options.groups`
+(the CLI flags map onto them; the gate flags make up ``gates``). Keyword construction, attribute
+access, :meth:`validate`, :attr:`mode`, :attr:`lossless` and :attr:`nm_pattern`."""
+
+if TYPE_CHECKING:
+    class CompileOptions(_Behaviour):  # what a type checker sees: the fields are generated
+        def __init__(self, **fields: Any) -> None: ...
+
+        def __getattr__(self, name: str) -> Any: ...
+else:
+    CompileOptions = dataclasses.make_dataclass(
+        "CompileOptions", [o.dataclass_field() for o in FIELDS.values()], bases=(_Behaviour,))
+    CompileOptions.__module__ = __name__
+    CompileOptions.__doc__ = _DOC
