@@ -8,45 +8,68 @@ or an error), 2 bad options (nothing compiled).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from npcompile.cli.main import InputShape, ProbeTimeout, RayAddress, Workers, _setup_logging, app
+from npcompile.cli.params import annotation, declared
 from npcompile.errors import UserError
 
 __all__ = ["batch_cmd"]
 
 
+def _default(param: str) -> Any:
+    return declared(param).param_default
+
+
+# the flags batch shares with compile, declared in npcompile.options.groups (some with a help text of their own)
+PipelineFile = annotation(declared("pipeline"),
+                          help="Pipeline file (TOML) every model runs (default: the lossless passes).")
+Output = annotation(declared("output"), help="Output directory (one folder per model).")
+Target = annotation(declared("target"))
+EvalData = annotation(declared("eval_data"),
+                      help="Evaluation data (.npz) for every model: accuracy before/after, search metric.")
+Evaluator = annotation(declared("evaluator"),
+                       help="auto, accuracy, top1, cosine, neg_mse (fidelity), or module:function.")
+Threads = annotation(declared("threads"))
+Seed = annotation(declared("seed"))
+Benchmark = annotation(declared("benchmark"))
+Runs = annotation(declared("runs"), help="Timed runs per latency measurement.")
+MaxAccuracyDrop = annotation(declared("max_accuracy_drop"),
+                             help="Gate: a model fails if top-1 accuracy drops by more than PP points.")
+MinSpeedup = annotation(declared("min_speedup"), help="Gate: a model fails below this speedup.")
+MaxSize = annotation(declared("max_size"), help="Gate: a model fails if model.onnx exceeds MB.")
+MinParamReduction = annotation(declared("min_param_reduction"),
+                               help="Gate: a model fails if less than this fraction of parameters was removed.")
+Plots = annotation(declared("plots"), help="Draw plots beside each report.md.")
+Quiet = annotation(declared("quiet"))
+Verbose = annotation(declared("verbose"), help="Log what each compilation does.")
+
+
 @app.command("batch")
 def batch_cmd(
     models: Annotated[list[Path], typer.Argument(help="ONNX model files.")],
-    pipeline: Annotated[Path | None, typer.Option(
-        help="Pipeline file (TOML) every model runs (default: the lossless passes).")] = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output directory (one folder per model).")
-                      ] = Path("npcompile-batch"),
-    target: Annotated[str, typer.Option("--target", "-t", help="onnx, onnxruntime or tensorrt.")] = "onnx",
-    eval_data: Annotated[Path | None, typer.Option(
-        "--eval", help="Evaluation data (.npz) for every model: accuracy before/after, search metric.")] = None,
-    evaluator: Annotated[str, typer.Option(
-        help="auto, accuracy, top1, cosine, neg_mse (fidelity), or module:function.")] = "auto",
+    pipeline: PipelineFile = None,
+    output: Output = Path("npcompile-batch"),
+    target: Target = _default("target"),
+    eval_data: EvalData = None,
+    evaluator: Evaluator = _default("evaluator"),
     input_shape: InputShape = None,
-    threads: Annotated[int, typer.Option(help="Intra-op threads for ONNX Runtime (0: default).")] = 0,
-    seed: Annotated[int, typer.Option(help="Seed for probe inputs.")] = 0,
-    benchmark: Annotated[bool, typer.Option(help="Measure latency before and after.")] = True,
-    runs: Annotated[int, typer.Option(help="Timed runs per latency measurement.")] = 50,
-    max_accuracy_drop: Annotated[float | None, typer.Option(
-        help="Gate: a model fails if top-1 accuracy drops by more than PP points.")] = None,
-    min_speedup: Annotated[float | None, typer.Option(help="Gate: a model fails below this speedup.")] = None,
-    max_size: Annotated[float | None, typer.Option(help="Gate: a model fails if model.onnx exceeds MB.")] = None,
-    min_param_reduction: Annotated[float | None, typer.Option(
-        help="Gate: a model fails if less than this fraction of parameters was removed.")] = None,
-    plots: Annotated[bool, typer.Option(help="Draw plots beside each report.md.")] = False,
-    workers: Workers = 0,
+    threads: Threads = _default("threads"),
+    seed: Seed = _default("seed"),
+    benchmark: Benchmark = _default("benchmark"),
+    runs: Runs = _default("runs"),
+    max_accuracy_drop: MaxAccuracyDrop = None,
+    min_speedup: MinSpeedup = None,
+    max_size: MaxSize = None,
+    min_param_reduction: MinParamReduction = None,
+    plots: Plots = False,
+    workers: Workers = _default("workers"),
     ray: RayAddress = None,
-    probe_timeout: ProbeTimeout = 600.0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what each compilation does.")] = False,
+    probe_timeout: ProbeTimeout = _default("probe_timeout"),
+    quiet: Quiet = False,
+    verbose: Verbose = False,
 ) -> int:
     """Compile every model with the same pipeline (in parallel with --workers or --ray)."""
     from npcompile.api import CompileOptions
