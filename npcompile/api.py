@@ -497,8 +497,10 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
     shapes_before = ctx.shapes
     blocks_before = attention_blocks(analysis)
     with make_backend(options.workers, options.ray, options.probe_timeout) as ctx.backend:
-        # the passes' report sections land in ctx.report_extras; flags build npcompile's own pipeline
-        records = Pipeline(passes, internal=base is None and not options.extra_passes).run(ctx)
+        # the passes' report sections land in ctx.report_extras; a pipeline from the flags alone (no
+        # pipeline file, --pass or other criterion) is npcompile's own: a missing requirement is a bug
+        internal = base is None and not options.extra_passes and options.criterion in CRITERIA
+        records = Pipeline(passes, internal=internal).run(ctx)
         ctx.report_extras["execution"] = ctx.backend.describe()
     compiled = ctx.model
     removed: dict[str, list[int]] = {}  # channels removed per group, counted over all steps

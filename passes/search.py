@@ -223,7 +223,7 @@ class SensitivityPass(Pass):
     name = "sensitivity"
     kind = "analysis"
     description = "metric of each layer pruned alone at several fractions (which layers tolerate pruning)"
-    produces = frozenset({"sensitivity"})  # the table a later budget pass reads
+    produces = frozenset({"sensitivity", "scores"})  # the table a later budget pass reads; L1 scores if none
     exact = False
 
     def __init__(self, evaluator: Any, fractions: Sequence[float] = DEFAULT_FRACTIONS, round_to: int = 1,

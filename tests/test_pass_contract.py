@@ -154,3 +154,9 @@ def test_compile_reports_the_sections_of_the_passes(tmp_path: Path) -> None:
     section = res.report["binary-search"]
     assert section["summary"] == next(p["summary"] for p in res.report["passes"] if p["name"] == "binary-search")
     assert "evaluations" in section
+
+
+def test_a_criterion_that_scores_nothing_is_a_user_error() -> None:
+    # every analysis pass is accepted as --criterion; prune-hidden produces no scores for select
+    with pytest.raises(UserError, match="select requires scores.*prune-hidden"):
+        npcompile.compile(LENET, None, criterion="prune-hidden", ratio=0.3, benchmark=False, plots=False)
