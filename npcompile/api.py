@@ -147,13 +147,12 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
     shapes_before = ctx.shapes
     blocks_before = attention_blocks(analysis)
     with make_backend(options.workers, options.ray, options.probe_timeout) as ctx.backend:
-        records = Pipeline(passes).run(ctx)
+        # the passes' report sections land in ctx.report_extras; a pipeline from the flags alone (no
+        # pipeline file, --pass or other criterion) is npcompile's own: a missing requirement is a bug
+        internal = base is None and not options.extra_passes and options.criterion in CRITERIA
+        records = Pipeline(passes, internal=internal).run(ctx)
         ctx.report_extras["execution"] = ctx.backend.describe()
     compiled = ctx.model
-    for name in ("binary-search", "sensitivity", "budget", "maxout", "maxout-select"):
-        result = ctx.results.get(name)
-        if result is not None and result.data and name not in ctx.report_extras:
-            ctx.report_extras[name] = {"summary": result.summary, **result.data}
     removed: dict[str, list[int]] = {}  # channels removed per group, counted over all steps
     for applied in ctx.applied:
         for name, idx in applied.items():
@@ -164,11 +163,8 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
     compiled_bytes = serialized(compiled, deterministic=True)
     verification = compare(original, compiled, feeds, options.threads, compiled_bytes=compiled_bytes)
     verify_s = time.perf_counter() - t0
-    trained = any(p.kind == "rewrite" and p.name == "finetune" for p in passes)
-    # dead channels are removed exactly; maxout's "never wins" is a fact about the calibration data only
-    recovery = options.reconstruct or options.reconstruct_select or options.bias_compensation or options.bn_recalibrate
-    exact = ((options.mode == "lossless" or (options.threshold == 0 and options.criterion != "maxout"))
-             and not trained and options.sparsity is None and not recovery)
+    # lossless when every pass that modified the model was exact (the passes declare it, Pass.exact)
+    exact = ctx.lossless
     if exact and verification.max_rel_diff > options.verify_tolerance:
         raise VerificationError(
             f"removing dead channels changed the output by {verification.max_rel_diff:.3g} (relative), "

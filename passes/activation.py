@@ -35,6 +35,8 @@ class ActivationPass(Pass):
     name = "activation"
     kind = "analysis"
     description = "activation statistics on calibration data: 1 - APoZ or mean |activation| (needs --calib)"
+    produces = frozenset({"scores"})
+    exact = True  # provably dead channels score exactly 0, every other channel above 0
     fixed: ClassVar[str | None] = None
     data_options: ClassVar[dict[str, str]] = {"calib": "ignore"}
 

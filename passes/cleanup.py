@@ -12,6 +12,8 @@ class CleanupPass(Pass):
     name = "cleanup"
     kind = "rewrite"
     description = "remove unused nodes, tensors and initializers; sort topologically"
+    produces = frozenset({"model"})
+    exact = True
 
     def run(self, ctx: Context) -> PassResult:
         graph = ctx.graph

@@ -94,6 +94,8 @@ class FinetunePass(Pass):
     name = "finetune"
     kind = "rewrite"
     description = "retrain the model's weights with PyTorch on labelled data (needs --train and torch)"
+    produces = frozenset({"model"})
+    exact = False
     #: options naming a data file, loaded by pipeline files (option -> labels mode of load_data)
     data_options: ClassVar[dict[str, str]] = {"train": "required"}
 
@@ -240,13 +242,11 @@ class FinetunePass(Pass):
             "check_before_max_abs_diff": check_before,
             "ort_max_abs_diff": after,
         }
-        extras = getattr(ctx, "report_extras", None)
-        if isinstance(extras, dict):
-            extras["finetune"] = {k: v for k, v in result.items() if k != "epochs"} | {
-                "loss_per_epoch": [e["loss"] for e in epochs]}
+        report = {k: v for k, v in result.items() if k != "epochs"} | {"loss_per_epoch": [e["loss"] for e in epochs]}
         first, last = epochs[0]["loss"], epochs[-1]["loss"]
         return PassResult(True, f"fine-tuned {result['steps']} steps ({len(epochs)} epoch(s)) on {n} samples: "
-                                f"loss {first:.4f} -> {last:.4f}, {result['samples_per_s']:.0f} samples/s", result)
+                                f"loss {first:.4f} -> {last:.4f}, {result['samples_per_s']:.0f} samples/s", result,
+                          report=report)
 
     # ------------------------------------------------------------------------------------------
 

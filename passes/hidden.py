@@ -26,6 +26,8 @@ class HiddenWidthPass(Pass):
     name = "prune-hidden"
     kind = "analysis"
     description = "the hidden width of transformers as one group (lossy, off by default)"
+    produces: frozenset[str] = frozenset()  # the analysis of the passes after it
+    exact = False
 
     def run(self, ctx: Context) -> PassResult:
         ctx.set_analysis_options(replace(ctx.analysis_options, hidden=True))

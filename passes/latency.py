@@ -72,6 +72,8 @@ class LatencyBudgetPass(Pass):
     name = "latency-budget"
     kind = "select"
     description = "plan widths from a measured per-layer latency model to reach a fraction of the original latency"
+    produces = frozenset({"removal"})  # ranks by L1 magnitude when nothing scored
+    exact = False
 
     def __init__(self, target_latency: float, evaluator: Any = None, measure: Any = None, round_to: int = 1,
                  min_channels: int = 1, include: Any = None, exclude: Any = None, threads: int = 0,
@@ -311,7 +313,6 @@ class LatencyBudgetPass(Pass):
                 "met": met, "attempts": attempts, "guide": guide, "criterion": self.criterion,
                 "prediction_error": float(np.median(pred_err)) if pred_err else None, "channels": n}
         model_info = {**where, "kappa": model.kappa, "t_full_ms": model.t_full, **model.info, "curves": curves}
-        ctx.report_extras["latency-budget"] = {"summary": summary, **data}
-        ctx.report_extras["latency-model"] = model_info
-        return PassResult(False, summary, data)
+        return PassResult(False, summary, data, report={"summary": summary, **data},
+                          sections={"latency-model": model_info})
 

@@ -21,6 +21,8 @@ class MagnitudePass(Pass):
     name = "magnitude"
     kind = "analysis"
     description = "L1/L2 norm of the weights producing each channel, over its group"
+    produces = frozenset({"scores"})
+    exact = True  # provably dead channels score exactly 0, every other channel above 0
 
     def __init__(self, p: int = 1) -> None:
         if p not in (1, 2):

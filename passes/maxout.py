@@ -44,6 +44,8 @@ class MaxoutRelevancePass(Pass):
     name = "maxout"
     kind = "analysis"
     description = "maxout relevance: how often each neuron wins its unit on calibration data (needs --calib)"
+    produces = frozenset({"scores"})
+    exact = False  # "never wins" is a fact about the calibration data only
     data_options: ClassVar[dict[str, str]] = {"calib": "ignore"}
 
     def __init__(self, calib: Dataset | None = None, batch_size: int = 256, units: bool = False,
@@ -65,7 +67,7 @@ class MaxoutRelevancePass(Pass):
         if not links:
             frozen = len(analysis.links)
             return PassResult(False, "no prunable maxout units" + (f" ({frozen} frozen)" if frozen else ""),
-                              {"layers": 0})
+                              {"layers": 0}).data_section()
         wins = {lk.tensor: WinCounts(lk.tensor, lk.axis, lk.k, lk.n_units, lk.split, tensor_rank(analysis, lk.tensor))
                 for lk in links}
         unit_groups = [analysis.group(lk.units) for lk in links if analysis.group(lk.units).prunable] \
@@ -92,7 +94,7 @@ class MaxoutRelevancePass(Pass):
                                  f"{len(scored)} layers on {run.samples} samples ({never} never win, "
                                  f"{run.seconds:.2f} s)",
                           {"layers": len(scored), "never_won": never, "samples": run.samples,
-                           "seconds": run.seconds, "units_scored": len(unit_groups)})
+                           "seconds": run.seconds, "units_scored": len(unit_groups)}).data_section()
 
 
 @register_pass
@@ -103,6 +105,9 @@ class MaxoutSelectPass(Pass):
     name = "maxout-select"
     kind = "select"
     description = "remove the n least relevant neurons of every maxout unit (and the m least relevant units)"
+    requires = frozenset({"scores"})
+    produces = frozenset({"removal"})
+    exact = False
 
     def __init__(self, per_unit: int = 1, units: int = 0) -> None:
         if per_unit < 0 or units < 0:
@@ -137,4 +142,4 @@ class MaxoutSelectPass(Pass):
         summary = f"selected {n} channels in {len(ctx.removal)} groups"
         if notes:
             summary += "; " + "; ".join(notes)
-        return PassResult(False, summary, {"channels": n, "groups": len(ctx.removal)})
+        return PassResult(False, summary, {"channels": n, "groups": len(ctx.removal)}).data_section()

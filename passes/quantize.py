@@ -21,8 +21,8 @@ node names; matching nodes stay in float. A pattern that matches no node is an e
 
 The quantized model is checked: ONNX checker, every scale finite and > 0 (a NaN/inf scale after
 calibration is an error naming the tensor), outputs finite, and on the calibration data the
-top-1 agreement with the float model above chance (``check``). ``PassResult.data`` (also
-``ctx.report_extras["quantization"]``) holds the scheme, calibration (method, samples, batches),
+top-1 agreement with the float model above chance (``check``). ``PassResult.data`` (also the
+report's ``quantization`` section) holds the scheme, calibration (method, samples, batches),
 sizes before/after (serialized and weight bytes, ratios), the nodes quantized and left in float
 with the reasons (counts per reason and per op type, and the list of float nodes), the scale
 range, and the fidelity figures against the float model.
@@ -52,6 +52,9 @@ class QuantizePass(Pass):
     kind = "rewrite"
     description = ("quantize: int8 (static QDQ, calibrated on --calib), int8-dynamic or fp16, with ONNX Runtime's "
                    "tooling; runs after pruning, recovery and sparsity")
+    produces = frozenset({"model"})
+    exact = False
+    section = "quantization"
     data_options: ClassVar[dict[str, str]] = {"calib": "ignore"}
 
     def __init__(self, scheme: str = "int8", method: str = "minmax", calib: Dataset | None = None,
@@ -83,8 +86,7 @@ class QuantizePass(Pass):
         result = quantize_model(ctx.model, self.opts, self.calib if self.opts.calibrated else None,
                                 probe=dict(ctx.probe), threads=self.threads, seed=ctx.seed, check=self.check)
         ctx.set_model(result.model)
-        ctx.report_extras["quantization"] = result.data
         if result.data["opset"]["before"] != result.data["opset"]["after"]:
             ctx.notes.append(f"quantization raised the opset from {result.data['opset']['before']} to "
                              f"{result.data['opset']['after']}")
-        return PassResult(True, result.summary, result.data)
+        return PassResult(True, result.summary, result.data, report=result.data)

@@ -31,7 +31,8 @@
   in waves: a BatchNorm is measured after every BatchNorm before it has its new statistics, so
   each ends up holding the statistics of its input in the returned model.
 
-Each adds to ``ctx.report_extras["reconstruction"]`` (the report's ``reconstruction`` section):
+Each returns its part of the report's ``reconstruction`` section (``PassResult.report``; the
+pipeline appends it to the section the passes before it started, ``ctx.report_extras``):
 ``layers`` (per refit layer: relative squared error of its outputs on the calibration data with
 the plain pruned weights, with only the best bias shift, and after the refit; wave, columns,
 rows, seconds; or why it was skipped), ``runs`` (per reconstruct pass: seconds, waves,
@@ -50,12 +51,11 @@ import time
 from typing import Any, ClassVar
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
 from npcompile.channels.rewrite import apply_removal
 from npcompile.channels.select import select_ratio
-from npcompile.errors import UserError, VerificationError
+from npcompile.errors import UserError
 from npcompile.graph.model_io import to_model
 from npcompile.importance.magnitude import group_magnitude
 from npcompile.pipeline import Context, Pass, PassResult, register_pass
@@ -88,10 +88,6 @@ from npcompile.runtime.data import Dataset
 __all__ = ["ReconstructPass", "ReconstructSelectPass", "BiasCompensatePass", "BatchNormRecalibratePass"]
 
 log = logging.getLogger(__name__)
-
-
-def _section(ctx: Context) -> dict[str, Any]:
-    return ctx.report_extras.setdefault("reconstruction", {})
 
 
 def _need_calib(calib: Dataset | None, name: str, ctx: Context) -> Dataset:
@@ -138,11 +134,7 @@ def _bind(layers: list[Layer]) -> None:
 
 
 def _finish(ctx: Context, graph: gs.Graph) -> None:
-    ctx.set_graph(graph)
-    try:
-        onnx.checker.check_model(ctx.model)
-    except Exception as e:
-        raise VerificationError(f"reconstructed model fails the ONNX checker: {str(e).splitlines()[0]}") from e
+    ctx.set_graph(graph)  # the pipeline runs the ONNX checker on the new model
 
 
 def _skipped(layers: list[Layer]) -> list[dict[str, str]]:
@@ -157,6 +149,10 @@ class ReconstructPass(Pass):
     kind = "rewrite"
     description = ("remove the selected channels, then refit the layers reading them and the weight layers after "
                    "them by least squares to match the unpruned outputs on calibration data (needs --calib)")
+    requires = frozenset({"removal"})
+    produces = frozenset({"model"})
+    exact = False
+    section, accumulate = "reconstruction", True
     data_options: ClassVar[dict[str, str]] = {"calib": "ignore"}
 
     def __init__(self, calib: Dataset | None = None, ridge: float = 1e-3, positions: int = 16,
@@ -216,12 +212,10 @@ class ReconstructPass(Pass):
                     rows.append(self._refit(graph, acc, wave_no, names))
         _finish(ctx, graph)
         total = time.perf_counter() - t_start
-        sec = _section(ctx)
-        sec.setdefault("layers", []).extend(rows + _skipped(layers))
-        sec.setdefault("runs", []).append({
+        report = {"layers": rows + _skipped(layers), "runs": [{
             "pass": self.name, "seconds": total, "waves": len(waves), "calibration_passes": 2 * len(waves),
             "samples": len(calib), "session_seconds": sum(session_s), "one_pass_seconds": one_pass,
-            "ridge": self.ridge, "positions": self.positions, "scope": self.scope})
+            "ridge": self.ridge, "positions": self.positions, "scope": self.scope}]}
         fitted = [r for r in rows if r.get("applied") == "refit"]
         before = float(np.mean([r["error_before"] for r in rows])) if rows else 0.0
         after = float(np.mean([r["error_after"] for r in rows])) if rows else 0.0
@@ -230,7 +224,7 @@ class ReconstructPass(Pass):
                                 f"{before:.3g} -> {after:.3g}, {total:.2f} s)",
                           {"channels": stats.channels_removed, "groups": stats.groups, "layers": len(rows),
                            "refit": len(fitted), "skipped": len(layers) - len(rows), "waves": len(waves),
-                           "seconds": total})
+                           "seconds": total}, report=report)
 
     def _refit(self, graph: gs.Graph, acc: LayerStats, wave: int, names: Names) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -269,6 +263,10 @@ class BiasCompensatePass(Pass):
     kind = "rewrite"
     description = ("remove the selected channels and fold their mean contribution on calibration data into the "
                    "consumers' biases (needs --calib)")
+    requires = frozenset({"removal"})
+    produces = frozenset({"model"})
+    exact = False
+    section, accumulate = "reconstruction", True
     data_options: ClassVar[dict[str, str]] = {"calib": "ignore"}
 
     def __init__(self, calib: Dataset | None = None, batch_size: int = 256, threads: int = 0) -> None:
@@ -317,12 +315,10 @@ class BiasCompensatePass(Pass):
                          "max_abs_shift": float(np.abs(delta).max()) if delta.size else 0.0})
         _finish(ctx, graph)
         dt = time.perf_counter() - t0
-        sec = _section(ctx)
-        sec.setdefault("bias_compensation", []).extend(rows + _skipped(layers))
         return PassResult(True, f"removed {stats.channels_removed} channels from {stats.groups} groups; compensated "
                                 f"the biases of {len(rows)} layers ({dt:.2f} s)",
                           {"channels": stats.channels_removed, "groups": stats.groups, "layers": len(rows),
-                           "seconds": dt})
+                           "seconds": dt}, report={"bias_compensation": rows + _skipped(layers)})
 
 
 def _mean_shift(a: MeanStats) -> np.ndarray:
@@ -352,6 +348,9 @@ class ReconstructSelectPass(Pass):
     kind = "select"
     description = ("choose which channels to remove (as many per group as the ratio or the previous selection) "
                    "greedily by the reconstruction error of the consumers' outputs (needs --calib)")
+    produces = frozenset({"removal"})  # from its ratio or the selection before it
+    exact = False
+    section, accumulate = "reconstruction", True
     data_options: ClassVar[dict[str, str]] = {"calib": "ignore"}
 
     def __init__(self, calib: Dataset | None = None, ratio: float | None = None, round_to: int = 1,
@@ -446,16 +445,15 @@ class ReconstructSelectPass(Pass):
         ctx.removal = analysis.close_removal(removal)
         ctx.criterion = ctx.criterion or "reconstruction"
         dt = time.perf_counter() - t0
-        sec = _section(ctx)
-        sec.setdefault("selection", []).extend(rows)
-        sec.setdefault("selection_runs", []).append({"seconds": dt, "session_seconds": spent[0],
-                                                     "consumers": len(accs), "groups": len(rows),
-                                                     "skipped": [{"layer": la.name, "skipped": la.skip}
-                                                                 for la, _ in consumers.values() if la.skip]})
+        report = {"selection": rows, "selection_runs": [{"seconds": dt, "session_seconds": spent[0],
+                                                         "consumers": len(accs), "groups": len(rows),
+                                                         "skipped": [{"layer": la.name, "skipped": la.skip}
+                                                                     for la, _ in consumers.values() if la.skip]}]}
         n = int(sum(m.sum() for m in ctx.removal.values()))
         return PassResult(False, f"selected {n} channels in {len(ctx.removal)} groups ({len(rows)} by reconstruction "
                                  f"error, {len(accs)} consumers, {dt:.2f} s)",
-                          {"channels": n, "groups": len(ctx.removal), "by_reconstruction": len(rows), "seconds": dt})
+                          {"channels": n, "groups": len(ctx.removal), "by_reconstruction": len(rows), "seconds": dt},
+                          report=report)
 
 
 @register_pass
@@ -465,6 +463,9 @@ class BatchNormRecalibratePass(Pass):
     name = "bn-recalibrate"
     kind = "rewrite"
     description = "re-estimate BatchNormalization running mean/variance on calibration data (needs --calib)"
+    produces = frozenset({"model"})
+    exact = False
+    section, accumulate = "reconstruction", True
     data_options: ClassVar[dict[str, str]] = {"calib": "ignore"}
 
     def __init__(self, calib: Dataset | None = None, batch_size: int = 256, threads: int = 0,
@@ -509,8 +510,9 @@ class BatchNormRecalibratePass(Pass):
                                "var_ratio": float(np.median((m.var + 1e-12) / (old_var.reshape(-1) + 1e-12)))})
         ctx.set_graph(graph)
         dt = time.perf_counter() - t0
-        _section(ctx).setdefault("bn_recalibration", []).append({"nodes": shifts, "samples": samples,
-                                                                  "calibration_passes": passes, "seconds": dt})
+        report = {"bn_recalibration": [{"nodes": shifts, "samples": samples, "calibration_passes": passes,
+                                        "seconds": dt}]}
         return PassResult(True, f"re-estimated {len(nodes)} BatchNormalization nodes on {samples} samples in "
                                 f"{passes} passes ({dt:.2f} s)",
-                          {"nodes": len(nodes), "samples": samples, "passes": passes, "seconds": dt})
+                          {"nodes": len(nodes), "samples": samples, "passes": passes, "seconds": dt},
+                          report=report)

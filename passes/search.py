@@ -92,6 +92,8 @@ class BinarySearchPass(Pass):
     name = "binary-search"
     kind = "select"
     description = "per layer, binary-search the most low-ranked channels removable within a metric tolerance"
+    produces = frozenset({"removal"})  # ranks by L1 magnitude when nothing scored
+    exact = False
 
     def __init__(self, tolerance: float, evaluator: Any, round_to: int = 1, min_channels: int = 1,
                  include: str | Sequence[str] | None = None, exclude: str | Sequence[str] | None = None,
@@ -128,7 +130,7 @@ class BinarySearchPass(Pass):
             ctx.removal = {}
             return PassResult(False, "no prunable groups to search",
                               {"evaluations": 0, "probes": [], "groups": [], "evaluator": _describe(self.evaluator),
-                               "variant": self.variant.name})
+                               "variant": self.variant.name}).data_section()
         ev = evaluator_for(ctx, self.evaluator, groups, self.threads, self.check)
         baseline = ev({})
         by_id = {g.id: g for g in groups}
@@ -203,7 +205,7 @@ class BinarySearchPass(Pass):
             "non_monotone_groups": non_monotone, "variant": variant.name, "evaluation_bound": bound,
             "log2_width_sum": log2_sum, "sensitivity": None if sensitivity is None else
             {by_id[k].name: v for k, v in sensitivity.items()},
-            "weights": None if weights is None else {by_id[k].name: v for k, v in weights.items()}})
+            "weights": None if weights is None else {by_id[k].name: v for k, v in weights.items()}}).data_section()
 
 
 # -- sensitivity -------------------------------------------------------------------------------
@@ -221,6 +223,8 @@ class SensitivityPass(Pass):
     name = "sensitivity"
     kind = "analysis"
     description = "metric of each layer pruned alone at several fractions (which layers tolerate pruning)"
+    produces = frozenset({"sensitivity", "scores"})  # the table a later budget pass reads; L1 scores if none
+    exact = False
 
     def __init__(self, evaluator: Any, fractions: Sequence[float] = DEFAULT_FRACTIONS, round_to: int = 1,
                  min_channels: int = 1, include: str | Sequence[str] | None = None,
@@ -241,7 +245,7 @@ class SensitivityPass(Pass):
         groups = search_groups(ctx, self.include, self.exclude)
         if not groups:
             result = PassResult(False, "no prunable groups", {"table": [], "evaluations": 0,
-                                                               "evaluator": _describe(self.evaluator)})
+                                                               "evaluator": _describe(self.evaluator)}).data_section()
             ctx.results[self.name] = result
             return result
         ev = evaluator_for(ctx, self.evaluator, groups, self.threads, self.check)
@@ -250,7 +254,7 @@ class SensitivityPass(Pass):
         summary = f"{len(groups)} groups x {len(self.fractions)} fractions, {ev.evaluations} evaluations"
         result = PassResult(False, summary, {
             "baseline": baseline, "fractions": list(self.fractions), "table": table, "evaluations": ev.evaluations,
-            "evaluator": _describe(self.evaluator), "round_to": self.round_to, "fast_path": ev.fast})
+            "evaluator": _describe(self.evaluator), "round_to": self.round_to, "fast_path": ev.fast}).data_section()
         ctx.results[self.name] = result  # the pipeline stores it too; a later budget pass reads it
         return result
 
@@ -270,6 +274,8 @@ class BudgetPass(Pass):
     name = "budget"
     kind = "select"
     description = "reach a FLOPs/parameter target with the least metric loss (sensitivity-guided greedy)"
+    produces = frozenset({"removal"})  # ranks by L1 magnitude when nothing scored
+    exact = False
 
     def __init__(self, target_flops: float | None = None, target_params: float | None = None, evaluator: Any = None,
                  fractions: Sequence[float] = DEFAULT_FRACTIONS, round_to: int = 1, min_channels: int = 1,
@@ -416,4 +422,4 @@ class BudgetPass(Pass):
             "last_step": {"flops": last_step.flops, "params": last_step.params}, "channels": n,
             "groups": decisions, "baseline": baseline, "final": final,
             "evaluations": ev.evaluations if ev is not None else 0,
-            "evaluator": _describe(self.evaluator) if self.evaluator is not None else None})
+            "evaluator": _describe(self.evaluator) if self.evaluator is not None else None}).data_section()

@@ -21,6 +21,8 @@ class SelectPass(Pass):
     name = "select"
     kind = "select"
     description = "choose channels to remove by ratio or threshold, widths rounded to round_to"
+    requires = frozenset({"scores"})
+    produces = frozenset({"removal"})
 
     def __init__(self, ratio: float | None = None, threshold: float | None = None, round_to: int = 1,
                  min_channels: int = 1, include: Any = None, exclude: Any = None) -> None:
@@ -31,6 +33,11 @@ class SelectPass(Pass):
         super().__init__(ratio=ratio, threshold=threshold, round_to=round_to, min_channels=min_channels)
         self.ratio, self.threshold, self.round_to, self.min_channels = ratio, threshold, round_to, min_channels
         self.include, self.exclude = name_patterns(include), name_patterns(exclude)
+
+    @property
+    def exact(self) -> bool:  # type: ignore[override]
+        """A threshold of 0 removes exactly the channels that score 0: the dead ones, given exact scores."""
+        return self.threshold == 0
 
     def run(self, ctx: Context) -> PassResult:
         if not ctx.scores:
@@ -62,6 +69,8 @@ class DeadChannelsPass(Pass):
     name = "dead-channels"
     kind = "select"
     description = "select channels that are zero wherever they are consumed (lossless)"
+    produces = frozenset({"removal"})
+    exact = True
 
     def run(self, ctx: Context) -> PassResult:
         removal: dict[int, np.ndarray] = {}

@@ -27,7 +27,7 @@ tensor name. Ties are broken by position (of equal ``|w|``, the lower flat index
 group of 4, the lower input channel - goes first): the result is deterministic, and running
 the pass again on its own output changes nothing.
 
-``PassResult.data`` (also ``ctx.report_extras["sparsity"]``) holds the mode, the per-layer
+``PassResult.data`` (also the report's ``sparsity`` section) holds the mode, the per-layer
 figures (dense parameters, non-zeros before and after, sparsity, weight bytes, zlib bytes
 before and after), the skipped layers with their reasons, and totals over every weight tensor
 of the weight-bearing ops. Compressed sizes are measured two ways: ``zlib`` is
@@ -88,6 +88,8 @@ class SparsityPass(Pass):
     name = "sparsity"
     kind = "rewrite"
     description = "zero individual weights: unstructured magnitude sparsity (per layer or global) or 2:4"
+    produces = frozenset({"model"})
+    exact = False
 
     def __init__(self, sparsity: float | str = 0.5, scope: str = "layer", include: str | Sequence[str] | None = None,
                  exclude: str | Sequence[str] | None = None, min_size: int = 64,
@@ -198,8 +200,7 @@ class SparsityPass(Pass):
         changed = any(rec["nonzero"] != rec["nonzero_before"] for rec in layers)
         if changed:
             ctx.set_model(model)
-        ctx.report_extras["sparsity"] = data
-        return PassResult(changed, data["summary"], data)
+        return PassResult(changed, data["summary"], data, report=data)
 
     def _summary(self, layers: list[dict[str, Any]], skipped: list[dict[str, Any]], before: list[np.ndarray],
                  after: list[np.ndarray], other: list[np.ndarray], capped: list[str]) -> dict[str, Any]:

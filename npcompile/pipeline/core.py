@@ -1,8 +1,12 @@
 """Passes and the pipeline that runs them.
 
 A pass is a small class with a ``name``, a ``kind`` (``analysis``, ``select``, ``rewrite``) and
-``run(ctx) -> PassResult``. The pipeline runs passes in order, times them, drops cached analyses
-when a pass rewrites the model, and re-raises a failure naming the pass and those before it.
+``run(ctx) -> PassResult``, and a contract: what it ``requires`` and ``produces`` (products such
+as ``scores``, ``removal``, ``model``) and whether it is ``exact`` (never changes the model's
+outputs). The pipeline checks every pass's requirements before the first pass runs, runs passes
+in order, times them, runs the ONNX checker after every pass that modified the model, merges each
+result's report section into ``ctx.report_extras``, tracks whether the compilation is still
+lossless (:attr:`Context.lossless`), and re-raises a failure naming the pass and those before it.
 Passes are found by name in a registry filled by the built-in package (``npcompile.passes``),
 by the entry-point group ``npcompile.passes``, or by an explicit ``module:Class`` path.
 """
@@ -21,8 +25,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from npcompile.channels.analysis import AnalysisOptions, ChannelAnalysis, analyze
-from npcompile.errors import NpcompileError, PassError, UserError
-from npcompile.graph.model_io import to_graph, to_model
+from npcompile.errors import NpcompileError, PassError, UserError, VerificationError
+from npcompile.graph.model_io import serialized, to_graph, to_model
 from npcompile.graph.shapes import static_shapes
 from npcompile.pipeline.loading import import_class
 
@@ -31,13 +35,30 @@ __all__ = ["Context", "Pass", "PassResult", "Pipeline", "register_pass", "get_pa
 log = logging.getLogger(__name__)
 
 
+#: the key in ``Context.products`` for what passes without a ``produces`` declaration made
+_ANY = "*"
+#: a model over this size cannot be checked in memory (protobuf's limit)
+_TWO_GB = 2**31 - 1
+
+
 @dataclass
 class PassResult:
-    """What a pass did: ``changed`` says honestly whether the model changed."""
+    """What a pass did: ``changed`` says honestly whether the model changed; ``data`` is for
+    callers and tests (``ctx.results``). ``report`` is the pass's section of the report: the
+    pipeline puts it under the pass's :attr:`Pass.section` (by default its name); ``sections``
+    holds further top-level report sections by name (rare: ``latency-budget``'s
+    ``latency-model``)."""
 
     changed: bool = False
     summary: str = ""
     data: dict[str, Any] = field(default_factory=dict)
+    report: dict[str, Any] | None = None
+    sections: dict[str, Any] = field(default_factory=dict)
+
+    def data_section(self) -> PassResult:
+        """Make the summary and the data (where there is any) the report section; returns self."""
+        self.report = {"summary": self.summary, **self.data} if self.data else None
+        return self
 
 
 class Context:
@@ -63,8 +84,13 @@ class Context:
         self.criterion: str | None = None
         #: one entry per applied removal: group name -> removed channel indices
         self.applied: list[dict[str, list[int]]] = []
-        #: extra report sections passes contribute (e.g. "accuracy", "search", "sensitivity")
+        #: report sections: the pipeline merges the passes' ``PassResult.report`` here (e.g.
+        #: "finetune", "sparsity", "binary-search"); ``compile()`` adds "execution" and "accuracy"
         self.report_extras: dict[str, Any] = {}
+        #: products the passes run so far produced: name -> exact (see :attr:`Pass.exact`)
+        self.products: dict[str, bool] = {}
+        #: the passes run so far that modified the model without being exact
+        self.inexact: list[str] = []
         #: how far channel analysis goes (``hidden``: the hidden width of transformers)
         self.analysis_options = AnalysisOptions()
         #: values a pass computes once and reuses in later steps (e.g. the original model's
@@ -76,6 +102,17 @@ class Context:
     @property
     def model(self) -> onnx.ModelProto:
         return self._model
+
+    @property
+    def lossless(self) -> bool:
+        """Whether every pass run so far that modified the model was exact (so the model's outputs
+        are unchanged); derived from the passes' ``exact`` declarations and their inputs."""
+        return not self.inexact
+
+    def holds(self, product: str) -> bool:
+        """Whether the context holds ``product`` already (produced by an earlier pipeline, or set
+        by hand: ``ctx.removal = ...``)."""
+        return product in self.products or product == "model" or bool(getattr(self, product, None))
 
     def set_graph(self, graph: gs.Graph) -> None:
         """Replace the model by an edited graph (a rewrite pass calls this)."""
@@ -121,11 +158,34 @@ class Context:
 
 
 class Pass:
-    """Base class of passes. Subclasses set ``name``, ``kind`` and ``description``."""
+    """Base class of passes. Subclasses set ``name``, ``kind`` and ``description``, and declare
+    their contract:
+
+    - ``requires``: products an earlier pass must have produced (or the context hold) before this
+      one runs, e.g. ``{"scores"}``;
+    - ``produces``: the products it makes (``"scores"``, ``"removal"``, ``"model"``: a modified
+      model, ...); None (the default, for passes written before the contract): unknown, so it may
+      satisfy any requirement;
+    - ``exact``: True if what it does is lossless given exact inputs: a rewrite never changes the
+      model's outputs (cleanup; prune of an exact removal), a selection selects only provably dead
+      channels (given exact scores), an analysis scores exactly the provably dead channels 0.
+      None (the default): exact only if it did not modify the model.
+
+    The exactness of a product is the pass's own ``exact`` and that of every product it
+    required; a compilation is lossless while every pass that modified the model was exact.
+    ``section``: the report key of the pass's ``PassResult.report`` (default: ``name``);
+    ``accumulate``: a section already in the report is extended (its lists appended to, its other
+    values replaced) instead of replaced, for passes that share one section.
+    """
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = "analysis"
     description: ClassVar[str] = ""
+    requires: ClassVar[frozenset[str]] = frozenset()
+    produces: ClassVar[frozenset[str] | None] = None
+    exact: ClassVar[bool | None] = None
+    section: ClassVar[str] = ""
+    accumulate: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         self.options = options
@@ -183,17 +243,44 @@ def get_pass(spec: str) -> type[Pass]:
 
 
 class Pipeline:
-    """An ordered list of passes."""
+    """An ordered list of passes. ``internal``: the list is npcompile's own (built from the
+    option flags), so a pass whose requirement is not met is npcompile's bug (exit code 3), not
+    the user's (a :class:`UserError` for a pipeline file or a hand-built list)."""
 
-    def __init__(self, passes: list[Pass]) -> None:
+    def __init__(self, passes: list[Pass], internal: bool = False) -> None:
         self.passes = passes
+        self.internal = internal
+
+    def check(self, ctx: Context) -> None:
+        """Every pass's requirements are produced by an earlier pass or held by ``ctx``."""
+        made: set[str] = set()
+        unknown = _ANY in ctx.products  # a pass without a ``produces`` declaration may make anything
+        for i, p in enumerate(self.passes):
+            for need in sorted(set(p.requires)):
+                if need in made or unknown or ctx.holds(need):
+                    continue
+                makers = sorted({cls.name for cls in _PASSES.values() if cls.produces and need in cls.produces})
+                hint = f" (e.g. {', '.join(makers)})" if makers else ""
+                where = f"pass #{i + 1} {p.name}"
+                before = f"; passes before it: {', '.join(q.name for q in self.passes[:i])}" if i else ""
+                msg = f"{where} requires {need}, which no earlier pass produces{hint}{before}"
+                if self.internal:
+                    raise PassError(f"npcompile bug: the pipeline built from the options is out of order: {msg}")
+                raise UserError(msg)
+            if p.produces is None:
+                unknown = True
+            else:
+                made |= set(p.produces)
 
     def run(self, ctx: Context) -> list[dict[str, Any]]:
-        """Run every pass; returns one record per pass (name, seconds, changed, summary)."""
+        """Check the requirements, then run every pass; returns one record per pass (name, kind,
+        seconds, changed, summary, options)."""
+        self.check(ctx)
         records: list[dict[str, Any]] = []
         done: list[str] = []
         for p in self.passes:
             t0 = time.perf_counter()
+            before = ctx.model
             try:
                 result = p.run(ctx)
             except NpcompileError as e:  # npcompile's own: one line, its exit code
@@ -201,13 +288,73 @@ class Pipeline:
             except Exception as e:  # anything else is a bug (or a plugin's): keep its kind and traceback
                 e.add_note(f"pass {p.name} failed{_after(done)}")
                 raise
+            modified = bool(result.changed) or ctx.model is not before
+            if modified:
+                _check_model(ctx, p, done)
             dt = time.perf_counter() - t0
             log.info("pass %s: %s (%.3f s)", p.name, result.summary or "done", dt)
             ctx.results[p.name] = result
+            _account(ctx, p, modified)
+            _merge_report(ctx, p, result)
             records.append({"name": p.name, "kind": p.kind, "seconds": dt, "changed": result.changed,
                             "summary": result.summary, "options": _jsonable(p.options)})
             done.append(p.name)
         return records
+
+
+def _check_model(ctx: Context, p: Pass, done: list[str]) -> None:
+    """The ONNX checker on the model ``p`` produced: a failure is npcompile's (or the plugin's) bug."""
+    data = serialized(ctx.model)
+    if data is None or len(data) > _TWO_GB:
+        return  # the in-memory checker cannot take > 2 GB; the verification checks later
+    try:
+        onnx.checker.check_model(data)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not _passes_checker(ctx.original):
+            return  # the flaw came in with the input: the verification reports it as the user's
+        plugin = "" if type(p).__module__.startswith("npcompile.") else f" (a plugin pass, {type(p).__module__})"
+        raise VerificationError(f"pass {p.name}{plugin} produced a model that fails the ONNX checker"
+                                f"{_after(done)}: {first}") from e
+
+
+def _passes_checker(model: onnx.ModelProto) -> bool:
+    try:
+        onnx.checker.check_model(model)
+    except Exception:
+        return False
+    return True
+
+
+def _account(ctx: Context, p: Pass, modified: bool) -> None:
+    """Record what ``p`` produced and whether it was exact (its own ``exact`` and its inputs')."""
+    own = (not modified) if p.exact is None else bool(p.exact)
+    exact = own and all(ctx.products.get(need, ctx.products.get(_ANY, False)) for need in p.requires)
+    if modified and not exact:
+        ctx.inexact.append(p.name)
+    if p.produces is None:  # unknown: it may have made or replaced any product
+        if not exact:
+            ctx.products = dict.fromkeys(ctx.products, False)
+        ctx.products[_ANY] = exact and ctx.products.get(_ANY, True)
+        return
+    for product in p.produces:
+        ctx.products[product] = exact
+
+
+def _merge_report(ctx: Context, p: Pass, result: PassResult) -> None:
+    """Put the result's report section(s) into ``ctx.report_extras``."""
+    sections = dict(result.sections)
+    if result.report is not None:
+        sections = {p.section or p.name: result.report, **sections}
+    for key, section in sections.items():
+        old = ctx.report_extras.get(key)
+        if p.accumulate and isinstance(old, dict) and isinstance(section, dict):
+            for k, v in section.items():
+                old[k] = old[k] + list(v) if isinstance(v, list) and isinstance(old.get(k), list) else v
+        elif p.accumulate and isinstance(section, dict):
+            ctx.report_extras[key] = {k: list(v) if isinstance(v, list) else v for k, v in section.items()}
+        else:
+            ctx.report_extras[key] = section
 
 
 def _after(done: list[str]) -> str:

@@ -48,7 +48,7 @@ def test_finetune_lowers_the_loss_and_changes_the_onnx_model(digits: Dataset, di
     assert result.data["ort_max_abs_diff"] <= 1e-4
     assert ctx.model is not digits_model
     assert [t.name for t in ctx.model.graph.initializer] == [t.name for t in digits_model.graph.initializer]
-    assert ctx.report_extras["finetune"]["loss_per_epoch"] == [e["loss"] for e in epochs]
+    assert result.report["loss_per_epoch"] == [e["loss"] for e in epochs]
 
 
 def test_written_back_model_equals_the_trained_graph_module(digits: Dataset, digits_model: onnx.ModelProto) -> None:

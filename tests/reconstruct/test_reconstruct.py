@@ -22,6 +22,7 @@ from npcompile.passes.reconstruct import (
     ReconstructPass,
     ReconstructSelectPass,
 )
+from npcompile.pipeline import Pipeline
 from npcompile.recovery.reconstruction import LayerStats, removal_layers, sample_positions, stream
 from npcompile.runtime.calibrate import Calibrator
 from npcompile.runtime.data import Dataset
@@ -80,7 +81,7 @@ def test_gemm_refit_equals_lstsq_and_reduces_error() -> None:
     mask = np.zeros(8, bool)
     mask[[1, 4, 6]] = True
     ctx.removal = {group_of(ctx, "g1"): mask}
-    ReconstructPass(Dataset({"x": x}), ridge=0.0, batch_size=64).run(ctx)
+    Pipeline([ReconstructPass(Dataset({"x": x}), ridge=0.0, batch_size=64)]).run(ctx)
     r = np.maximum(x.astype(np.float64) @ w["g1.w"] + w["g1.b"], 0)
     ref_w, ref_b = _lstsq(r[:, ~mask], r @ w["g2.w"])
     new_w, new_b = _weights(ctx.model, "g2")
@@ -163,7 +164,7 @@ def test_ridge_and_sampling_still_reduce_the_error() -> None:
     mask = np.zeros(6, bool)
     mask[[1, 2, 5]] = True
     ctx.removal = {group_of(ctx, "c1"): mask}
-    ReconstructPass(Dataset({"x": x}), ridge=1e-2, positions=4).run(ctx)
+    Pipeline([ReconstructPass(Dataset({"x": x}), ridge=1e-2, positions=4)]).run(ctx)
     row = ctx.report_extras["reconstruction"]["layers"][0]
     assert row["rows"] == 60 * 4
     assert row["error_after"] < 0.7 * row["error_before"]
@@ -278,8 +279,7 @@ def test_bn_recalibration_equals_numpy_statistics_of_the_pruned_network() -> Non
     mask = np.zeros(c, bool)
     mask[[1, 4]] = True
     ctx.removal = {group_of(ctx, "c1"): mask}
-    PrunePass().run(ctx)
-    BatchNormRecalibratePass(Dataset({"x": x}), batch_size=7).run(ctx)
+    Pipeline([PrunePass(), BatchNormRecalibratePass(Dataset({"x": x}), batch_size=7)]).run(ctx)
     # every BatchNorm now holds the statistics of its input in the returned network (bn2's input
     # depends on bn1's new statistics: they are re-estimated in that order)
     h, z = run(ctx.model, x, ["h", "z"])
@@ -325,7 +325,7 @@ def test_reconstruct_select_keeps_the_counts_of_the_selection_before_it() -> Non
     before = np.zeros(6, bool)
     before[[0, 1, 2]] = True
     ctx.removal = {gid: before}
-    ReconstructSelectPass(Dataset({"x": x})).run(ctx)
+    Pipeline([ReconstructSelectPass(Dataset({"x": x}))]).run(ctx)
     assert ctx.removal[gid].sum() == 3
     sel = ctx.report_extras["reconstruction"]["selection"][0]
     assert sel["removed"] == 3 and sel["consumers"] == 1 and sel["predicted_error"] >= 0
@@ -380,7 +380,7 @@ def test_downstream_scope_refits_later_layers_including_depthwise() -> None:
     for scope in ("consumers", "downstream"):
         ctx = context(m)
         ctx.removal = {group_of(ctx, "c1"): mask}
-        ReconstructPass(Dataset({"x": x}), scope=scope, positions=0).run(ctx)
+        Pipeline([ReconstructPass(Dataset({"x": x}), scope=scope, positions=0)]).run(ctx)
         rows = {r["layer"]: r for r in ctx.report_extras["reconstruction"]["layers"]}
         out[scope] = (run(ctx.model, held)[0], rows, ctx.report_extras["reconstruction"]["runs"][0]["waves"])
     assert set(out["consumers"][1]) == {"c2"} and out["consumers"][2] == 1

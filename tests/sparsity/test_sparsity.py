@@ -278,7 +278,7 @@ def test_registered():
 def test_reported_figures_and_metrics(model):
     ctx, result = sparsify(model, sparsity="2:4")
     data = result.data
-    assert ctx.report_extras["sparsity"] is data and data["summary"] == result.summary
+    assert result.report is data and data["summary"] == result.summary
     assert data["mode"] == "2:4" and data["layers_sparsified"] == 7 and data["layers_skipped"] == 5
     assert data["params"] == sum(r["params"] for r in data["layers"])
     assert data["nonzero"] == data["params"] // 2 and data["sparsity"] == 0.5
