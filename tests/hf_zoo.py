@@ -78,6 +78,16 @@ def llama(attn: str = "eager") -> nn.Module:
     return _Text(_randomize(LlamaModel(cfg)))
 
 
+def llama_mqa(attn: str = "eager") -> nn.Module:
+    """Llama with multi-query attention: one key/value head shared by every query head."""
+    from transformers import LlamaConfig, LlamaModel
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                      num_key_value_heads=1, intermediate_size=INTER, max_position_embeddings=32,
+                      attn_implementation=attn)
+    return _Text(_randomize(LlamaModel(cfg)))
+
+
 def vit_hf(attn: str = "eager") -> nn.Module:
     from transformers import ViTConfig, ViTForImageClassification
 
@@ -126,6 +136,7 @@ HF: dict[str, tuple[Callable[..., nn.Module], Callable[[], torch.Tensor], str, d
     "bert": (bert, lambda: torch.randint(0, 64, (2, 7)), "input_ids", {0: "batch", 1: "seq"}),
     "gpt2": (gpt2, lambda: torch.randint(0, 64, (2, 7)), "input_ids", {0: "batch", 1: "seq"}),
     "llama": (llama, lambda: torch.randint(0, 64, (2, 7)), "input_ids", {0: "batch", 1: "seq"}),
+    "llama_mqa": (llama_mqa, lambda: torch.randint(0, 64, (2, 7)), "input_ids", {0: "batch", 1: "seq"}),
     "vit_hf": (vit_hf, lambda: torch.randn(2, 3, 16, 16), "pixel_values", {0: "batch"}),
     "deit": (deit, lambda: torch.randn(2, 3, 16, 16), "pixel_values", {0: "batch"}),
     "torch_encoder": (torch_encoder, lambda: torch.randn(2, 7, 8), "input", {0: "batch", 1: "seq"}),

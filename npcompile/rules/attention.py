@@ -11,7 +11,9 @@
   value heads in the value product, both on a batch axis, where they are coupled; a key/value head
   broadcast to its query heads (grouped-query attention: Unsqueeze → Expand → Reshape repeats it
   ``G`` times) takes its ``G`` query heads with it (:meth:`ChannelAnalysis.link_repeat`). The
-  removal unit is one key/value group; query heads within a group are not removed on their own.
+  removal unit is one key/value group; query heads within a group are not removed on their own,
+  except in multi-query attention (one key/value head broadcast to all): there the query heads go
+  one by one and the broadcast count follows (the shared head's head_dim stays).
   A channel axis contracted by the product freezes.
 - Masks (``Where``, ``Add`` of a mask, causal ``Trilu``) and the ``1/sqrt(head_dim)`` scale are
   left as they are; ``Expand`` and ``Tile`` carry channels they do not repeat.
@@ -199,16 +201,25 @@ def activation_matmul(node: gs.Node, ctx: ChannelAnalysis) -> None:
     if not placed:
         return
     if len(placed) == 2 and placed[0][0] != placed[1][0]:
-        for _, d in placed:
-            ctx.freeze(d, f"MatMul {node.name} multiplies channels on different axes")
-        return
+        batch = [(ax, d) for ax, d in placed if ax < out_rank - 2]
+        if len(batch) != 1:
+            for _, d in placed:
+                ctx.freeze(d, f"MatMul {node.name} multiplies channels on different axes")
+            return
+        # heads on the batch axis times the channels of one shared value head (multi-query
+        # attention): the heads go on, head_dim stays
+        other = next(d for ax, d in placed if ax >= out_rank - 2)
+        name = node.inputs[1].name if other is ctx.dim(node.inputs[1]) else node.inputs[0].name
+        ctx.freeze(other, f"MatMul {node.name}: the channels of {name} are the head_dim of a head shared by "
+                          "every query head (head_dim never changes)")
+        placed = batch
     ax, first = placed[0]
     if len(placed) == 1:
         i = 0 if ctx.dim(node.inputs[0]) is first else 1
         other = ctx.shape(node.inputs[1 - i])
         if ax < out_rank - 2 and other is not None:  # a batch axis: the other operand must broadcast
             pos = ax - (out_rank - len(other))
-            if pos >= 0 and other[pos] != 1:
+            if pos >= 0 and other[pos] != 1 and not _repeated_head(node, ctx, node.inputs[1 - i], pos, first):
                 ctx.freeze(first, f"MatMul {node.name}: {node.inputs[1 - i].name} spans the channel axis "
                                   "but no group owns its channels")
                 return
@@ -225,6 +236,69 @@ def activation_matmul(node: gs.Node, ctx: ChannelAnalysis) -> None:
     plain, rep = (first, second) if lb.inner > 1 else (second, first)
     if ctx.link_repeat(plain, rep, reason):  # grouped-query attention: a key/value head per G query heads
         ctx.set_dim(node.outputs[0], ax, plain.layout, plain.pot * np.repeat(rep.pot, rep.layout.inner))
+
+
+def _repeated_head(node: gs.Node, ctx: ChannelAnalysis, t: gs.Tensor, axis: int, heads: ChannelDim) -> bool:
+    """Multi-query attention: ``t`` holds one key/value head broadcast to every query head on
+    ``axis`` (Unsqueeze -> Expand of a size-1 axis -> Reshape that merges it, possibly Transposed),
+    so query heads can go one by one: the broadcast count in the Expand shape and the Reshape
+    target follows the kept query heads. False (nothing registered) when ``t`` is not such a
+    broadcast or its shapes cannot be rewritten."""
+    n = heads.layout.channels
+    if not heads.layout.plain or n < 2:
+        return False
+    chain: list[tuple[gs.Node, int]] = []  # (node, axis of its output that follows the heads)
+    for _ in range(8):
+        if len(t.outputs) != 1 or t in ctx.graph.outputs or not t.inputs:
+            return False  # another reader would see the count change
+        op = t.inputs[0]
+        if op.op in ("Identity", "Transpose"):
+            if op.op == "Transpose":
+                rank = ctx.rank(op.inputs[0])
+                axis = [int(v) for v in op.attrs.get("perm", list(range(rank))[::-1])][axis]
+            t = op.inputs[0]
+            continue
+        s_in, s_out = ctx.shape(op.inputs[0]), ctx.shape(t)
+        if s_in is None or s_out is None or s_out[axis] != n:
+            return False
+        if op.op == "Reshape":
+            cin, cout = _cum(s_in), _cum(s_out)
+            p = next((p for p in range(len(s_in)) if cin[p] == cout[axis] and cin[p + 1] * (
+                n if s_in[p] == 1 else 1) == cout[axis + 1]), None)
+            if p is None:
+                return False
+            chain.append((op, axis))
+            axis = p + 1 if s_in[p] == 1 else p
+            t = op.inputs[0]
+            continue
+        if op.op == "Expand":
+            in_axis = axis - (len(s_out) - len(s_in))
+            if in_axis >= 0 and s_in[in_axis] != 1:
+                return False
+            chain.append((op, axis))
+            break
+        return False
+    else:
+        return False
+    if not chain or chain[-1][0].op != "Expand":
+        return False
+    layout = heads.layout
+
+    def kept(removed, find):
+        return layout.kept_size(removed, find)
+
+    for op, ax in chain:
+        if op.op == "Expand":
+            length = ctx.shape(op.inputs[1])
+            if length is None:
+                return False
+            ok = target_fixup(op, ctx, [(ax - (len(ctx.shape(op.outputs[0])) - int(length[0])), kept)], [layout],
+                              f"broadcast count of {op.name}", index=1)
+        else:
+            ok = target_fixup(op, ctx, [(ax, kept)], [layout], f"head count of {op.name}")
+        if not ok:
+            return False
+    return True
 
 
 @register("Trilu")

@@ -115,17 +115,33 @@ def target_fixup(node: gs.Node, ctx: ChannelAnalysis, entries: list[tuple[int, C
             new[i][pos] = compute(removed, find)
 
         def apply() -> None:
+            if -1 in new:
+                node.inputs[index] = gs.Constant(f"{target.name}_npc_{node.name}", new[-1])
+                return
+            own = _own_concat(ctx.graph, node, index)
             for i, arr in new.items():
-                if i == -1:
-                    node.inputs[index] = gs.Constant(f"{target.name}_npc_{node.name}", arr)
-                else:
-                    old = concat.inputs[i]
-                    concat.inputs[i] = gs.Constant(f"{old.name}_npc_{concat.name}_{i}", arr)
+                old = own.inputs[i]
+                own.inputs[i] = gs.Constant(f"{old.name}_npc_{own.name}_{i}", arr)
 
         return apply
 
     ctx.add_fixup(layouts, prepare, what or f"target shape of {node.name}")
     return True
+
+
+def _own_concat(graph: gs.Graph, node: gs.Node, index: int) -> gs.Node:
+    """The Concat that computes input ``index`` of ``node``, copied for ``node`` alone when other
+    nodes read the same shape (an exporter shares one shape tensor between the q, k and v
+    reshapes, whose widths may differ after pruning)."""
+    shape = node.inputs[index]
+    concat = shape.inputs[0]
+    if len(shape.outputs) == 1 and shape not in graph.outputs:
+        return concat
+    out = gs.Variable(f"{shape.name}_npc_{node.name}", dtype=shape.dtype, shape=shape.shape)
+    copy = gs.Node("Concat", f"{concat.name}_npc_{node.name}", dict(concat.attrs), list(concat.inputs), [out])
+    graph.nodes.append(copy)
+    node.inputs[index] = out
+    return copy
 
 
 def _keep_entries(ctx: ChannelAnalysis, target: gs.Tensor, at_probe: np.ndarray,
