@@ -118,7 +118,7 @@ def target_fixup(node: gs.Node, ctx: ChannelAnalysis, entries: list[tuple[int, C
             if -1 in new:
                 node.inputs[index] = gs.Constant(f"{target.name}_npc_{node.name}", new[-1])
                 return
-            own = _own_concat(ctx.graph, node, index)
+            own = _own_concat(ctx.graph, target, node)
             for i, arr in new.items():
                 old = own.inputs[i]
                 own.inputs[i] = gs.Constant(f"{old.name}_npc_{own.name}_{i}", arr)
@@ -129,18 +129,22 @@ def target_fixup(node: gs.Node, ctx: ChannelAnalysis, entries: list[tuple[int, C
     return True
 
 
-def _own_concat(graph: gs.Graph, node: gs.Node, index: int) -> gs.Node:
-    """The Concat that computes input ``index`` of ``node``, copied for ``node`` alone when other
+def _own_concat(graph: gs.Graph, target: gs.Tensor, node: gs.Node) -> gs.Node:
+    """The Concat that computes shape ``target`` for ``node``, copied for ``node`` alone when other
     nodes read the same shape (an exporter shares one shape tensor between the q, k and v
-    reshapes, whose widths may differ after pruning)."""
-    shape = node.inputs[index]
-    concat = shape.inputs[0]
-    if len(shape.outputs) == 1 and shape not in graph.outputs:
+    reshapes, whose widths may differ after pruning). ``node`` reads ``target`` directly or through
+    the override of :func:`_override_fixup`."""
+    concat = target.inputs[0]
+    ours = [c for c in target.outputs if c is node or c.name == f"{target.name}_npc_{node.name}_Div"]
+    if len(ours) == len(target.outputs) and target not in graph.outputs:
         return concat
-    out = gs.Variable(f"{shape.name}_npc_{node.name}", dtype=shape.dtype, shape=shape.shape)
+    out = gs.Variable(f"{target.name}_npc_{node.name}", dtype=target.dtype, shape=target.shape)
     copy = gs.Node("Concat", f"{concat.name}_npc_{node.name}", dict(concat.attrs), list(concat.inputs), [out])
     graph.nodes.append(copy)
-    node.inputs[index] = out
+    for consumer in ours:
+        for k, inp in enumerate(consumer.inputs):
+            if inp is target:
+                consumer.inputs[k] = out
     return copy
 
 
@@ -207,7 +211,8 @@ def _override_fixup(node: gs.Node, ctx: ChannelAnalysis, index: int, at_probe: n
             part = gs.Variable(f"{base}_part", dtype=np.int64)
             new_shape = gs.Variable(f"{base}_new", dtype=np.int64)
             graph.nodes.extend([
-                gs.Node("Div", f"{base}_Div", inputs=[target, gs.Constant(f"{base}_div", div)], outputs=[part]),
+                gs.Node("Div", f"{base}_Div", inputs=[node.inputs[index], gs.Constant(f"{base}_div", div)],
+                        outputs=[part]),
                 gs.Node("Mul", f"{base}_Mul", inputs=[part, gs.Constant(f"{base}_mul", mul)], outputs=[new_shape])])
             node.inputs[index] = new_shape
 
