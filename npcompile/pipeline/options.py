@@ -39,10 +39,13 @@ class PassOptions:
             object.__setattr__(self, k, v)
 
 
-def option(default: Any = MISSING, *, record: bool = True, default_factory: Any = MISSING) -> Any:
+def option(default: Any = MISSING, *, record: bool = True, default_factory: Any = MISSING,
+           init: bool = True) -> Any:
     """A field of a pass's ``Options``; ``record=False``: not listed with the pass in the report
-    (data sets, objects, options that do not change the result)."""
-    return field(default=default, default_factory=default_factory, metadata={"record": record})
+    (data sets, objects, options that do not change the result); ``init=False``: not an option but
+    a value ``__post_init__`` derives from the options (``self._set(name=...)``)."""
+    return field(default=default, default_factory=default_factory, init=init,
+                 metadata={"record": record and init})
 
 
 def _fields(options_cls: type) -> tuple[Field, ...]:
@@ -54,6 +57,8 @@ def _fields(options_cls: type) -> tuple[Field, ...]:
 def _signature(options_cls: type) -> inspect.Signature:
     params = []
     for f in _fields(options_cls):
+        if not f.init:
+            continue
         default = f.default if f.default is not MISSING else (
             inspect.Parameter.empty if f.default_factory is MISSING else f.default_factory())
         params.append(inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default))
@@ -82,7 +87,7 @@ def option_names(cls: type) -> tuple[list[str], bool]:
 
     options_cls = getattr(cls, "Options", None)
     if options_cls is not None and cls.__init__ is Pass.__init__:
-        return [f.name for f in _fields(options_cls)], False
+        return [f.name for f in _fields(options_cls) if f.init], False
     params = inspect.signature(cls.__init__).parameters
     accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
     return [k for k in params if k not in ("self", "args", "kwargs")], accepts_any
