@@ -17,7 +17,9 @@ from npcompile.passes.finetune import FinetunePass
 from npcompile.passes.magnitude import MagnitudePass
 from npcompile.passes.prune import PrunePass
 from npcompile.passes.quantize import QuantizePass
+from npcompile.passes.search import BinarySearchPass
 from npcompile.passes.select import SelectPass
+from npcompile.passes.sparsity import SparsityPass
 from npcompile.pipeline import Context, Pass, PassResult, Pipeline
 from npcompile.pipeline.file import PassSpec, instantiate
 
@@ -50,6 +52,9 @@ def test_bad_values_give_the_same_errors(lenet) -> None:
         SelectPass(ratio=0.2, round_to=0)
     with pytest.raises(UserError, match="^optimizer must be one of adam, sgd, got 'lbfgs'$"):
         FinetunePass(optimizer="lbfgs")
+    with pytest.raises(TypeError, match=r"^BinarySearchPass.__init__\(\) missing 1 required positional argument: "
+                                        "'evaluator'$"):
+        BinarySearchPass(0.5)
 
 
 def test_options_are_attributes_and_positional_arguments_still_work() -> None:
@@ -69,6 +74,9 @@ def test_recorded_options_keep_their_content_and_order(lenet) -> None:
         ("epochs", 2), ("lr", 1.0), ("optimizer", "sgd"), ("batch_size", 64), ("seed", None), ("momentum", 0.9),
         ("weight_decay", 0.0), ("loss", "nll"), ("steps", None), ("keep_zeros", True), ("freeze_bn_stats", True),
         ("output", 0), ("schedule", "cosine"), ("threads", 0), ("distill", 0.0), ("temperature", 2.0)]
+    assert SparsityPass(sparsity=1 / 2, scope="GLOBAL", include="a,b", zlib_level=3.0).options == {
+        "sparsity": 0.5, "scope": "global", "include": ["a", "b"], "exclude": None, "min_size": 64,
+        "max_layer_sparsity": 0.99, "zlib_level": 3.0}
     assert list(QuantizePass(scheme="fp16", exclude="a,b").options) == [
         "scheme", "method", "batch_size", "exclude", "per_channel", "keep_io_types", "activations", "samples",
         "percentile", "preprocess", "reduce_range", "op_types", "quantize_bias", "check", "calib"]

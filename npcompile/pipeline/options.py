@@ -24,28 +24,33 @@ field name: :func:`option_names` is what ``instantiate`` checks pipeline-file ke
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import MISSING, Field, field, fields, is_dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = ["PassOptions", "option", "option_names", "build_options", "recorded_options"]
 
 
 class PassOptions:
     """Base of a pass's ``Options`` (a frozen dataclass); :meth:`_set` lets ``__post_init__``
-    store a normalised value (``self._set(loss=self.loss.lower())``)."""
+    store a normalised value (``self._set(loss=self.loss.lower())``). ``record_order``: the
+    recorded options in the order the report lists them, where that is not the field order."""
+
+    record_order: ClassVar[tuple[str, ...] | None] = None
 
     def _set(self, **values: Any) -> None:
         for k, v in values.items():
             object.__setattr__(self, k, v)
 
 
-def option(default: Any = MISSING, *, record: bool = True, default_factory: Any = MISSING,
-           init: bool = True) -> Any:
+def option(default: Any = MISSING, *, record: bool = True, report: Callable[[Any], Any] | None = None,
+           default_factory: Any = MISSING, init: bool = True) -> Any:
     """A field of a pass's ``Options``; ``record=False``: not listed with the pass in the report
-    (data sets, objects, options that do not change the result); ``init=False``: not an option but
-    a value ``__post_init__`` derives from the options (``self._set(name=...)``)."""
+    (data sets, objects, options that do not change the result); ``report``: what the report lists
+    for the value (e.g. an evaluator's name); ``init=False``: not an option but a value
+    ``__post_init__`` derives from the options (``self._set(name=...)``)."""
     return field(default=default, default_factory=default_factory, init=init,
-                 metadata={"record": record and init})
+                 metadata={"record": record and init, "report": report})
 
 
 def _fields(options_cls: type) -> tuple[Field, ...]:
@@ -54,30 +59,29 @@ def _fields(options_cls: type) -> tuple[Field, ...]:
     return fields(options_cls)
 
 
-def _signature(options_cls: type) -> inspect.Signature:
-    params = []
-    for f in _fields(options_cls):
-        if not f.init:
-            continue
-        default = f.default if f.default is not MISSING else (
-            inspect.Parameter.empty if f.default_factory is MISSING else f.default_factory())
-        params.append(inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default))
-    return inspect.Signature(params)
-
-
 def build_options(options_cls: type, owner: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """``options_cls`` from constructor arguments; a wrong argument is a TypeError as Python's own
-    (``SelectPass.__init__() got an unexpected keyword argument 'x'``)."""
+    """``options_cls`` from constructor arguments; a wrong argument is Python's own TypeError, named
+    after the pass (``SelectPass.__init__() got an unexpected keyword argument 'x'``)."""
+    _fields(options_cls)
     try:
-        bound = _signature(options_cls).bind(*args, **kwargs)
+        return options_cls(*args, **kwargs)
     except TypeError as e:
-        raise TypeError(f"{owner}.__init__() {e}") from None
-    return options_cls(**bound.arguments)
+        prefix = f"{options_cls.__init__.__qualname__}()"
+        if str(e).startswith(prefix):
+            raise TypeError(f"{owner}.__init__(){str(e)[len(prefix):]}") from None
+        raise
 
 
 def recorded_options(config: Any) -> dict[str, Any]:
-    """The recorded fields of ``config`` (an ``Options`` instance), in field order."""
-    return {f.name: getattr(config, f.name) for f in fields(config) if f.metadata.get("record", True)}
+    """The recorded fields of ``config`` (an ``Options`` instance), in field order (or in the
+    order of its ``record_order``), each as its ``report`` function makes it."""
+    recorded = {f.name: f for f in fields(config) if f.init and f.metadata.get("record", True)}
+    out = {}
+    for name in getattr(config, "record_order", None) or recorded:
+        report = recorded[name].metadata.get("report")
+        value = getattr(config, name)
+        out[name] = report(value) if report is not None else value
+    return out
 
 
 def option_names(cls: type) -> tuple[list[str], bool]:
