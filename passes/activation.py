@@ -18,11 +18,12 @@ The scoring lives in :mod:`npcompile.importance.activation` (:func:`activation_s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 from npcompile.errors import UserError
 from npcompile.importance.activation import CRITERIA, activation_scores, tensor_rank
-from npcompile.pipeline import Context, Pass, PassResult, register_pass
+from npcompile.pipeline import Context, Pass, PassOptions, PassResult, option, register_pass
 from npcompile.runtime.calibrate import Calibrator, SlotStats, check_shapes, group_inputs, nonnegative
 from npcompile.runtime.data import Dataset
 
@@ -37,18 +38,24 @@ class ActivationPass(Pass):
     description = "activation statistics on calibration data: 1 - APoZ or mean |activation| (needs --calib)"
     produces = frozenset({"scores"})
     exact = True  # provably dead channels score exactly 0, every other channel above 0
-    fixed: ClassVar[str | None] = None
     data_options: ClassVar[dict[str, str]] = {"calib": "ignore"}
 
-    def __init__(self, calib: Dataset | None = None, criterion: str = "apoz", batch_size: int = 256,
-                 threads: int = 0) -> None:
-        criterion = (self.fixed or criterion).replace("-", "_")
-        if criterion not in CRITERIA:
-            raise UserError(f"activation criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
-        if batch_size < 1:
-            raise UserError(f"calibration batch size must be >= 1, got {batch_size}")
-        super().__init__(criterion=criterion, batch_size=batch_size)
-        self.calib, self.criterion, self.batch_size, self.threads = calib, criterion, batch_size, threads
+    @dataclass(frozen=True)
+    class Options(PassOptions):
+        #: the criterion of a pass named after it (``apoz``, ``mean-abs``): replaces ``criterion``
+        fixed: ClassVar[str | None] = None
+        calib: Dataset | None = option(None, record=False)
+        criterion: str = "apoz"
+        batch_size: int = 256
+        threads: int = option(0, record=False)
+
+        def __post_init__(self) -> None:
+            criterion = (self.fixed or self.criterion).replace("-", "_")
+            if criterion not in CRITERIA:
+                raise UserError(f"activation criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
+            if self.batch_size < 1:
+                raise UserError(f"calibration batch size must be >= 1, got {self.batch_size}")
+            self._set(criterion=criterion)
 
     def run(self, ctx: Context) -> PassResult:
         if self.calib is None:
@@ -86,7 +93,10 @@ class ApozPass(ActivationPass):
 
     name = "apoz"
     description = "1 - APoZ: share of non-zero activations per channel on calibration data (needs --calib)"
-    fixed = "apoz"
+
+    @dataclass(frozen=True)
+    class Options(ActivationPass.Options):
+        fixed: ClassVar[str | None] = "apoz"
 
 
 @register_pass
@@ -95,4 +105,7 @@ class MeanAbsPass(ActivationPass):
 
     name = "mean-abs"
     description = "mean |activation| per channel on calibration data (needs --calib)"
-    fixed = "mean_abs"
+
+    @dataclass(frozen=True)
+    class Options(ActivationPass.Options):
+        fixed: ClassVar[str | None] = "mean_abs"

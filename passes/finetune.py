@@ -48,6 +48,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -55,7 +56,7 @@ import numpy as np
 import onnx
 
 from npcompile.errors import UserError
-from npcompile.pipeline import Context, Pass, PassResult, register_pass
+from npcompile.pipeline import Context, Pass, PassOptions, PassResult, option, register_pass
 from npcompile.report.progress import progress
 from npcompile.runtime.data import Dataset, load_data
 from npcompile.runtime.stream import batches, fetch
@@ -99,51 +100,61 @@ class FinetunePass(Pass):
     #: options naming a data file, loaded by pipeline files (option -> labels mode of load_data)
     data_options: ClassVar[dict[str, str]] = {"train": "required"}
 
-    def __init__(self, train: Dataset | str | Path | None = None, epochs: int | None = None, lr: float = 1e-3,
-                 optimizer: str = "adam", batch_size: int = 64, seed: int | None = None, momentum: float = 0.9,
-                 weight_decay: float = 0.0, loss: str = "cross_entropy", steps: int | None = None,
-                 keep_zeros: bool = True, freeze_bn_stats: bool = True, output: int | str = 0,
-                 schedule: str = "cosine", threads: int = 0, distill: float = 0.0, temperature: float = 2.0,
-                 verify: bool = True) -> None:
-        optimizer = optimizer.lower()
-        loss = loss.lower().replace("-", "_")
-        schedule = schedule.lower()
-        if optimizer not in OPTIMIZERS:
-            raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
-        if loss not in LOSSES:
-            raise UserError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
-        if schedule not in SCHEDULES:
-            raise UserError(f"learning-rate schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
-        if epochs is not None and int(epochs) < 1:
-            raise UserError(f"epochs must be >= 1, got {epochs}")
-        if int(threads) < 0:
-            raise UserError(f"threads must be >= 0, got {threads}")
-        if not 0.0 <= float(distill) <= 1.0:
-            raise UserError(f"distillation weight must be in [0, 1], got {distill}")
-        if not (float(temperature) > 0 and math.isfinite(float(temperature))):
-            raise UserError(f"distillation temperature must be > 0, got {temperature}")
-        if steps is not None and int(steps) < 1:
-            raise UserError(f"steps must be >= 1, got {steps}")
-        if int(batch_size) < 1:
-            raise UserError(f"batch size must be >= 1, got {batch_size}")
-        if not (float(lr) > 0 and math.isfinite(float(lr))):
-            raise UserError(f"learning rate must be > 0, got {lr}")
-        if float(weight_decay) < 0 or not 0 <= float(momentum) < 1:
-            raise UserError("weight decay must be >= 0 and momentum in [0, 1)")
-        epochs = None if epochs is None else int(epochs)
-        super().__init__(epochs=epochs, lr=float(lr), optimizer=optimizer, batch_size=int(batch_size),
-                         seed=seed, momentum=float(momentum), weight_decay=float(weight_decay), loss=loss,
-                         steps=None if steps is None else int(steps), keep_zeros=bool(keep_zeros),
-                         freeze_bn_stats=bool(freeze_bn_stats), output=output, schedule=schedule,
-                         threads=int(threads), distill=float(distill), temperature=float(temperature))
-        self.train = train
-        self.schedule, self.threads = schedule, int(threads)
-        self.distill, self.temperature = float(distill), float(temperature)
-        self.epochs, self.lr, self.optimizer, self.batch_size = epochs, float(lr), optimizer, int(batch_size)
-        self.seed, self.momentum, self.weight_decay, self.loss = seed, float(momentum), float(weight_decay), loss
-        self.steps = None if steps is None else int(steps)
-        self.keep_zeros, self.freeze_bn_stats, self.output, self.verify = (bool(keep_zeros), bool(freeze_bn_stats),
-                                                                           output, verify)
+    @dataclass(frozen=True)
+    class Options(PassOptions):
+        train: Dataset | str | Path | None = option(None, record=False)
+        epochs: int | None = None
+        lr: float = 1e-3
+        optimizer: str = "adam"
+        batch_size: int = 64
+        seed: int | None = None
+        momentum: float = 0.9
+        weight_decay: float = 0.0
+        loss: str = "cross_entropy"
+        steps: int | None = None
+        keep_zeros: bool = True
+        freeze_bn_stats: bool = True
+        output: int | str = 0
+        schedule: str = "cosine"
+        threads: int = 0
+        distill: float = 0.0
+        temperature: float = 2.0
+        verify: bool = option(True, record=False)
+
+        def __post_init__(self) -> None:
+            optimizer = self.optimizer.lower()
+            loss = self.loss.lower().replace("-", "_")
+            schedule = self.schedule.lower()
+            epochs, steps, threads = self.epochs, self.steps, self.threads
+            distill, temperature, batch_size, lr = self.distill, self.temperature, self.batch_size, self.lr
+            weight_decay, momentum = self.weight_decay, self.momentum
+            if optimizer not in OPTIMIZERS:
+                raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+            if loss not in LOSSES:
+                raise UserError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+            if schedule not in SCHEDULES:
+                raise UserError(f"learning-rate schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+            if epochs is not None and int(epochs) < 1:
+                raise UserError(f"epochs must be >= 1, got {epochs}")
+            if int(threads) < 0:
+                raise UserError(f"threads must be >= 0, got {threads}")
+            if not 0.0 <= float(distill) <= 1.0:
+                raise UserError(f"distillation weight must be in [0, 1], got {distill}")
+            if not (float(temperature) > 0 and math.isfinite(float(temperature))):
+                raise UserError(f"distillation temperature must be > 0, got {temperature}")
+            if steps is not None and int(steps) < 1:
+                raise UserError(f"steps must be >= 1, got {steps}")
+            if int(batch_size) < 1:
+                raise UserError(f"batch size must be >= 1, got {batch_size}")
+            if not (float(lr) > 0 and math.isfinite(float(lr))):
+                raise UserError(f"learning rate must be > 0, got {lr}")
+            if float(weight_decay) < 0 or not 0 <= float(momentum) < 1:
+                raise UserError("weight decay must be >= 0 and momentum in [0, 1)")
+            self._set(epochs=None if epochs is None else int(epochs), lr=float(lr), optimizer=optimizer,
+                      batch_size=int(batch_size), momentum=float(momentum), weight_decay=float(weight_decay),
+                      loss=loss, steps=None if steps is None else int(steps), keep_zeros=bool(self.keep_zeros),
+                      freeze_bn_stats=bool(self.freeze_bn_stats), schedule=schedule, threads=int(threads),
+                      distill=float(distill), temperature=float(temperature))
 
     # ------------------------------------------------------------------------------------------
 

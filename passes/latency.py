@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,7 @@ from npcompile.channels.analysis import Group
 from npcompile.channels.cost import CostModel
 from npcompile.channels.masked import prune_copy
 from npcompile.errors import UserError
-from npcompile.pipeline import Context, Pass, PassResult, register_pass
+from npcompile.pipeline import Context, Pass, PassOptions, PassResult, option, register_pass
 from npcompile.report.progress import progress
 from npcompile.runtime.latency_model import (
     LatencyModel,
@@ -75,33 +76,53 @@ class LatencyBudgetPass(Pass):
     produces = frozenset({"removal"})  # ranks by L1 magnitude when nothing scored
     exact = False
 
-    def __init__(self, target_latency: float, evaluator: Any = None, measure: Any = None, round_to: int = 1,
-                 min_channels: int = 1, include: Any = None, exclude: Any = None, threads: int = 0,
-                 provider: str = "CPUExecutionProvider", target_params: float | None = None,
-                 target_flops: float | None = None, tolerance: float | None = None, criterion: str = "per-ms",
-                 refine: int = 3, cache: str | None = None, use_cache: bool = True, step: int = 0, levels: int = 8,
-                 max_fraction: float = 0.9, precision: float = 0.03, max_seconds: float = 15.0,
-                 slack: float = 0.05) -> None:
-        if not 0.0 < float(target_latency) < 1.0:
-            raise UserError(f"--target-latency is the fraction of the original latency to reach, in (0, 1); "
-                            f"got {target_latency}")
-        if criterion not in CRITERIA:
-            raise UserError(f"--latency-criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
-        if refine < 0 or levels < 2 or round_to < 1:
-            raise UserError("latency budget: refine must be >= 0, levels >= 2, round_to >= 1")
-        super().__init__(target_latency=target_latency, round_to=round_to, min_channels=min_channels,
-                         target_params=target_params, target_flops=target_flops, tolerance=tolerance,
-                         criterion=criterion, refine=refine, levels=levels, threads=threads)
-        self.target = float(target_latency)
-        self.evaluator, self.round_to, self.min_channels = evaluator, round_to, min_channels
-        self.include, self.exclude, self.threads, self.provider = include, exclude, threads, provider
-        self.budgets = {"flops": target_flops, "params": target_params}
-        self.tolerance, self.criterion, self.refine = tolerance, criterion, refine
-        self.cache, self.use_cache, self.levels, self.max_fraction = cache, use_cache, levels, max_fraction
-        self.step, self.slack = step, slack
-        self.runner = measure if callable(measure) else ort_runner(threads, provider)
-        self.stable = StableOptions(runs=20, warmup=5, precision=precision, min_rounds=2, max_rounds=12,
-                                    max_seconds=max_seconds)
+    @dataclass(frozen=True)
+    class Options(PassOptions):
+        record_order = ("target_latency", "round_to", "min_channels", "target_params", "target_flops", "tolerance",
+                        "criterion", "refine", "levels", "threads")
+        target_latency: float
+        evaluator: Any = option(None, record=False)
+        measure: Any = option(None, record=False)
+        round_to: int = 1
+        min_channels: int = 1
+        include: Any = option(None, record=False)
+        exclude: Any = option(None, record=False)
+        threads: int = 0
+        provider: str = option("CPUExecutionProvider", record=False)
+        target_params: float | None = None
+        target_flops: float | None = None
+        tolerance: float | None = None
+        criterion: str = "per-ms"
+        refine: int = 3
+        cache: str | None = option(None, record=False)
+        use_cache: bool = option(True, record=False)
+        step: int = option(0, record=False)
+        levels: int = 8
+        max_fraction: float = option(0.9, record=False)
+        precision: float = option(0.03, record=False)
+        max_seconds: float = option(15.0, record=False)
+        slack: float = option(0.05, record=False)
+        #: derived: the target as a float, the FLOPs/parameter budgets, the latency runner factory and
+        #: how stable a comparison must be
+        target: float = option(0.0, init=False)
+        budgets: dict[str, float | None] | None = option(None, init=False)
+        runner: Any = option(None, init=False)
+        stable: StableOptions | None = option(None, init=False)
+
+        def __post_init__(self) -> None:
+            if not 0.0 < float(self.target_latency) < 1.0:
+                raise UserError(f"--target-latency is the fraction of the original latency to reach, in (0, 1); "
+                                f"got {self.target_latency}")
+            if self.criterion not in CRITERIA:
+                raise UserError(f"--latency-criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
+            if self.refine < 0 or self.levels < 2 or self.round_to < 1:
+                raise UserError("latency budget: refine must be >= 0, levels >= 2, round_to >= 1")
+            measure = self.measure
+            self._set(target=float(self.target_latency),
+                      budgets={"flops": self.target_flops, "params": self.target_params},
+                      runner=measure if callable(measure) else ort_runner(self.threads, self.provider),
+                      stable=StableOptions(runs=20, warmup=5, precision=self.precision, min_rounds=2, max_rounds=12,
+                                           max_seconds=self.max_seconds))
 
     # -- the latency model -------------------------------------------------------------------
     def model_options(self) -> LatencyModelOptions:

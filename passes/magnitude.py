@@ -8,8 +8,10 @@ consumed (see :mod:`npcompile.channels.analysis`) score exactly 0; every other c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from npcompile.importance.magnitude import group_magnitude
-from npcompile.pipeline import Context, Pass, PassResult, register_pass
+from npcompile.pipeline import Context, Pass, PassOptions, PassResult, register_pass
 
 __all__ = ["MagnitudePass", "group_magnitude"]
 
@@ -24,11 +26,13 @@ class MagnitudePass(Pass):
     produces = frozenset({"scores"})
     exact = True  # provably dead channels score exactly 0, every other channel above 0
 
-    def __init__(self, p: int = 1) -> None:
-        if p not in (1, 2):
-            raise ValueError(f"magnitude: p must be 1 or 2, got {p}")
-        super().__init__(p=p)
-        self.p = p
+    @dataclass(frozen=True)
+    class Options(PassOptions):
+        p: int = 1
+
+        def __post_init__(self) -> None:
+            if self.p not in (1, 2):
+                raise ValueError(f"magnitude: p must be 1 or 2, got {self.p}")
 
     def run(self, ctx: Context) -> PassResult:
         analysis = ctx.analysis

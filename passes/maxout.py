@@ -23,6 +23,7 @@ that never win (the same number in every unit).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -30,7 +31,7 @@ import numpy as np
 from npcompile.channels.select import lowest, lowest_per_block
 from npcompile.errors import UserError
 from npcompile.importance.activation import activation_scores, tensor_rank
-from npcompile.pipeline import Context, Pass, PassResult, register_pass
+from npcompile.pipeline import Context, Pass, PassOptions, PassResult, option, register_pass
 from npcompile.runtime.calibrate import Calibrator, SlotStats, WinCounts, check_shapes, group_inputs, nonnegative
 from npcompile.runtime.data import Dataset
 
@@ -48,12 +49,16 @@ class MaxoutRelevancePass(Pass):
     exact = False  # "never wins" is a fact about the calibration data only
     data_options: ClassVar[dict[str, str]] = {"calib": "ignore"}
 
-    def __init__(self, calib: Dataset | None = None, batch_size: int = 256, units: bool = False,
-                 threads: int = 0) -> None:
-        if batch_size < 1:
-            raise UserError(f"calibration batch size must be >= 1, got {batch_size}")
-        super().__init__(batch_size=batch_size, units=units)
-        self.calib, self.batch_size, self.units, self.threads = calib, batch_size, units, threads
+    @dataclass(frozen=True)
+    class Options(PassOptions):
+        calib: Dataset | None = option(None, record=False)
+        batch_size: int = 256
+        units: bool = False
+        threads: int = option(0, record=False)
+
+        def __post_init__(self) -> None:
+            if self.batch_size < 1:
+                raise UserError(f"calibration batch size must be >= 1, got {self.batch_size}")
 
     def run(self, ctx: Context) -> PassResult:
         if self.calib is None:
@@ -109,11 +114,15 @@ class MaxoutSelectPass(Pass):
     produces = frozenset({"removal"})
     exact = False
 
-    def __init__(self, per_unit: int = 1, units: int = 0) -> None:
-        if per_unit < 0 or units < 0:
-            raise UserError(f"maxout-select: per_unit and units must be >= 0, got {per_unit} and {units}")
-        super().__init__(per_unit=per_unit, units=units)
-        self.per_unit, self.units = per_unit, units
+    @dataclass(frozen=True)
+    class Options(PassOptions):
+        per_unit: int = 1
+        units: int = 0
+
+        def __post_init__(self) -> None:
+            if self.per_unit < 0 or self.units < 0:
+                raise UserError(f"maxout-select: per_unit and units must be >= 0, got {self.per_unit} and "
+                                f"{self.units}")
 
     def run(self, ctx: Context) -> PassResult:
         analysis = ctx.analysis

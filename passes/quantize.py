@@ -32,10 +32,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from npcompile.errors import UserError
-from npcompile.pipeline import Context, Pass, PassResult, register_pass
+from npcompile.pipeline import Context, Pass, PassOptions, PassResult, option, register_pass
 from npcompile.quantize import QuantizeOptions, missing_calib_message, quantize_model
 from npcompile.runtime.data import Dataset
 
@@ -57,30 +58,50 @@ class QuantizePass(Pass):
     section = "quantization"
     data_options: ClassVar[dict[str, str]] = {"calib": "ignore"}
 
-    def __init__(self, scheme: str = "int8", method: str = "minmax", calib: Dataset | None = None,
-                 batch_size: int = 32, exclude: str | Sequence[str] | None = None, per_channel: bool = True,
-                 keep_io_types: bool = True, activations: str = "uint8", samples: int | None = None,
-                 percentile: float = 99.999, preprocess: bool = True, reduce_range: bool = False,
-                 op_types: str | Sequence[str] | None = None, quantize_bias: bool | None = None, threads: int = 0,
-                 check: bool = True) -> None:
-        opts = QuantizeOptions.make(scheme=scheme, method=method, per_channel=per_channel, activations=activations,
-                                    exclude=exclude, keep_io_types=keep_io_types, batch_size=batch_size,
-                                    samples=samples, percentile=percentile, preprocess=preprocess,
-                                    reduce_range=reduce_range, op_types=op_types, quantize_bias=quantize_bias)
-        if opts.calibrated and calib is None:
-            raise UserError(missing_calib_message("--calib") + " (pipeline option calib)")
-        if calib is not None and not isinstance(calib, Dataset):
-            raise UserError(f"quantize: calib must be a data file path or a Dataset, got {type(calib).__name__}")
-        super().__init__(scheme=opts.scheme, method=opts.method, batch_size=opts.batch_size,
-                         exclude=list(opts.exclude) or None, per_channel=opts.per_channel,
-                         keep_io_types=opts.keep_io_types, activations=opts.activations, samples=opts.samples,
-                         percentile=opts.percentile, preprocess=opts.preprocess, reduce_range=opts.reduce_range,
-                         op_types=list(opts.op_types) or None, quantize_bias=opts.quantize_bias, check=bool(check),
-                         calib=calib.source if calib is not None else None)
-        self.opts = opts
-        self.calib = calib
-        self.threads = int(threads)
-        self.check = bool(check)
+    @dataclass(frozen=True)
+    class Options(PassOptions):
+        scheme: str = "int8"
+        method: str = "minmax"
+        calib: Dataset | None = None
+        batch_size: int = 32
+        exclude: str | Sequence[str] | None = None
+        per_channel: bool = True
+        keep_io_types: bool = True
+        activations: str = "uint8"
+        samples: int | None = None
+        percentile: float = 99.999
+        preprocess: bool = True
+        reduce_range: bool = False
+        op_types: str | Sequence[str] | None = None
+        quantize_bias: bool | None = None
+        threads: int = 0
+        check: bool = True
+        #: the checked and normalised :class:`QuantizeOptions`
+        opts: QuantizeOptions | None = option(None, init=False)
+
+        def __post_init__(self) -> None:
+            opts = QuantizeOptions.make(scheme=self.scheme, method=self.method, per_channel=self.per_channel,
+                                        activations=self.activations, exclude=self.exclude,
+                                        keep_io_types=self.keep_io_types, batch_size=self.batch_size,
+                                        samples=self.samples, percentile=self.percentile, preprocess=self.preprocess,
+                                        reduce_range=self.reduce_range, op_types=self.op_types,
+                                        quantize_bias=self.quantize_bias)
+            if opts.calibrated and self.calib is None:
+                raise UserError(missing_calib_message("--calib") + " (pipeline option calib)")
+            if self.calib is not None and not isinstance(self.calib, Dataset):
+                raise UserError(f"quantize: calib must be a data file path or a Dataset, got "
+                                f"{type(self.calib).__name__}")
+            self._set(opts=opts, threads=int(self.threads), check=bool(self.check))
+
+    def recorded_options(self) -> dict[str, Any]:
+        """The normalised options (from :class:`QuantizeOptions`), ``calib`` by its source, last."""
+        opts, calib = self.opts, self.calib
+        return dict(scheme=opts.scheme, method=opts.method, batch_size=opts.batch_size,
+                    exclude=list(opts.exclude) or None, per_channel=opts.per_channel,
+                    keep_io_types=opts.keep_io_types, activations=opts.activations, samples=opts.samples,
+                    percentile=opts.percentile, preprocess=opts.preprocess, reduce_range=opts.reduce_range,
+                    op_types=list(opts.op_types) or None, quantize_bias=opts.quantize_bias, check=self.check,
+                    calib=calib.source if calib is not None else None)
 
     def run(self, ctx: Context) -> PassResult:
         result = quantize_model(ctx.model, self.opts, self.calib if self.opts.calibrated else None,

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -58,7 +59,7 @@ from npcompile.channels.select import select_ratio
 from npcompile.errors import UserError
 from npcompile.graph.model_io import to_model
 from npcompile.importance.magnitude import group_magnitude
-from npcompile.pipeline import Context, Pass, PassResult, register_pass
+from npcompile.pipeline import Context, Pass, PassOptions, PassResult, option, register_pass
 from npcompile.recovery.reconstruction import (
     ChannelMoments,
     Layer,
@@ -155,14 +156,20 @@ class ReconstructPass(Pass):
     section, accumulate = "reconstruction", True
     data_options: ClassVar[dict[str, str]] = {"calib": "ignore"}
 
-    def __init__(self, calib: Dataset | None = None, ridge: float = 1e-3, positions: int = 16,
-                 batch_size: int = 256, threads: int = 0, intercept: bool = True, scope: str = "downstream") -> None:
-        _common(batch_size, positions, ridge)
-        if scope not in ("consumers", "downstream"):
-            raise UserError(f"reconstruct: scope must be consumers or downstream, got {scope!r}")
-        super().__init__(ridge=ridge, positions=positions, batch_size=batch_size, intercept=intercept, scope=scope)
-        self.calib, self.ridge, self.positions, self.batch_size = calib, ridge, positions, batch_size
-        self.threads, self.intercept, self.scope = threads, intercept, scope
+    @dataclass(frozen=True)
+    class Options(PassOptions):
+        calib: Dataset | None = option(None, record=False)
+        ridge: float = 1e-3
+        positions: int = 16
+        batch_size: int = 256
+        threads: int = option(0, record=False)
+        intercept: bool = True
+        scope: str = "downstream"
+
+        def __post_init__(self) -> None:
+            _common(self.batch_size, self.positions, self.ridge)
+            if self.scope not in ("consumers", "downstream"):
+                raise UserError(f"reconstruct: scope must be consumers or downstream, got {self.scope!r}")
 
     def run(self, ctx: Context) -> PassResult:
         with blas_threads(1):
@@ -269,10 +276,14 @@ class BiasCompensatePass(Pass):
     section, accumulate = "reconstruction", True
     data_options: ClassVar[dict[str, str]] = {"calib": "ignore"}
 
-    def __init__(self, calib: Dataset | None = None, batch_size: int = 256, threads: int = 0) -> None:
-        _common(batch_size, 0, 0.0)
-        super().__init__(batch_size=batch_size)
-        self.calib, self.batch_size, self.threads = calib, batch_size, threads
+    @dataclass(frozen=True)
+    class Options(PassOptions):
+        calib: Dataset | None = option(None, record=False)
+        batch_size: int = 256
+        threads: int = option(0, record=False)
+
+        def __post_init__(self) -> None:
+            _common(self.batch_size, 0, 0.0)
 
     def run(self, ctx: Context) -> PassResult:
         calib = _need_calib(self.calib, self.name, ctx)
@@ -353,19 +364,24 @@ class ReconstructSelectPass(Pass):
     section, accumulate = "reconstruction", True
     data_options: ClassVar[dict[str, str]] = {"calib": "ignore"}
 
-    def __init__(self, calib: Dataset | None = None, ratio: float | None = None, round_to: int = 1,
-                 min_channels: int = 1, ridge: float = 1e-3, positions: int = 16, batch_size: int = 256,
-                 threads: int = 0, max_columns: int = 4096) -> None:
-        _common(batch_size, positions, ridge)
-        if ratio is not None and not 0.0 <= ratio < 1.0:
-            raise UserError(f"reconstruct-select: ratio must be in [0, 1), got {ratio}")
-        if round_to < 1 or min_channels < 1 or max_columns < 1:
-            raise UserError("reconstruct-select: round_to, min_channels and max_columns must be >= 1")
-        super().__init__(ratio=ratio, round_to=round_to, min_channels=min_channels, ridge=ridge,
-                         positions=positions, batch_size=batch_size, max_columns=max_columns)
-        self.calib, self.ratio, self.round_to, self.min_channels = calib, ratio, round_to, min_channels
-        self.ridge, self.positions, self.batch_size, self.threads = ridge, positions, batch_size, threads
-        self.max_columns = max_columns
+    @dataclass(frozen=True)
+    class Options(PassOptions):
+        calib: Dataset | None = option(None, record=False)
+        ratio: float | None = None
+        round_to: int = 1
+        min_channels: int = 1
+        ridge: float = 1e-3
+        positions: int = 16
+        batch_size: int = 256
+        threads: int = option(0, record=False)
+        max_columns: int = 4096
+
+        def __post_init__(self) -> None:
+            _common(self.batch_size, self.positions, self.ridge)
+            if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
+                raise UserError(f"reconstruct-select: ratio must be in [0, 1), got {self.ratio}")
+            if self.round_to < 1 or self.min_channels < 1 or self.max_columns < 1:
+                raise UserError("reconstruct-select: round_to, min_channels and max_columns must be >= 1")
 
     def _counts(self, ctx: Context) -> dict[int, np.ndarray]:
         analysis = ctx.analysis
@@ -468,12 +484,16 @@ class BatchNormRecalibratePass(Pass):
     section, accumulate = "reconstruction", True
     data_options: ClassVar[dict[str, str]] = {"calib": "ignore"}
 
-    def __init__(self, calib: Dataset | None = None, batch_size: int = 256, threads: int = 0,
-                 nodes: list[str] | None = None, variance: bool = True) -> None:
-        _common(batch_size, 0, 0.0)
-        super().__init__(batch_size=batch_size, nodes=nodes, variance=variance)
-        self.calib, self.batch_size, self.threads, self.nodes = calib, batch_size, threads, nodes
-        self.variance = variance
+    @dataclass(frozen=True)
+    class Options(PassOptions):
+        calib: Dataset | None = option(None, record=False)
+        batch_size: int = 256
+        threads: int = option(0, record=False)
+        nodes: list[str] | None = None
+        variance: bool = True
+
+        def __post_init__(self) -> None:
+            _common(self.batch_size, 0, 0.0)
 
     def run(self, ctx: Context) -> PassResult:
         calib = _need_calib(self.calib, self.name, ctx)

@@ -23,6 +23,7 @@ import heapq
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,7 @@ from npcompile.channels.masked import RemovalEvaluator
 from npcompile.errors import UserError
 from npcompile.execution.bisect import AcceptRate, search_levels
 from npcompile.graph.names import name_patterns
-from npcompile.pipeline import Context, Pass, PassResult, register_pass
+from npcompile.pipeline import Context, Pass, PassOptions, PassResult, option, register_pass
 from npcompile.report.progress import progress
 from npcompile.search.levels import (
     DEFAULT_FRACTIONS,
@@ -77,6 +78,10 @@ def _name(evaluator: Any) -> str:
     return str(getattr(evaluator, "name", None) or type(evaluator).__name__)
 
 
+def _patterns(patterns: str | Sequence[str] | None) -> list[str] | None:
+    return name_patterns(patterns) or None
+
+
 def _unit(evaluator: Any) -> str:
     return str(getattr(evaluator, "unit", "") or "")
 
@@ -95,22 +100,28 @@ class BinarySearchPass(Pass):
     produces = frozenset({"removal"})  # ranks by L1 magnitude when nothing scored
     exact = False
 
-    def __init__(self, tolerance: float, evaluator: Any, round_to: int = 1, min_channels: int = 1,
-                 include: str | Sequence[str] | None = None, exclude: str | Sequence[str] | None = None,
-                 threads: int = 0, check: bool = True, variant: str = DEFAULT_VARIANT) -> None:
-        if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
-            raise UserError(f"--tolerance must be a finite number >= 0, got {tolerance}")
-        if evaluator is None:
-            raise UserError("binary search needs an evaluator (evaluation data or --evaluator)")
-        _options_check(round_to, min_channels)
-        self.variant = get_variant(variant)
-        super().__init__(tolerance=tolerance, evaluator=_name(evaluator),
-                         round_to=round_to, min_channels=min_channels, include=name_patterns(include) or None,
-                         exclude=name_patterns(exclude) or None, variant=variant)
-        self.tolerance, self.evaluator = float(tolerance), evaluator
-        self.round_to, self.min_channels = round_to, min_channels
-        self.include, self.exclude = include, exclude
-        self.threads, self.check = threads, check
+    @dataclass(frozen=True)
+    class Options(PassOptions):
+        tolerance: float
+        evaluator: Any = option(report=_name)
+        round_to: int = 1
+        min_channels: int = 1
+        include: str | Sequence[str] | None = option(None, report=_patterns)
+        exclude: str | Sequence[str] | None = option(None, report=_patterns)
+        threads: int = option(0, record=False)
+        check: bool = option(True, record=False)
+        variant: str = DEFAULT_VARIANT
+        #: derived: the variant by that name (:mod:`npcompile.search.variants`)
+        search_variant: Any = option(None, init=False)
+
+        def __post_init__(self) -> None:
+            tolerance = self.tolerance
+            if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
+                raise UserError(f"--tolerance must be a finite number >= 0, got {tolerance}")
+            if self.evaluator is None:
+                raise UserError("binary search needs an evaluator (evaluation data or --evaluator)")
+            _options_check(self.round_to, self.min_channels)
+            self._set(search_variant=get_variant(self.variant))
 
     def _weights(self, ctx: Context, groups: list[Group], counts: dict[int, list[int]]) -> dict[int, float]:
         """Each group's share of the parameters and FLOPs its searchable channels hold."""
@@ -130,12 +141,12 @@ class BinarySearchPass(Pass):
             ctx.removal = {}
             return PassResult(False, "no prunable groups to search",
                               {"evaluations": 0, "probes": [], "groups": [], "evaluator": _describe(self.evaluator),
-                               "variant": self.variant.name}).data_section()
+                               "variant": self.search_variant.name}).data_section()
         ev = evaluator_for(ctx, self.evaluator, groups, self.threads, self.check)
         baseline = ev({})
         by_id = {g.id: g for g in groups}
         counts = {g.id: removal_levels(g, self.round_to, self.min_channels) for g in groups}
-        variant = self.variant
+        variant = self.search_variant
         weights = sensitivity = None
         if variant.share or variant.order == "sensitivity":
             weights = self._weights(ctx, groups, counts)
@@ -152,7 +163,7 @@ class BinarySearchPass(Pass):
         rounds, non_monotone = 0, []
         rate = AcceptRate()  # path decisions so far: steer the extra probes of the next groups
         with progress("binary search", total=len(groups) * variant.sweeps) as tick:
-            for visit in visits(variant, [g.id for g in groups], baseline, self.tolerance, lambda: reached[0],
+            for visit in visits(variant, [g.id for g in groups], baseline, float(self.tolerance), lambda: reached[0],
                                 weights, sensitivity):
                 tick(1, by_id[visit.group].name)
                 g = by_id[visit.group]
@@ -198,7 +209,7 @@ class BinarySearchPass(Pass):
                    f"(variant {variant.name}; sum of log2(width) {log2_sum:.0f}); "
                    f"{_name(self.evaluator)} {baseline:.4g}{unit} -> {final:.4g}{unit}")
         return PassResult(False, summary, {
-            "baseline": baseline, "final": final, "tolerance": self.tolerance, "probes": probes,
+            "baseline": baseline, "final": final, "tolerance": float(self.tolerance), "probes": probes,
             "evaluations": ev.evaluations, "groups": decisions, "channels": n,
             "evaluator": _describe(self.evaluator), "fast_path": ev.fast, "check_diff": ev.check_diff,
             "rounds": rounds, "levels_per_round": getattr(ev, "width", 1), "monotone": not non_monotone,
@@ -226,19 +237,22 @@ class SensitivityPass(Pass):
     produces = frozenset({"sensitivity", "scores"})  # the table a later budget pass reads; L1 scores if none
     exact = False
 
-    def __init__(self, evaluator: Any, fractions: Sequence[float] = DEFAULT_FRACTIONS, round_to: int = 1,
-                 min_channels: int = 1, include: str | Sequence[str] | None = None,
-                 exclude: str | Sequence[str] | None = None, threads: int = 0, check: bool = True) -> None:
-        if evaluator is None:
-            raise UserError("sensitivity analysis needs an evaluator (evaluation data or --evaluator)")
-        _options_check(round_to, min_channels)
-        fr = _check_fractions(fractions)
-        super().__init__(evaluator=_name(evaluator), fractions=list(fr),
-                         round_to=round_to, min_channels=min_channels, include=name_patterns(include) or None,
-                         exclude=name_patterns(exclude) or None)
-        self.evaluator, self.fractions = evaluator, fr
-        self.round_to, self.min_channels = round_to, min_channels
-        self.include, self.exclude, self.threads, self.check = include, exclude, threads, check
+    @dataclass(frozen=True)
+    class Options(PassOptions):
+        evaluator: Any = option(report=_name)
+        fractions: Sequence[float] = option(DEFAULT_FRACTIONS, report=list)
+        round_to: int = 1
+        min_channels: int = 1
+        include: str | Sequence[str] | None = option(None, report=_patterns)
+        exclude: str | Sequence[str] | None = option(None, report=_patterns)
+        threads: int = option(0, record=False)
+        check: bool = option(True, record=False)
+
+        def __post_init__(self) -> None:
+            if self.evaluator is None:
+                raise UserError("sensitivity analysis needs an evaluator (evaluation data or --evaluator)")
+            _options_check(self.round_to, self.min_channels)
+            self._set(fractions=_check_fractions(self.fractions))
 
     def run(self, ctx: Context) -> PassResult:
         ensure_scores(ctx)
@@ -277,28 +291,34 @@ class BudgetPass(Pass):
     produces = frozenset({"removal"})  # ranks by L1 magnitude when nothing scored
     exact = False
 
-    def __init__(self, target_flops: float | None = None, target_params: float | None = None, evaluator: Any = None,
-                 fractions: Sequence[float] = DEFAULT_FRACTIONS, round_to: int = 1, min_channels: int = 1,
-                 include: str | Sequence[str] | None = None, exclude: str | Sequence[str] | None = None,
-                 max_fraction: float = 0.9, threads: int = 0, check: bool = True) -> None:
-        if target_flops is None and target_params is None:
-            raise UserError("budget: give a FLOPs or parameter target (fraction of the model to keep)")
-        for what, t in (("FLOPs", target_flops), ("parameter", target_params)):
-            if t is not None and not (isinstance(t, (int, float)) and 0.0 < t <= 1.0):
-                raise UserError(f"budget: the {what} target is the fraction to keep, in (0, 1]; got {t}")
-        if not 0.0 < max_fraction < 1.0:
-            raise UserError(f"budget: max_fraction must be in (0, 1), got {max_fraction}")
-        _options_check(round_to, min_channels)
-        fr = _check_fractions(fractions)
-        super().__init__(target_flops=target_flops, target_params=target_params,
-                         evaluator=None if evaluator is None else _name(evaluator),
-                         fractions=list(fr), round_to=round_to, min_channels=min_channels,
-                         include=name_patterns(include) or None, exclude=name_patterns(exclude) or None,
-                         max_fraction=max_fraction)
-        self.targets = {"flops": target_flops, "params": target_params}
-        self.evaluator, self.fractions = evaluator, fr
-        self.round_to, self.min_channels, self.max_fraction = round_to, min_channels, max_fraction
-        self.include, self.exclude, self.threads, self.check = include, exclude, threads, check
+    @dataclass(frozen=True)
+    class Options(PassOptions):
+        target_flops: float | None = None
+        target_params: float | None = None
+        evaluator: Any = option(None, report=lambda e: None if e is None else _name(e))
+        fractions: Sequence[float] = option(DEFAULT_FRACTIONS, report=list)
+        round_to: int = 1
+        min_channels: int = 1
+        include: str | Sequence[str] | None = option(None, report=_patterns)
+        exclude: str | Sequence[str] | None = option(None, report=_patterns)
+        max_fraction: float = 0.9
+        threads: int = option(0, record=False)
+        check: bool = option(True, record=False)
+        #: derived: the targets by cost ("flops", "params")
+        targets: dict[str, float | None] | None = option(None, init=False)
+
+        def __post_init__(self) -> None:
+            target_flops, target_params = self.target_flops, self.target_params
+            if target_flops is None and target_params is None:
+                raise UserError("budget: give a FLOPs or parameter target (fraction of the model to keep)")
+            for what, t in (("FLOPs", target_flops), ("parameter", target_params)):
+                if t is not None and not (isinstance(t, (int, float)) and 0.0 < t <= 1.0):
+                    raise UserError(f"budget: the {what} target is the fraction to keep, in (0, 1]; got {t}")
+            if not 0.0 < self.max_fraction < 1.0:
+                raise UserError(f"budget: max_fraction must be in (0, 1), got {self.max_fraction}")
+            _options_check(self.round_to, self.min_channels)
+            self._set(fractions=_check_fractions(self.fractions),
+                      targets={"flops": target_flops, "params": target_params})
 
     # the loss of every allowed level of every group
     def _losses(self, ctx: Context, groups: list[Group], ev: RemovalEvaluator | None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -9,7 +10,7 @@ import numpy as np
 from npcompile.channels.select import select_ratio, select_threshold
 from npcompile.errors import UserError
 from npcompile.graph.names import matches, name_patterns
-from npcompile.pipeline import Context, Pass, PassResult, register_pass
+from npcompile.pipeline import Context, Pass, PassOptions, PassResult, option, register_pass
 
 __all__ = ["SelectPass", "DeadChannelsPass"]
 
@@ -24,15 +25,21 @@ class SelectPass(Pass):
     requires = frozenset({"scores"})
     produces = frozenset({"removal"})
 
-    def __init__(self, ratio: float | None = None, threshold: float | None = None, round_to: int = 1,
-                 min_channels: int = 1, include: Any = None, exclude: Any = None) -> None:
-        if (ratio is None) == (threshold is None):
-            raise UserError("select: give exactly one of ratio and threshold")
-        if round_to < 1:
-            raise UserError(f"--round-to must be >= 1, got {round_to}")
-        super().__init__(ratio=ratio, threshold=threshold, round_to=round_to, min_channels=min_channels)
-        self.ratio, self.threshold, self.round_to, self.min_channels = ratio, threshold, round_to, min_channels
-        self.include, self.exclude = name_patterns(include), name_patterns(exclude)
+    @dataclass(frozen=True)
+    class Options(PassOptions):
+        ratio: float | None = None
+        threshold: float | None = None
+        round_to: int = 1
+        min_channels: int = 1
+        include: Any = option(None, record=False)
+        exclude: Any = option(None, record=False)
+
+        def __post_init__(self) -> None:
+            if (self.ratio is None) == (self.threshold is None):
+                raise UserError("select: give exactly one of ratio and threshold")
+            if self.round_to < 1:
+                raise UserError(f"--round-to must be >= 1, got {self.round_to}")
+            self._set(include=name_patterns(self.include), exclude=name_patterns(self.exclude))
 
     @property
     def exact(self) -> bool:  # type: ignore[override]

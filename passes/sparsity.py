@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -65,7 +66,7 @@ from npcompile.graph.weights import (
     write_weight,
     zlib_bytes,
 )
-from npcompile.pipeline import Context, Pass, PassResult, register_pass
+from npcompile.pipeline import Context, Pass, PassOptions, PassResult, option, register_pass
 
 __all__ = ["SparsityPass", "parse_sparsity"]
 
@@ -80,6 +81,10 @@ def _matches(slot: WeightSlot, patterns: list[str]) -> bool:
     return matches((*slot.nodes, slot.tensor), patterns)
 
 
+def _or_none(patterns: list[str]) -> list[str] | None:
+    return patterns or None
+
+
 @register_pass
 class SparsityPass(Pass):
     """Zero single weights of Conv/ConvTranspose/Gemm/MatMul by magnitude (a fraction, per layer
@@ -91,34 +96,46 @@ class SparsityPass(Pass):
     produces = frozenset({"model"})
     exact = False
 
-    def __init__(self, sparsity: float | str = 0.5, scope: str = "layer", include: str | Sequence[str] | None = None,
-                 exclude: str | Sequence[str] | None = None, min_size: int = 64,
-                 max_layer_sparsity: float | None = 0.99, zlib_level: int | None = 6) -> None:
-        parsed = parse_sparsity(sparsity)
-        scope = str(scope).lower()
-        if scope not in SCOPES:
-            raise UserError(f"sparsity scope must be one of {', '.join(SCOPES)}, got {scope!r}")
-        if isinstance(parsed, tuple) and scope == "global":
-            raise UserError(f"sparsity scope 'global' applies to a fraction; the pattern {sparsity} is the same "
-                            "in every group of input channels (use scope 'layer')")
-        if int(min_size) < 0:
-            raise UserError(f"sparsity min_size must be >= 0, got {min_size}")
-        if max_layer_sparsity is not None and not 0.0 < float(max_layer_sparsity) <= 1.0:
-            raise UserError(f"max_layer_sparsity must be in (0, 1] (or None), got {max_layer_sparsity}")
-        if zlib_level is not None and not 0 <= int(zlib_level) <= 9:
-            raise UserError(f"zlib_level must be between 0 and 9 (or None), got {zlib_level}")
-        inc, exc = name_patterns(include), name_patterns(exclude)
-        super().__init__(sparsity=sparsity if isinstance(sparsity, str) else float(sparsity), scope=scope,
-                         include=inc or None, exclude=exc or None, min_size=int(min_size),
-                         max_layer_sparsity=None if max_layer_sparsity is None else float(max_layer_sparsity),
-                         zlib_level=zlib_level)
-        self.level: float | None = None if isinstance(parsed, tuple) else parsed
-        self.nm: tuple[int, int] | None = parsed if isinstance(parsed, tuple) else None
-        self.scope, self.include, self.exclude = scope, inc, exc
-        self.min_size = int(min_size)
-        self.max_layer = None if max_layer_sparsity is None or self.level is None else \
-            max(float(max_layer_sparsity), self.level)
-        self.zlib_level = None if zlib_level is None else int(zlib_level)
+    @dataclass(frozen=True)
+    class Options(PassOptions):
+        sparsity: float | str = 0.5
+        scope: str = "layer"
+        include: str | Sequence[str] | None = option(None, report=_or_none)
+        exclude: str | Sequence[str] | None = option(None, report=_or_none)
+        min_size: int = 64
+        max_layer_sparsity: float | None = 0.99
+        zlib_level: int | None = 6
+        #: derived: the unstructured fraction or the N:M pattern, the cap on a layer's sparsity
+        #: (global scope) and the zlib level as an int
+        level: float | None = option(None, init=False)
+        nm: tuple[int, int] | None = option(None, init=False)
+        max_layer: float | None = option(None, init=False)
+        zlib: int | None = option(None, init=False)
+
+        def __post_init__(self) -> None:
+            sparsity, max_layer_sparsity, zlib_level = self.sparsity, self.max_layer_sparsity, self.zlib_level
+            parsed = parse_sparsity(sparsity)
+            scope = str(self.scope).lower()
+            if scope not in SCOPES:
+                raise UserError(f"sparsity scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+            if isinstance(parsed, tuple) and scope == "global":
+                raise UserError(f"sparsity scope 'global' applies to a fraction; the pattern {sparsity} is the "
+                                "same in every group of input channels (use scope 'layer')")
+            if int(self.min_size) < 0:
+                raise UserError(f"sparsity min_size must be >= 0, got {self.min_size}")
+            if max_layer_sparsity is not None and not 0.0 < float(max_layer_sparsity) <= 1.0:
+                raise UserError(f"max_layer_sparsity must be in (0, 1] (or None), got {max_layer_sparsity}")
+            if zlib_level is not None and not 0 <= int(zlib_level) <= 9:
+                raise UserError(f"zlib_level must be between 0 and 9 (or None), got {zlib_level}")
+            level = None if isinstance(parsed, tuple) else parsed
+            self._set(sparsity=sparsity if isinstance(sparsity, str) else float(sparsity), scope=scope,
+                      include=name_patterns(self.include), exclude=name_patterns(self.exclude),
+                      min_size=int(self.min_size),
+                      max_layer_sparsity=None if max_layer_sparsity is None else float(max_layer_sparsity),
+                      level=level, nm=parsed if isinstance(parsed, tuple) else None,
+                      max_layer=None if max_layer_sparsity is None or level is None else
+                      max(float(max_layer_sparsity), level),
+                      zlib=None if zlib_level is None else int(zlib_level))
 
     @property
     def mode(self) -> str:
@@ -218,13 +235,13 @@ class SparsityPass(Pass):
             "bitmask_bytes": sum(r["bitmask_bytes"] for r in layers) + sum(bitmask_bytes(w) for w in other),
         }
         weights["sparsity"] = 1.0 - weights["nonzero"] / weights["params"] if weights["params"] else 0.0
-        if self.zlib_level is not None:
+        if self.zlib is not None:
             # the unchanged tensors compress the same before and after: measured once
-            z_other = sum(zlib_bytes(other, self.zlib_level))
-            z_before = zlib_bytes(before, self.zlib_level)
+            z_other = sum(zlib_bytes(other, self.zlib))
+            z_before = zlib_bytes(before, self.zlib)
             changed = [i for i, r in enumerate(layers) if r["nonzero"] != r["nonzero_before"]]
             z_after = list(z_before)
-            for i, size in zip(changed, zlib_bytes([after[i] for i in changed], self.zlib_level), strict=True):
+            for i, size in zip(changed, zlib_bytes([after[i] for i in changed], self.zlib), strict=True):
                 z_after[i] = size
             for rec, zb, za in zip(layers, z_before, z_after, strict=True):
                 rec["zlib_bytes_before"], rec["zlib_bytes"] = zb, za
@@ -259,8 +276,8 @@ class SparsityPass(Pass):
             "nonzero": nz_after,
             "sparsity": sparsity,
             "weights": weights,
-            "compression": {"zlib": f"len(zlib.compress(tensor bytes, {self.zlib_level})) summed over tensors"
-                            if self.zlib_level is not None else None,
+            "compression": {"zlib": f"len(zlib.compress(tensor bytes, {self.zlib})) summed over tensors"
+                            if self.zlib is not None else None,
                             "bitmask": "non-zero values + 1 bit per weight"},
             "layers": layers,
             "skipped": skipped,

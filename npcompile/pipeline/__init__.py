@@ -2,5 +2,7 @@
 (:mod:`.plugins`). The names here are the public API for writing passes."""
 
 from npcompile.pipeline.core import Context, Pass, PassResult, Pipeline, available_passes, get_pass, register_pass
+from npcompile.pipeline.options import PassOptions, option
 
-__all__ = ["Context", "Pass", "PassResult", "Pipeline", "register_pass", "get_pass", "available_passes"]
+__all__ = ["Context", "Pass", "PassResult", "Pipeline", "register_pass", "get_pass", "available_passes",
+           "PassOptions", "option"]

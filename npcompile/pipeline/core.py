@@ -17,6 +17,7 @@ import importlib
 import logging
 import time
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from importlib import metadata
 from typing import Any, ClassVar
 
@@ -29,6 +30,7 @@ from npcompile.errors import NpcompileError, PassError, UserError, VerificationE
 from npcompile.graph.model_io import serialized, to_graph, to_model
 from npcompile.graph.shapes import static_shapes
 from npcompile.pipeline.loading import import_class
+from npcompile.pipeline.options import build_options, recorded_options
 
 __all__ = ["Context", "Pass", "PassResult", "Pipeline", "register_pass", "get_pass", "available_passes"]
 
@@ -176,6 +178,12 @@ class Pass:
     ``section``: the report key of the pass's ``PassResult.report`` (default: ``name``);
     ``accumulate``: a section already in the report is extended (its lists appended to, its other
     values replaced) instead of replaced, for passes that share one section.
+
+    Options: a pass declares them once, as a frozen dataclass ``Options`` (see
+    :mod:`npcompile.pipeline.options`); the base class builds it from the constructor's
+    arguments, sets each field as an attribute and records the fields for the report. A pass
+    without ``Options`` (written before them) takes its options in its own ``__init__`` and calls
+    ``super().__init__(**options)`` with those to record.
     """
 
     name: ClassVar[str] = ""
@@ -186,9 +194,26 @@ class Pass:
     exact: ClassVar[bool | None] = None
     section: ClassVar[str] = ""
     accumulate: ClassVar[bool] = False
+    #: the pass's options: a frozen dataclass (:mod:`npcompile.pipeline.options`); None: old style
+    Options: ClassVar[type | None] = None
 
-    def __init__(self, **options: Any) -> None:
-        self.options = options
+    def __init__(self, *args: Any, **options: Any) -> None:
+        options_cls = type(self).Options
+        if options_cls is None:
+            if args:
+                raise TypeError(f"{type(self).__name__}.__init__() takes keyword arguments only")
+            self.options = options
+            return
+        self.config = build_options(options_cls, type(self).__name__, args, options)
+        for f in dataclass_fields(self.config):
+            setattr(self, f.name, getattr(self.config, f.name))
+        #: what the report lists with the pass
+        self.options = self.recorded_options()
+
+    def recorded_options(self) -> dict[str, Any]:
+        """The options the report lists with the pass (default: the fields of ``Options`` not
+        declared with ``record=False``, in field order)."""
+        return recorded_options(self.config)
 
     def run(self, ctx: Context) -> PassResult:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -21,7 +21,6 @@ to the pipeline file. CLI flags build the same list of specs (see :func:`npcompi
 
 from __future__ import annotations
 
-import inspect as _inspect
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ import onnx
 
 from npcompile.errors import UserError
 from npcompile.pipeline import Pass, get_pass
+from npcompile.pipeline.options import option_names
 from npcompile.runtime.data import load_data
 
 __all__ = ["PassSpec", "load_pipeline_file", "instantiate", "to_toml"]
@@ -98,11 +98,9 @@ def instantiate(specs: list[PassSpec], model: onnx.ModelProto, base: Path | None
                 if base is not None and not path.is_absolute():
                     path = base / path
                 opts[key] = objects.get(str(path)) or load_data(path, model, labels=labels, what=key)
-        params = _inspect.signature(cls.__init__).parameters
-        accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-        unknown = [k for k in opts if k not in params and not accepts_any]
+        known, accepts_any = option_names(cls)
+        unknown = [k for k in opts if k not in known and not accepts_any]
         if unknown:
-            known = [k for k in params if k not in ("self", "args", "kwargs")]
             raise UserError(f"pass {spec.name}: unknown option(s) {unknown}; it takes {known}")
         try:
             out.append(cls(**opts))
