@@ -19,3 +19,16 @@ def test_ruff_clean() -> None:
     r = subprocess.run([ruff, "check", "npcompile", "passes", "targets", "tests", "benchmarks", "examples"],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_every_subpackage_is_installed() -> None:
+    """pyproject.toml lists the packages by hand: a new sub-package missing there would be left out
+    of a (non-editable) install."""
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    mapped = (root / "npcompile" / "passes", root / "npcompile" / "targets")  # package-dir maps these
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "npcompile").rglob("__init__.py")
+             if not any(p.is_relative_to(m) for m in mapped)}
+    assert found - listed == set()
