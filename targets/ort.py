@@ -15,12 +15,12 @@ from npcompile.graph.model_io import save_model
 from npcompile.runtime.verify import make_session
 from npcompile.targets.base import Artifact, BenchmarkOptions, LatencyStats, Target, measure
 
-__all__ = ["OnnxRuntimeTarget", "cpu_vector_width", "cpu_features"]
+__all__ = ["OnnxRuntimeTarget", "PROVIDERS", "cpu_vector_width", "cpu_features"]
 
 log = logging.getLogger(__name__)
 
-_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-              "tensorrt": "TensorrtExecutionProvider"}
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+             "tensorrt": "TensorrtExecutionProvider"}
 
 
 def _cpu_flags() -> set[str]:
@@ -87,14 +87,14 @@ class OnnxRuntimeTarget(Target):
 
     def __init__(self, provider: str = "cpu", threads: int = 0, **options) -> None:
         super().__init__(provider=provider, threads=threads, **options)
-        if provider not in _PROVIDERS:
-            raise UserError(f"unknown provider {provider!r}; choose one of {', '.join(_PROVIDERS)}")
+        if provider not in PROVIDERS:
+            raise UserError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
         import onnxruntime as ort
 
-        if _PROVIDERS[provider] not in ort.get_available_providers():
+        if PROVIDERS[provider] not in ort.get_available_providers():
             raise UserError(f"ONNX Runtime provider {provider} is not available here "
                             f"(available: {', '.join(ort.get_available_providers())})")
-        self.provider = _PROVIDERS[provider]
+        self.provider = PROVIDERS[provider]
         self.threads = threads
 
     def default_round_to(self) -> int:

@@ -42,7 +42,7 @@ def inspect_cmd(
     from rich.markup import escape
     from rich.table import Table
 
-    from npcompile.report.document import _num
+    from npcompile.report.document import format_number as _num
 
     console = _console()
     if wide:

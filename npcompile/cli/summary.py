@@ -3,11 +3,12 @@ latency), why groups stayed whole, and every file written. Printed on success an
 
 from __future__ import annotations
 
-import fnmatch
 from pathlib import Path
 from typing import Any
 
-from npcompile.report.document import _change, _num
+from npcompile.graph.names import matches, name_patterns
+from npcompile.report.document import format_change as _change
+from npcompile.report.document import format_number as _num
 
 __all__ = ["kept_whole", "summary_lines", "print_summary"]
 
@@ -23,9 +24,11 @@ def kept_whole(report: dict[str, Any]) -> list[dict[str, Any]]:
         return []
     inc, exc = opts.get("include") or [], opts.get("exclude") or []
 
+    inc = [p for pat in inc for p in name_patterns(pat)]
+    exc = [p for pat in exc for p in name_patterns(pat)]
+
     def chosen(name: str) -> bool:
-        hit = lambda pats: any(fnmatch.fnmatchcase(name, p) for pat in pats for p in pat.split(","))  # noqa: E731
-        return (not inc or hit(inc)) and not (exc and hit(exc))
+        return (not inc or matches([name], inc)) and not (exc and matches([name], exc))
 
     out = []
     for g in report.get("groups", []):

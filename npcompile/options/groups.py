@@ -252,9 +252,9 @@ class _Search(OptionGroup):
                                       ("tolerance", o.tolerance), ("cache", o.latency_cache))
                     if v is not None})
         if o.provider != "cpu":
-            from npcompile.targets.ort import _PROVIDERS
+            from npcompile.targets.ort import PROVIDERS
 
-            lat["provider"] = _PROVIDERS.get(o.provider, o.provider)
+            lat["provider"] = PROVIDERS.get(o.provider, o.provider)
         return _spec("latency-budget", lat)
 
     def budget_spec(self, o: Any, common: dict[str, Any]) -> PassSpec:

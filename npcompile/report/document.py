@@ -7,7 +7,7 @@ from typing import Any
 from npcompile import __version__
 from npcompile.graph.stats import ModelStats
 
-__all__ = ["REPORT_SCHEMA", "REPORT_VERSION", "build_report", "render_markdown"]
+__all__ = ["REPORT_SCHEMA", "REPORT_VERSION", "build_report", "render_markdown", "format_change", "format_number"]
 
 REPORT_SCHEMA = "npcompile.report.document"
 REPORT_VERSION = 1
@@ -119,16 +119,19 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f} %"
 
 
-def _change(reduction: float | None) -> str:
+def format_change(reduction: float | None) -> str:
     """A reduction (0.3: 30 % less) as a signed change: ``-30.0 %``."""
     return "n/a" if reduction is None else f"{-100 * reduction:+.1f} %"
 
 
-def _num(x: float) -> str:
+def format_number(x: float) -> str:
     for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(x) >= div:
             return f"{x / div:.2f}{unit}"
     return f"{x:g}"
+
+
+_change, _num = format_change, format_number  # the short names the report code uses
 
 
 def _quantization_lines(q: Any) -> list[str]:
