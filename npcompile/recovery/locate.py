@@ -17,20 +17,12 @@ from npcompile.recovery.layers import LAYER_OPS, Layer, layer_from_node
 __all__ = ["removal_layers", "downstream_layers", "layer_levels"]
 
 
-def _out_sites(analysis: ChannelAnalysis) -> dict[int, Site]:
+def _weight_sites(analysis: ChannelAnalysis, role: str) -> dict[int, Site]:
+    """Node id -> the first site of ``role`` (``in`` or ``out``) on its weight (input 1)."""
     out: dict[int, Site] = {}
     for g in analysis.groups:
         for s in g.sites:
-            if s.role == "out" and s.index == 1:
-                out.setdefault(id(s.node), s)
-    return out
-
-
-def _in_sites(analysis: ChannelAnalysis) -> dict[int, Site]:
-    out: dict[int, Site] = {}
-    for g in analysis.groups:
-        for s in g.sites:
-            if s.role == "in" and s.index == 1:
+            if s.role == role and s.index == 1:
                 out.setdefault(id(s.node), s)
     return out
 
@@ -55,7 +47,7 @@ def _keeps(analysis: ChannelAnalysis, node: gs.Node, removal: dict[int, np.ndarr
 def removal_layers(analysis: ChannelAnalysis, removal: dict[int, np.ndarray]) -> list[Layer]:
     """The layers that read channels ``removal`` removes (the ``in`` sites of the removed groups),
     in graph order, reference values copied (call before the removal is applied)."""
-    ins, outs = _in_sites(analysis), _out_sites(analysis)
+    ins, outs = _weight_sites(analysis, "in"), _weight_sites(analysis, "out")
     nodes: dict[int, gs.Node] = {}
     for gid, mask in removal.items():
         if not np.asarray(mask).any():
@@ -73,7 +65,7 @@ def removal_layers(analysis: ChannelAnalysis, removal: dict[int, np.ndarray]) ->
 def downstream_layers(analysis: ChannelAnalysis, removal: dict[int, np.ndarray], start: Iterable[Layer]) -> list[Layer]:
     """Every Conv/Gemm/MatMul with constant weights that reads, directly or not, the output of a
     layer in ``start`` (the layers whose input changed), besides those in ``start``."""
-    ins, outs = _in_sites(analysis), _out_sites(analysis)
+    ins, outs = _weight_sites(analysis, "in"), _weight_sites(analysis, "out")
     graph = analysis.graph
     have = {id(layer.node) for layer in start}
     tainted = {layer.y for layer in start}

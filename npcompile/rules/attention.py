@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from npcompile.rules.common import ints_of, normalize_axis, target_fixup
+from npcompile.rules.common import cumulative, ints_of, normalize_axis, perm_of, target_fixup
 from npcompile.rules.registry import Freeze, register
 
 if TYPE_CHECKING:
@@ -35,19 +35,12 @@ if TYPE_CHECKING:
 __all__ = ["head_reshape", "activation_matmul"]
 
 
-def _cum(shape: tuple[int, ...]) -> list[int]:
-    out = [1]
-    for s in shape:
-        out.append(out[-1] * int(s))
-    return out
-
-
 def head_reshape(node: gs.Node, ctx: ChannelAnalysis, x: ChannelDim, s_in: tuple[int, ...],
                  s_out: tuple[int, ...]) -> bool:
     """Channel rule for a Reshape that splits the channel axis into heads; False when it does not
     split the channel axis into 2 or 3 whole output axes (the Reshape rule then freezes)."""
     a = x.axis
-    cin, cout = _cum(s_in), _cum(s_out)
+    cin, cout = cumulative(s_in), cumulative(s_out)
     starts = [b for b in range(len(s_out)) if cout[b] == cin[a]]
     stops = [c for c in range(len(s_out) + 1) if cout[c] == cin[a + 1]]
     if not starts and stops:
@@ -86,7 +79,7 @@ def _merged_head_split(node: gs.Node, ctx: ChannelAnalysis, x: ChannelDim, s_in:
     holds the heads repeated ``B`` times (``outer``); a later Reshape that splits it again gives a
     plain head axis. False when the reshape is not of that form."""
     a = x.axis
-    cin, cout = _cum(s_in), _cum(s_out)
+    cin, cout = cumulative(s_in), cumulative(s_out)
     m = c - 1  # the head_dim axis
     if m < 1 or not x.layout.plain:
         return False
@@ -103,9 +96,9 @@ def _merged_head_split(node: gs.Node, ctx: ChannelAnalysis, x: ChannelDim, s_in:
     if units is None:
         return True
     merged = units.repeat(outer=outer)
-    # head_dim never changes, also where it is computed from the hidden width (Div(E, heads))
-    entries = [(m - 1, lambda removed, find: merged.kept_size(removed, find)), (m, lambda removed, find: k)]
-    if not target_fixup(node, ctx, entries, [units], f"head count of {node.name}"):
+    # (a head_dim computed from the hidden width, Div(E, heads), keeps its value: target_fixup)
+    if not target_fixup(node, ctx, [(m - 1, lambda removed, find: merged.kept_size(removed, find))], [units],
+                        f"head count of {node.name}"):
         ctx.freeze(units, f"Reshape {node.name}: its head count cannot be rewritten")
     ctx.set_dim(node.outputs[0], m - 1, merged, x.pot.reshape(heads, k).sum(axis=1))
     return True
@@ -125,7 +118,7 @@ def _window_split(node: gs.Node, ctx: ChannelAnalysis, x: ChannelDim, b: int, fa
     while len(t.outputs) == 1 and t.outputs[0].op in _AXIS_MOVERS and t not in ctx.graph.outputs:
         op = t.outputs[0]
         if op.op == "Transpose":
-            perm = [int(v) for v in op.attrs.get("perm", list(range(rank))[::-1])]
+            perm = perm_of(op, rank)
             a_pos, m_pos = perm.index(a_pos), perm.index(m_pos)
         elif op.op in ("Unsqueeze", "Squeeze"):
             try:
@@ -254,15 +247,14 @@ def _repeated_head(node: gs.Node, ctx: ChannelAnalysis, t: gs.Tensor, axis: int,
         op = t.inputs[0]
         if op.op in ("Identity", "Transpose"):
             if op.op == "Transpose":
-                rank = ctx.rank(op.inputs[0])
-                axis = [int(v) for v in op.attrs.get("perm", list(range(rank))[::-1])][axis]
+                axis = perm_of(op, ctx.rank(op.inputs[0]))[axis]
             t = op.inputs[0]
             continue
         s_in, s_out = ctx.shape(op.inputs[0]), ctx.shape(t)
         if s_in is None or s_out is None or s_out[axis] != n:
             return False
         if op.op == "Reshape":
-            cin, cout = _cum(s_in), _cum(s_out)
+            cin, cout = cumulative(s_in), cumulative(s_out)
             p = next((p for p in range(len(s_in)) if cin[p] == cout[axis] and cin[p + 1] * (
                 n if s_in[p] == 1 else 1) == cout[axis + 1]), None)
             if p is None:
@@ -279,9 +271,7 @@ def _repeated_head(node: gs.Node, ctx: ChannelAnalysis, t: gs.Tensor, axis: int,
             break
         return False
     else:
-        return False
-    if not chain or chain[-1][0].op != "Expand":
-        return False
+        return False  # no Expand within reach
     layout = heads.layout
 
     def kept(removed, find):

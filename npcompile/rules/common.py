@@ -14,7 +14,7 @@ from npcompile.rules.registry import Freeze
 if TYPE_CHECKING:
     from npcompile.channels.analysis import ChannelAnalysis
 
-__all__ = ["ints_of", "set_ints", "normalize_axis", "target_fixup"]
+__all__ = ["ints_of", "set_ints", "normalize_axis", "cumulative", "perm_of", "target_fixup"]
 
 #: computes a new value from (removed, find)
 Compute = Callable[[dict, Callable[[int], int]], int]
@@ -22,6 +22,24 @@ Compute = Callable[[dict, Callable[[int], int]], int]
 
 def normalize_axis(axis: int, rank: int) -> int:
     return axis + rank if axis < 0 else axis
+
+
+def cumulative(shape: tuple[int, ...]) -> list[int]:
+    """Products of the leading dims: ``out[i]`` = size of ``shape[:i]`` (``out[0]`` = 1)."""
+    out = [1]
+    for s in shape:
+        out.append(out[-1] * int(s))
+    return out
+
+
+def perm_of(node: gs.Node, rank: int) -> list[int]:
+    """A Transpose's permutation (reversed axes when the attribute is absent)."""
+    return [int(v) for v in node.attrs.get("perm", list(range(rank))[::-1])]
+
+
+def _override_base(target: gs.Tensor, node: gs.Node) -> str:
+    """The name stem of the override :func:`_override_fixup` puts in front of ``node``."""
+    return f"{target.name}_npc_{node.name}"
 
 
 def ints_of(node: gs.Node, ctx: ChannelAnalysis, attr: str, index: int) -> list[int] | None:
@@ -135,7 +153,7 @@ def _own_concat(graph: gs.Graph, target: gs.Tensor, node: gs.Node) -> gs.Node:
     reshapes, whose widths may differ after pruning). ``node`` reads ``target`` directly or through
     the override of :func:`_override_fixup`."""
     concat = target.inputs[0]
-    ours = [c for c in target.outputs if c is node or c.name == f"{target.name}_npc_{node.name}_Div"]
+    ours = [c for c in target.outputs if c is node or c.name == f"{_override_base(target, node)}_Div"]
     if len(ours) == len(target.outputs) and target not in graph.outputs:
         return concat
     out = gs.Variable(f"{target.name}_npc_{node.name}", dtype=target.dtype, shape=target.shape)
@@ -207,7 +225,7 @@ def _override_fixup(node: gs.Node, ctx: ChannelAnalysis, index: int, at_probe: n
             if (div == 1).all() and (mul == 1).all():
                 return
             graph = owner  # the graph (or If branch) the node lives in
-            base = f"{target.name}_npc_{node.name}"
+            base = _override_base(target, node)
             part = gs.Variable(f"{base}_part", dtype=np.int64)
             new_shape = gs.Variable(f"{base}_new", dtype=np.int64)
             graph.nodes.extend([

@@ -16,19 +16,12 @@ import onnx_graphsurgeon as gs
 
 from npcompile.channels.layout import Layout
 from npcompile.rules.attention import head_reshape
-from npcompile.rules.common import ints_of, normalize_axis, target_fixup
+from npcompile.rules.common import cumulative, ints_of, normalize_axis, perm_of, target_fixup
 from npcompile.rules.maxout import maxout_reshape
 from npcompile.rules.registry import register
 
 if TYPE_CHECKING:
     from npcompile.channels.analysis import ChannelAnalysis, ChannelDim
-
-
-def _cum(shape: tuple[int, ...]) -> list[int]:
-    out = [1]
-    for s in shape:
-        out.append(out[-1] * int(s))
-    return out
 
 
 def map_reshape(x: ChannelDim, s_in: tuple[int, ...], s_out: tuple[int, ...]) -> tuple[int, Layout] | None:
@@ -37,7 +30,7 @@ def map_reshape(x: ChannelDim, s_in: tuple[int, ...], s_out: tuple[int, ...]) ->
     Returns the output axis and its layout, or ``None`` when the reshape splits channels.
     """
     a = x.axis
-    cin, cout = _cum(s_in), _cum(s_out)
+    cin, cout = cumulative(s_in), cumulative(s_out)
     for b in range(len(s_out)):
         if not (cout[b] <= cin[a] and cout[b + 1] >= cin[a + 1]):
             continue
@@ -118,7 +111,7 @@ def transpose(node: gs.Node, ctx: ChannelAnalysis) -> None:
     if x is None:
         return
     rank = ctx.rank(node.inputs[0])
-    perm = list(node.attrs.get("perm", list(range(rank))[::-1]))
+    perm = perm_of(node, rank)
     ctx.pass_through(node, x, axis=perm.index(x.axis))
 
 
