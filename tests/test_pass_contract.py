@@ -11,7 +11,6 @@ import pytest
 
 import npcompile
 from npcompile.errors import NpcompileError, PassError, UserError, VerificationError
-from npcompile.graph.model_io import load_model
 from npcompile.graph.shapes import probe_shapes
 from npcompile.passes.cleanup import CleanupPass
 from npcompile.passes.magnitude import MagnitudePass
@@ -21,11 +20,6 @@ from npcompile.pipeline import Context, Pass, PassResult, Pipeline, available_pa
 
 ROOT = Path(__file__).resolve().parents[1]
 LENET = ROOT / "examples" / "lenet_mnist" / "model.onnx"
-
-
-@pytest.fixture(scope="module")
-def lenet():
-    return load_model(LENET)
 
 
 def context(model) -> Context:

@@ -5,13 +5,11 @@ same order as when every pass repeated them in its ``__init__``."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from npcompile.errors import UserError
-from npcompile.graph.model_io import load_model
 from npcompile.graph.shapes import probe_shapes
 from npcompile.passes.finetune import FinetunePass
 from npcompile.passes.magnitude import MagnitudePass
@@ -22,14 +20,6 @@ from npcompile.passes.select import SelectPass
 from npcompile.passes.sparsity import SparsityPass
 from npcompile.pipeline import Context, Pass, PassResult, Pipeline
 from npcompile.pipeline.file import PassSpec, instantiate
-
-ROOT = Path(__file__).resolve().parents[1]
-LENET = ROOT / "examples" / "lenet_mnist" / "model.onnx"
-
-
-@pytest.fixture(scope="module")
-def lenet():
-    return load_model(LENET)
 
 
 def test_unknown_option_is_rejected_by_the_pipeline_file_loader(lenet) -> None:
