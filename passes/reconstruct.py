@@ -142,8 +142,33 @@ def _skipped(layers: list[Layer]) -> list[dict[str, str]]:
     return [{"layer": la.name, "op": la.op, "skipped": la.skip} for la in layers if la.skip]
 
 
+class _RecoveryPass(Pass):
+    """What the four passes share: calibration data ``calib`` (the first option; checked against the
+    model's inputs before :meth:`recover` runs), their part of the report's ``reconstruction``
+    section, and not exact. ``one_blas_thread``: NumPy's BLAS limited to one thread while the pass
+    runs (:func:`~npcompile.recovery.stats.blas_threads`)."""
+
+    exact = False
+    section, accumulate = "reconstruction", True
+    data_options: ClassVar[dict[str, str]] = {"calib": "ignore"}
+    one_blas_thread: ClassVar[bool] = False
+
+    @dataclass(frozen=True)
+    class Options(PassOptions):
+        calib: Dataset | None = option(None, record=False)
+
+    def run(self, ctx: Context) -> PassResult:
+        if not self.one_blas_thread:
+            return self.recover(ctx, _need_calib(self.calib, self.name, ctx))
+        with blas_threads(1):
+            return self.recover(ctx, _need_calib(self.calib, self.name, ctx))
+
+    def recover(self, ctx: Context, calib: Dataset) -> PassResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
 @register_pass
-class ReconstructPass(Pass):
+class ReconstructPass(_RecoveryPass):
     """Remove the selected channels and refit the layers that read them by least squares."""
 
     name = "reconstruct"
@@ -152,13 +177,10 @@ class ReconstructPass(Pass):
                    "them by least squares to match the unpruned outputs on calibration data (needs --calib)")
     requires = frozenset({"removal"})
     produces = frozenset({"model"})
-    exact = False
-    section, accumulate = "reconstruction", True
-    data_options: ClassVar[dict[str, str]] = {"calib": "ignore"}
+    one_blas_thread = True
 
     @dataclass(frozen=True)
-    class Options(PassOptions):
-        calib: Dataset | None = option(None, record=False)
+    class Options(_RecoveryPass.Options):
         ridge: float = 1e-3
         positions: int = 16
         batch_size: int = 256
@@ -171,12 +193,7 @@ class ReconstructPass(Pass):
             if self.scope not in ("consumers", "downstream"):
                 raise UserError(f"reconstruct: scope must be consumers or downstream, got {self.scope!r}")
 
-    def run(self, ctx: Context) -> PassResult:
-        with blas_threads(1):
-            return self._run(ctx)
-
-    def _run(self, ctx: Context) -> PassResult:
-        calib = _need_calib(self.calib, self.name, ctx)
+    def recover(self, ctx: Context, calib: Dataset) -> PassResult:
         if not ctx.removal:
             return PassResult(False, "nothing to remove")
         t_start = time.perf_counter()
@@ -263,7 +280,7 @@ class ReconstructPass(Pass):
 
 
 @register_pass
-class BiasCompensatePass(Pass):
+class BiasCompensatePass(_RecoveryPass):
     """Remove the selected channels and fold their mean contribution into the consumers' biases."""
 
     name = "bias-compensate"
@@ -272,21 +289,16 @@ class BiasCompensatePass(Pass):
                    "consumers' biases (needs --calib)")
     requires = frozenset({"removal"})
     produces = frozenset({"model"})
-    exact = False
-    section, accumulate = "reconstruction", True
-    data_options: ClassVar[dict[str, str]] = {"calib": "ignore"}
 
     @dataclass(frozen=True)
-    class Options(PassOptions):
-        calib: Dataset | None = option(None, record=False)
+    class Options(_RecoveryPass.Options):
         batch_size: int = 256
         threads: int = option(0, record=False)
 
         def __post_init__(self) -> None:
             _common(self.batch_size, 0, 0.0)
 
-    def run(self, ctx: Context) -> PassResult:
-        calib = _need_calib(self.calib, self.name, ctx)
+    def recover(self, ctx: Context, calib: Dataset) -> PassResult:
         if not ctx.removal:
             return PassResult(False, "nothing to remove")
         t0 = time.perf_counter()
@@ -352,7 +364,7 @@ def _mean_shift(a: MeanStats) -> np.ndarray:
 
 
 @register_pass
-class ReconstructSelectPass(Pass):
+class ReconstructSelectPass(_RecoveryPass):
     """Choose the channels to remove by the least-squares reconstruction error they cause."""
 
     name = "reconstruct-select"
@@ -360,13 +372,10 @@ class ReconstructSelectPass(Pass):
     description = ("choose which channels to remove (as many per group as the ratio or the previous selection) "
                    "greedily by the reconstruction error of the consumers' outputs (needs --calib)")
     produces = frozenset({"removal"})  # from its ratio or the selection before it
-    exact = False
-    section, accumulate = "reconstruction", True
-    data_options: ClassVar[dict[str, str]] = {"calib": "ignore"}
+    one_blas_thread = True
 
     @dataclass(frozen=True)
-    class Options(PassOptions):
-        calib: Dataset | None = option(None, record=False)
+    class Options(_RecoveryPass.Options):
         ratio: float | None = None
         round_to: int = 1
         min_channels: int = 1
@@ -393,12 +402,7 @@ class ReconstructSelectPass(Pass):
             raise UserError("reconstruct-select needs a ratio or a selection before it (select, budget)")
         return {analysis.find(g): np.asarray(m, bool) for g, m in ctx.removal.items()}
 
-    def run(self, ctx: Context) -> PassResult:
-        with blas_threads(1):
-            return self._run(ctx)
-
-    def _run(self, ctx: Context) -> PassResult:
-        calib = _need_calib(self.calib, self.name, ctx)
+    def recover(self, ctx: Context, calib: Dataset) -> PassResult:
         t0 = time.perf_counter()
         analysis = ctx.analysis
         base = self._counts(ctx)
@@ -473,20 +477,16 @@ class ReconstructSelectPass(Pass):
 
 
 @register_pass
-class BatchNormRecalibratePass(Pass):
+class BatchNormRecalibratePass(_RecoveryPass):
     """Re-estimate BatchNormalization running statistics on calibration data."""
 
     name = "bn-recalibrate"
     kind = "rewrite"
     description = "re-estimate BatchNormalization running mean/variance on calibration data (needs --calib)"
     produces = frozenset({"model"})
-    exact = False
-    section, accumulate = "reconstruction", True
-    data_options: ClassVar[dict[str, str]] = {"calib": "ignore"}
 
     @dataclass(frozen=True)
-    class Options(PassOptions):
-        calib: Dataset | None = option(None, record=False)
+    class Options(_RecoveryPass.Options):
         batch_size: int = 256
         threads: int = option(0, record=False)
         nodes: list[str] | None = None
@@ -495,8 +495,7 @@ class BatchNormRecalibratePass(Pass):
         def __post_init__(self) -> None:
             _common(self.batch_size, 0, 0.0)
 
-    def run(self, ctx: Context) -> PassResult:
-        calib = _need_calib(self.calib, self.name, ctx)
+    def recover(self, ctx: Context, calib: Dataset) -> PassResult:
         t0 = time.perf_counter()
         graph = ctx.graph
         nodes = bn_nodes(graph, self.nodes)
