@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,7 @@ from npcompile.channels.analysis import Group
 from npcompile.channels.cost import CostModel
 from npcompile.channels.masked import prune_copy
 from npcompile.errors import UserError
-from npcompile.pipeline import Context, Pass, PassOptions, PassResult, option, register_pass
+from npcompile.pipeline import Context, Pass, PassResult, option, register_pass
 from npcompile.report.progress import progress
 from npcompile.runtime.latency_model import (
     LatencyModel,
@@ -49,6 +49,7 @@ from npcompile.runtime.latency_model import (
 from npcompile.runtime.timing import StableOptions, compare
 from npcompile.search.levels import (
     DEFAULT_FRACTIONS,
+    SearchOptions,
     ensure_scores,
     evaluator_for,
     loss_curve,
@@ -77,16 +78,14 @@ class LatencyBudgetPass(Pass):
     exact = False
 
     @dataclass(frozen=True)
-    class Options(PassOptions):
+    class Options(SearchOptions):
+        # include / exclude are not listed; threads is (the latency model is measured with them)
         record_order = ("target_latency", "round_to", "min_channels", "target_params", "target_flops", "tolerance",
                         "criterion", "refine", "levels", "threads")
         target_latency: float
         evaluator: Any = option(None, record=False)
         measure: Any = option(None, record=False)
-        round_to: int = 1
-        min_channels: int = 1
-        include: Any = option(None, record=False)
-        exclude: Any = option(None, record=False)
+        _: KW_ONLY
         threads: int = 0
         provider: str = option("CPUExecutionProvider", record=False)
         target_params: float | None = None

@@ -12,6 +12,7 @@ that costs:
   backend, checked once against :func:`check_removal` (half of every group).
 - :func:`sensitivity_table`: the metric of each group with fractions of it removed
   (``DEFAULT_FRACTIONS``); :func:`loss_curve`: a loss per level from such a table.
+- :class:`SearchOptions`: the options these passes share (the base of their ``Options``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import numpy as np
@@ -29,16 +31,37 @@ from npcompile.channels.select import lowest_per_block
 from npcompile.execution.probes import probe_evaluator
 from npcompile.graph.names import matches, name_patterns
 from npcompile.importance.magnitude import group_magnitude
-from npcompile.pipeline import Context
+from npcompile.pipeline import Context, PassOptions, option
 from npcompile.report.progress import enabled as progress_enabled
 from npcompile.report.progress import progress
 
-__all__ = ["DEFAULT_FRACTIONS", "removal_levels", "lowest_mask", "search_groups", "ensure_scores", "check_removal",
-           "evaluator_for", "sensitivity_table", "loss_curve"]
+__all__ = ["DEFAULT_FRACTIONS", "SearchOptions", "removal_levels", "lowest_mask", "search_groups", "ensure_scores",
+           "check_removal", "evaluator_for", "sensitivity_table", "loss_curve"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def _patterns(patterns: str | Sequence[str] | None) -> list[str] | None:
+    return name_patterns(patterns) or None
+
+
+@dataclass(frozen=True)
+class SearchOptions(PassOptions):
+    """The options the selection passes share, the base of their ``Options``: the groups searched
+    (:func:`search_groups`: ``include`` / ``exclude`` name patterns), how widths move
+    (:func:`removal_levels`: multiples of ``round_to``, never below ``min_channels``) and the
+    evaluation's ``threads``. Keyword-only, so that each pass's own leading options (``tolerance``,
+    ``target_latency``, ...) keep their places in its constructor; a pass's ``record_order`` keeps
+    the order its report lists them in."""
+
+    _: KW_ONLY
+    round_to: int = 1
+    min_channels: int = 1
+    include: str | Sequence[str] | None = option(None, report=_patterns)
+    exclude: str | Sequence[str] | None = option(None, report=_patterns)
+    threads: int = option(0, record=False)
 
 
 def removal_levels(group: Group, round_to: int = 1, min_channels: int = 1, max_fraction: float = 1.0) -> list[int]:
