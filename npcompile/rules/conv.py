@@ -68,8 +68,7 @@ def _depthwise_output(node: gs.Node, ctx: ChannelAnalysis, x, out_layout: Layout
 
 @register("Conv")
 def conv(node: gs.Node, ctx: ChannelAnalysis) -> None:
-    operands = _operands(node, ctx)
-    if operands is None:
+    if (operands := _operands(node, ctx)) is None:
         return
     w, x, bias, groups = operands
     c_out, c_in_per_group = w.shape[0], w.shape[1]
@@ -110,8 +109,7 @@ def _depthwise(node: gs.Node, ctx: ChannelAnalysis, x, w: np.ndarray, bias, c_in
 
 @register("ConvTranspose")
 def conv_transpose(node: gs.Node, ctx: ChannelAnalysis) -> None:
-    operands = _operands(node, ctx)
-    if operands is None:
+    if (operands := _operands(node, ctx)) is None:
         return
     w, x, bias, groups = operands
     if x is not None and x.axis != 1:
