@@ -166,6 +166,16 @@ class _RecoveryPass(Pass):
     def recover(self, ctx: Context, calib: Dataset) -> PassResult:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    # every subclass's Options has batch_size and threads
+    def calibrator(self, model: Any, tensors: list[str] | tuple[str, ...] = (), **kw: Any) -> Calibrator:
+        """A quiet calibration session of ``model`` exposing ``tensors``, in the pass's batch size and threads."""
+        return Calibrator(model, tensors, self.batch_size, threads=self.threads, progress=False, **kw)
+
+    def stream_once(self, calib: Dataset, model: Any, tensors: list[str], fold: Any) -> float:
+        """Stream ``calib`` once through ``model``, ``fold(first, [values of tensors])`` per batch; the
+        seconds spent in ONNX Runtime."""
+        return stream(calib, self.batch_size, [(self.calibrator(model, tensors), tensors)], fold)[1][0]
+
 
 @register_pass
 class ReconstructPass(_RecoveryPass):
@@ -212,13 +222,12 @@ class ReconstructPass(_RecoveryPass):
         rows: list[dict[str, Any]] = []
         session_s = [0.0, 0.0]
         one_pass = None
-        ref_cal = Calibrator(reference, [la.y for la in active], self.batch_size, threads=self.threads,
-                             progress=False) if active else None
+        ref_cal = self.calibrator(reference, [la.y for la in active]) if active else None
         with progress("reconstruction", total=len(waves)) as tick:
             for wave_no, wave in enumerate(waves, 1):
                 tick(1, f"layers {', '.join(la.name for la in wave)[:60]}")
                 pruned = to_model(graph, ctx.original)
-                p_cal = Calibrator(pruned, [la.x for la in wave], self.batch_size, threads=self.threads, progress=False)
+                p_cal = self.calibrator(pruned, [la.x for la in wave])
                 accs = [LayerStats(la, la.x, la.y, self.positions) for la in wave]
 
                 def fold(first: int, values: list[dict[str, np.ndarray]], accs=accs) -> None:
@@ -315,14 +324,11 @@ class BiasCompensatePass(_RecoveryPass):
             if len(gone):
                 accs.append(MeanStats(layer, gone))
         if accs:
-            cal = Calibrator(reference, [a.layer.x for a in accs], self.batch_size, threads=self.threads,
-                             progress=False)
-
             def fold(first: int, values: list[dict[str, np.ndarray]]) -> None:
                 for a in accs:
                     a.update(values[0][a.layer.x], analysis.shapes.get(a.layer.y, ()))
 
-            stream(calib, self.batch_size, [(cal, [a.layer.x for a in accs])], fold)
+            self.stream_once(calib, reference, [a.layer.x for a in accs], fold)
         shifts = {id(a.layer): _mean_shift(a) for a in accs}
         stats = _apply(ctx, graph, analysis, removal)
         _bind(layers)
@@ -433,16 +439,13 @@ class ReconstructSelectPass(_RecoveryPass):
                     uses.setdefault(g.id, []).append((id(node), site))
         active = {k: v for k, v in consumers.items() if not v[0].skip}
         accs = {k: LayerStats(la, la.x, None, self.positions) for k, (la, _) in active.items()}
-        spent = [0.0]
+        session_s = 0.0
         if accs:
-            cal = Calibrator(ctx.model, [a.x_name for a in accs.values()], self.batch_size, threads=self.threads,
-                             progress=False)
-
             def fold(first: int, values: list[dict[str, np.ndarray]]) -> None:
                 for a in accs.values():
                     a.update(first, values[0][a.x_name], None, (0, *analysis.shapes.get(a.layer.y, ())[1:]))
 
-            _, spent = stream(calib, self.batch_size, [(cal, [a.x_name for a in accs.values()])], fold)
+            session_s = self.stream_once(calib, ctx.model, [a.x_name for a in accs.values()], fold)
         grams = {k: centered(a, True)[0][0] for k, a in accs.items()}
         removal: dict[int, np.ndarray] = {}
         rows = []
@@ -465,7 +468,7 @@ class ReconstructSelectPass(_RecoveryPass):
         ctx.removal = analysis.close_removal(removal)
         ctx.criterion = ctx.criterion or "reconstruction"
         dt = time.perf_counter() - t0
-        report = {"selection": rows, "selection_runs": [{"seconds": dt, "session_seconds": spent[0],
+        report = {"selection": rows, "selection_runs": [{"seconds": dt, "session_seconds": session_s,
                                                          "consumers": len(accs), "groups": len(rows),
                                                          "skipped": [{"layer": la.name, "skipped": la.skip}
                                                                      for la, _ in consumers.values() if la.skip]}]}
@@ -509,8 +512,7 @@ class BatchNormRecalibratePass(_RecoveryPass):
             moments: dict[str, ChannelMoments] = {}
             for n in wave:
                 moments.setdefault(n.inputs[0].name, ChannelMoments(n.inputs[0].name, 1))
-            cal = Calibrator(to_model(graph, ctx.original), (), self.batch_size, accumulators=list(moments.values()),
-                             threads=self.threads, progress=False)
+            cal = self.calibrator(to_model(graph, ctx.original), accumulators=list(moments.values()))
             samples = cal.run(calib).samples
             passes += 1
             for n in wave:
