@@ -44,8 +44,10 @@ from npcompile.search.levels import (
     loss_curve,
     lowest_mask,
     removal_levels,
+    score_losses,
     search_groups,
     sensitivity_table,
+    table_losses,
 )
 from npcompile.search.variants import cost_weights, eval_bound, get_variant, visits
 
@@ -313,12 +315,7 @@ class BudgetPass(Pass):
                 ) -> tuple[dict[int, list[int]], dict[int, list[float]], str, float | None]:
         levels = {g.id: removal_levels(g, self.round_to, self.min_channels, self.max_fraction) for g in groups}
         if ev is None:
-            losses = {}
-            for g in groups:
-                s = np.sort(np.asarray(ctx.scores[g.id], float).reshape(g.blocks, -1), axis=1)
-                total = max(float(s.sum()), 1e-30)
-                cum = np.concatenate([[0.0], np.cumsum(s.sum(axis=0))]) / total * 100.0
-                losses[g.id] = [float(cum[c]) for c in levels[g.id]]
+            losses = {g.id: score_losses(g, ctx.scores[g.id], levels[g.id]) for g in groups}
             return levels, losses, "magnitude", None
         prior = ctx.results.get("sensitivity")
         data = getattr(prior, "data", prior) if prior is not None else None
@@ -334,8 +331,7 @@ class BudgetPass(Pass):
             table = sensitivity_table(ctx, ev, groups, self.fractions, self.round_to, self.min_channels, baseline)
         losses = {}
         for g, row in zip(groups, table, strict=True):
-            pts = [(p["removed"], baseline - p["metric"]) for p in row["points"]]
-            losses[g.id] = loss_curve(levels[g.id], g.blocks, pts)
+            losses[g.id] = table_losses(levels[g.id], g.blocks, row, baseline)
             levels[g.id] = levels[g.id][: len(losses[g.id])]
         return levels, losses, "sensitivity", baseline
 

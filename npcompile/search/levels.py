@@ -11,7 +11,8 @@ that costs:
 - :func:`evaluator_for`: the masked-model evaluator of the groups on the context's execution
   backend, checked once against :func:`check_removal` (half of every group).
 - :func:`sensitivity_table`: the metric of each group with fractions of it removed
-  (``DEFAULT_FRACTIONS``); :func:`loss_curve`: a loss per level from such a table.
+  (``DEFAULT_FRACTIONS``); :func:`loss_curve`: a loss per level from such a table
+  (:func:`table_losses`: from one group's row), :func:`score_losses` where no evaluator measures one.
 - :class:`SearchOptions`: the options these passes share (the base of their ``Options``).
 """
 
@@ -36,7 +37,7 @@ from npcompile.report.progress import enabled as progress_enabled
 from npcompile.report.progress import progress
 
 __all__ = ["DEFAULT_FRACTIONS", "SearchOptions", "removal_levels", "lowest_mask", "search_groups", "ensure_scores",
-           "check_removal", "evaluator_for", "sensitivity_table", "loss_curve"]
+           "check_removal", "evaluator_for", "sensitivity_table", "loss_curve", "table_losses", "score_losses"]
 
 log = logging.getLogger(__name__)
 
@@ -184,3 +185,18 @@ def loss_curve(levels: list[int], blocks: int, points: list[tuple[int, float]]) 
             break
         out.append(float(np.interp(total, xs, ys)))
     return out
+
+
+def table_losses(levels: list[int], blocks: int, row: dict[str, Any], baseline: float) -> list[float]:
+    """:func:`loss_curve` of one group's row of a :func:`sensitivity_table`: the metric lost
+    (``baseline - metric``) at each of its measured points."""
+    return loss_curve(levels, blocks, [(p["removed"], baseline - p["metric"]) for p in row["points"]])
+
+
+def score_losses(group: Group, scores: np.ndarray, levels: list[int]) -> list[float]:
+    """The loss at each level (per-block count) where no evaluator measures one: the share (%) of
+    the group's score mass that the lowest-scored channels of each block hold."""
+    s = np.sort(np.asarray(scores, float).reshape(group.blocks, -1), axis=1)
+    total = max(float(s.sum()), 1e-30)
+    cum = np.concatenate([[0.0], np.cumsum(s.sum(axis=0))]) / total * 100.0
+    return [float(cum[c]) for c in levels]
