@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -98,9 +98,7 @@ def _need_calib(calib: Dataset | None, name: str, ctx: Context) -> Dataset:
     return calib
 
 
-def _common(batch_size: int, positions: int, ridge: float) -> None:
-    if batch_size < 1:
-        raise UserError(f"calibration batch size must be >= 1, got {batch_size}")
+def _fit_checks(positions: int, ridge: float) -> None:
     if positions < 0:
         raise UserError(f"positions must be >= 0 (0: every output position), got {positions}")
     if not ridge >= 0:
@@ -155,7 +153,17 @@ class _RecoveryPass(Pass):
 
     @dataclass(frozen=True)
     class Options(PassOptions):
+        """``calib`` (the one option given by position), then, keyword-only, the calibration
+        sessions' ``batch_size`` and ``threads``; a subclass's ``record_order`` keeps its report's order."""
+
         calib: Dataset | None = option(None, record=False)
+        _: KW_ONLY
+        batch_size: int = 256
+        threads: int = option(0, record=False)
+
+        def __post_init__(self) -> None:
+            if self.batch_size < 1:
+                raise UserError(f"calibration batch size must be >= 1, got {self.batch_size}")
 
     def run(self, ctx: Context) -> PassResult:
         if not self.one_blas_thread:
@@ -166,7 +174,6 @@ class _RecoveryPass(Pass):
     def recover(self, ctx: Context, calib: Dataset) -> PassResult:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    # every subclass's Options has batch_size and threads
     def calibrator(self, model: Any, tensors: list[str] | tuple[str, ...] = (), **kw: Any) -> Calibrator:
         """A quiet calibration session of ``model`` exposing ``tensors``, in the pass's batch size and threads."""
         return Calibrator(model, tensors, self.batch_size, threads=self.threads, progress=False, **kw)
@@ -191,15 +198,16 @@ class ReconstructPass(_RecoveryPass):
 
     @dataclass(frozen=True)
     class Options(_RecoveryPass.Options):
+        record_order = ("ridge", "positions", "batch_size", "intercept", "scope")
         ridge: float = 1e-3
         positions: int = 16
-        batch_size: int = 256
-        threads: int = option(0, record=False)
+        _: KW_ONLY
         intercept: bool = True
         scope: str = "downstream"
 
         def __post_init__(self) -> None:
-            _common(self.batch_size, self.positions, self.ridge)
+            super().__post_init__()
+            _fit_checks(self.positions, self.ridge)
             if self.scope not in ("consumers", "downstream"):
                 raise UserError(f"reconstruct: scope must be consumers or downstream, got {self.scope!r}")
 
@@ -299,14 +307,6 @@ class BiasCompensatePass(_RecoveryPass):
     requires = frozenset({"removal"})
     produces = frozenset({"model"})
 
-    @dataclass(frozen=True)
-    class Options(_RecoveryPass.Options):
-        batch_size: int = 256
-        threads: int = option(0, record=False)
-
-        def __post_init__(self) -> None:
-            _common(self.batch_size, 0, 0.0)
-
     def recover(self, ctx: Context, calib: Dataset) -> PassResult:
         if not ctx.removal:
             return PassResult(False, "nothing to remove")
@@ -382,17 +382,18 @@ class ReconstructSelectPass(_RecoveryPass):
 
     @dataclass(frozen=True)
     class Options(_RecoveryPass.Options):
+        record_order = ("ratio", "round_to", "min_channels", "ridge", "positions", "batch_size", "max_columns")
         ratio: float | None = None
         round_to: int = 1
         min_channels: int = 1
         ridge: float = 1e-3
         positions: int = 16
-        batch_size: int = 256
-        threads: int = option(0, record=False)
+        _: KW_ONLY
         max_columns: int = 4096
 
         def __post_init__(self) -> None:
-            _common(self.batch_size, self.positions, self.ridge)
+            super().__post_init__()
+            _fit_checks(self.positions, self.ridge)
             if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
                 raise UserError(f"reconstruct-select: ratio must be in [0, 1), got {self.ratio}")
             if self.round_to < 1 or self.min_channels < 1 or self.max_columns < 1:
@@ -490,13 +491,9 @@ class BatchNormRecalibratePass(_RecoveryPass):
 
     @dataclass(frozen=True)
     class Options(_RecoveryPass.Options):
-        batch_size: int = 256
-        threads: int = option(0, record=False)
+        _: KW_ONLY
         nodes: list[str] | None = None
         variance: bool = True
-
-        def __post_init__(self) -> None:
-            _common(self.batch_size, 0, 0.0)
 
     def recover(self, ctx: Context, calib: Dataset) -> PassResult:
         t0 = time.perf_counter()
