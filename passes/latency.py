@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,7 @@ from npcompile.channels.analysis import Group
 from npcompile.channels.cost import CostModel
 from npcompile.channels.masked import prune_copy
 from npcompile.errors import UserError
-from npcompile.pipeline import Context, Pass, PassOptions, PassResult, option, register_pass
+from npcompile.pipeline import Context, Pass, PassResult, option, register_pass
 from npcompile.report.progress import progress
 from npcompile.runtime.latency_model import (
     LatencyModel,
@@ -49,13 +49,15 @@ from npcompile.runtime.latency_model import (
 from npcompile.runtime.timing import StableOptions, compare
 from npcompile.search.levels import (
     DEFAULT_FRACTIONS,
+    SearchOptions,
     ensure_scores,
     evaluator_for,
-    loss_curve,
     lowest_mask,
     removal_levels,
+    score_losses,
     search_groups,
     sensitivity_table,
+    table_losses,
 )
 
 __all__ = ["LatencyBudgetPass", "CRITERIA", "ort_runner"]
@@ -64,6 +66,11 @@ log = logging.getLogger(__name__)
 
 #: how the plan ranks the next step of a group
 CRITERIA = ("per-ms", "importance")
+
+
+def _removed(g: Group, widths: list[int]) -> list[int]:
+    """Channels removed per block at each kept width (per block)."""
+    return [g.size // g.blocks - w for w in widths]
 
 
 @register_pass
@@ -77,16 +84,14 @@ class LatencyBudgetPass(Pass):
     exact = False
 
     @dataclass(frozen=True)
-    class Options(PassOptions):
+    class Options(SearchOptions):
+        # include / exclude are not listed; threads is (the latency model is measured with them)
         record_order = ("target_latency", "round_to", "min_channels", "target_params", "target_flops", "tolerance",
                         "criterion", "refine", "levels", "threads")
         target_latency: float
         evaluator: Any = option(None, record=False)
         measure: Any = option(None, record=False)
-        round_to: int = 1
-        min_channels: int = 1
-        include: Any = option(None, record=False)
-        exclude: Any = option(None, record=False)
+        _: KW_ONLY
         threads: int = 0
         provider: str = option("CPUExecutionProvider", record=False)
         target_params: float | None = None
@@ -243,19 +248,9 @@ class LatencyBudgetPass(Pass):
             ev = evaluator_for(ctx, self.evaluator, groups, self.threads, True)
             baseline = ev({})
             table = sensitivity_table(ctx, ev, groups, DEFAULT_FRACTIONS, 1, self.min_channels, baseline)
-            out = {}
-            for g, row in zip(groups, table, strict=True):
-                size = g.size // g.blocks
-                pts = [(p["removed"], baseline - p["metric"]) for p in row["points"]]
-                out[g.id] = loss_curve([size - w for w in steps[g.id]], g.blocks, pts)
-            return out, "sensitivity"
-        out = {}
-        for g in groups:
-            s = np.sort(np.asarray(ctx.scores[g.id], float).reshape(g.blocks, -1), axis=1)
-            cum = np.concatenate([[0.0], np.cumsum(s.sum(axis=0))]) / max(float(s.sum()), 1e-30) * 100.0
-            size = g.size // g.blocks
-            out[g.id] = [float(cum[size - w]) for w in steps[g.id]]
-        return out, "magnitude"
+            return {g.id: table_losses(_removed(g, steps[g.id]), g.blocks, row, baseline)
+                    for g, row in zip(groups, table, strict=True)}, "sensitivity"
+        return {g.id: score_losses(g, ctx.scores[g.id], _removed(g, steps[g.id])) for g in groups}, "magnitude"
 
     def run(self, ctx: Context) -> PassResult:
         from npcompile.runtime.verify import probe_inputs

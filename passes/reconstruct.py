@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -98,9 +98,7 @@ def _need_calib(calib: Dataset | None, name: str, ctx: Context) -> Dataset:
     return calib
 
 
-def _common(batch_size: int, positions: int, ridge: float) -> None:
-    if batch_size < 1:
-        raise UserError(f"calibration batch size must be >= 1, got {batch_size}")
+def _fit_checks(positions: int, ridge: float) -> None:
     if positions < 0:
         raise UserError(f"positions must be >= 0 (0: every output position), got {positions}")
     if not ridge >= 0:
@@ -142,8 +140,52 @@ def _skipped(layers: list[Layer]) -> list[dict[str, str]]:
     return [{"layer": la.name, "op": la.op, "skipped": la.skip} for la in layers if la.skip]
 
 
+class _RecoveryPass(Pass):
+    """What the four passes share: calibration data ``calib`` (the first option; checked against the
+    model's inputs before :meth:`recover` runs), their part of the report's ``reconstruction``
+    section, and not exact. ``one_blas_thread``: NumPy's BLAS limited to one thread while the pass
+    runs (:func:`~npcompile.recovery.stats.blas_threads`)."""
+
+    exact = False
+    section, accumulate = "reconstruction", True
+    data_options: ClassVar[dict[str, str]] = {"calib": "ignore"}
+    one_blas_thread: ClassVar[bool] = False
+
+    @dataclass(frozen=True)
+    class Options(PassOptions):
+        """``calib`` (the one option given by position), then, keyword-only, the calibration
+        sessions' ``batch_size`` and ``threads``; a subclass's ``record_order`` keeps its report's order."""
+
+        calib: Dataset | None = option(None, record=False)
+        _: KW_ONLY
+        batch_size: int = 256
+        threads: int = option(0, record=False)
+
+        def __post_init__(self) -> None:
+            if self.batch_size < 1:
+                raise UserError(f"calibration batch size must be >= 1, got {self.batch_size}")
+
+    def run(self, ctx: Context) -> PassResult:
+        if not self.one_blas_thread:
+            return self.recover(ctx, _need_calib(self.calib, self.name, ctx))
+        with blas_threads(1):
+            return self.recover(ctx, _need_calib(self.calib, self.name, ctx))
+
+    def recover(self, ctx: Context, calib: Dataset) -> PassResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def calibrator(self, model: Any, tensors: list[str] | tuple[str, ...] = (), **kw: Any) -> Calibrator:
+        """A quiet calibration session of ``model`` exposing ``tensors``, in the pass's batch size and threads."""
+        return Calibrator(model, tensors, self.batch_size, threads=self.threads, progress=False, **kw)
+
+    def stream_once(self, calib: Dataset, model: Any, tensors: list[str], fold: Any) -> float:
+        """Stream ``calib`` once through ``model``, ``fold(first, [values of tensors])`` per batch; the
+        seconds spent in ONNX Runtime."""
+        return stream(calib, self.batch_size, [(self.calibrator(model, tensors), tensors)], fold)[1][0]
+
+
 @register_pass
-class ReconstructPass(Pass):
+class ReconstructPass(_RecoveryPass):
     """Remove the selected channels and refit the layers that read them by least squares."""
 
     name = "reconstruct"
@@ -152,31 +194,24 @@ class ReconstructPass(Pass):
                    "them by least squares to match the unpruned outputs on calibration data (needs --calib)")
     requires = frozenset({"removal"})
     produces = frozenset({"model"})
-    exact = False
-    section, accumulate = "reconstruction", True
-    data_options: ClassVar[dict[str, str]] = {"calib": "ignore"}
+    one_blas_thread = True
 
     @dataclass(frozen=True)
-    class Options(PassOptions):
-        calib: Dataset | None = option(None, record=False)
+    class Options(_RecoveryPass.Options):
+        record_order = ("ridge", "positions", "batch_size", "intercept", "scope")
         ridge: float = 1e-3
         positions: int = 16
-        batch_size: int = 256
-        threads: int = option(0, record=False)
+        _: KW_ONLY
         intercept: bool = True
         scope: str = "downstream"
 
         def __post_init__(self) -> None:
-            _common(self.batch_size, self.positions, self.ridge)
+            super().__post_init__()
+            _fit_checks(self.positions, self.ridge)
             if self.scope not in ("consumers", "downstream"):
                 raise UserError(f"reconstruct: scope must be consumers or downstream, got {self.scope!r}")
 
-    def run(self, ctx: Context) -> PassResult:
-        with blas_threads(1):
-            return self._run(ctx)
-
-    def _run(self, ctx: Context) -> PassResult:
-        calib = _need_calib(self.calib, self.name, ctx)
+    def recover(self, ctx: Context, calib: Dataset) -> PassResult:
         if not ctx.removal:
             return PassResult(False, "nothing to remove")
         t_start = time.perf_counter()
@@ -195,13 +230,12 @@ class ReconstructPass(Pass):
         rows: list[dict[str, Any]] = []
         session_s = [0.0, 0.0]
         one_pass = None
-        ref_cal = Calibrator(reference, [la.y for la in active], self.batch_size, threads=self.threads,
-                             progress=False) if active else None
+        ref_cal = self.calibrator(reference, [la.y for la in active]) if active else None
         with progress("reconstruction", total=len(waves)) as tick:
             for wave_no, wave in enumerate(waves, 1):
                 tick(1, f"layers {', '.join(la.name for la in wave)[:60]}")
                 pruned = to_model(graph, ctx.original)
-                p_cal = Calibrator(pruned, [la.x for la in wave], self.batch_size, threads=self.threads, progress=False)
+                p_cal = self.calibrator(pruned, [la.x for la in wave])
                 accs = [LayerStats(la, la.x, la.y, self.positions) for la in wave]
 
                 def fold(first: int, values: list[dict[str, np.ndarray]], accs=accs) -> None:
@@ -263,7 +297,7 @@ class ReconstructPass(Pass):
 
 
 @register_pass
-class BiasCompensatePass(Pass):
+class BiasCompensatePass(_RecoveryPass):
     """Remove the selected channels and fold their mean contribution into the consumers' biases."""
 
     name = "bias-compensate"
@@ -272,21 +306,8 @@ class BiasCompensatePass(Pass):
                    "consumers' biases (needs --calib)")
     requires = frozenset({"removal"})
     produces = frozenset({"model"})
-    exact = False
-    section, accumulate = "reconstruction", True
-    data_options: ClassVar[dict[str, str]] = {"calib": "ignore"}
 
-    @dataclass(frozen=True)
-    class Options(PassOptions):
-        calib: Dataset | None = option(None, record=False)
-        batch_size: int = 256
-        threads: int = option(0, record=False)
-
-        def __post_init__(self) -> None:
-            _common(self.batch_size, 0, 0.0)
-
-    def run(self, ctx: Context) -> PassResult:
-        calib = _need_calib(self.calib, self.name, ctx)
+    def recover(self, ctx: Context, calib: Dataset) -> PassResult:
         if not ctx.removal:
             return PassResult(False, "nothing to remove")
         t0 = time.perf_counter()
@@ -303,14 +324,11 @@ class BiasCompensatePass(Pass):
             if len(gone):
                 accs.append(MeanStats(layer, gone))
         if accs:
-            cal = Calibrator(reference, [a.layer.x for a in accs], self.batch_size, threads=self.threads,
-                             progress=False)
-
             def fold(first: int, values: list[dict[str, np.ndarray]]) -> None:
                 for a in accs:
                     a.update(values[0][a.layer.x], analysis.shapes.get(a.layer.y, ()))
 
-            stream(calib, self.batch_size, [(cal, [a.layer.x for a in accs])], fold)
+            self.stream_once(calib, reference, [a.layer.x for a in accs], fold)
         shifts = {id(a.layer): _mean_shift(a) for a in accs}
         stats = _apply(ctx, graph, analysis, removal)
         _bind(layers)
@@ -352,7 +370,7 @@ def _mean_shift(a: MeanStats) -> np.ndarray:
 
 
 @register_pass
-class ReconstructSelectPass(Pass):
+class ReconstructSelectPass(_RecoveryPass):
     """Choose the channels to remove by the least-squares reconstruction error they cause."""
 
     name = "reconstruct-select"
@@ -360,24 +378,22 @@ class ReconstructSelectPass(Pass):
     description = ("choose which channels to remove (as many per group as the ratio or the previous selection) "
                    "greedily by the reconstruction error of the consumers' outputs (needs --calib)")
     produces = frozenset({"removal"})  # from its ratio or the selection before it
-    exact = False
-    section, accumulate = "reconstruction", True
-    data_options: ClassVar[dict[str, str]] = {"calib": "ignore"}
+    one_blas_thread = True
 
     @dataclass(frozen=True)
-    class Options(PassOptions):
-        calib: Dataset | None = option(None, record=False)
+    class Options(_RecoveryPass.Options):
+        record_order = ("ratio", "round_to", "min_channels", "ridge", "positions", "batch_size", "max_columns")
         ratio: float | None = None
         round_to: int = 1
         min_channels: int = 1
         ridge: float = 1e-3
         positions: int = 16
-        batch_size: int = 256
-        threads: int = option(0, record=False)
+        _: KW_ONLY
         max_columns: int = 4096
 
         def __post_init__(self) -> None:
-            _common(self.batch_size, self.positions, self.ridge)
+            super().__post_init__()
+            _fit_checks(self.positions, self.ridge)
             if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
                 raise UserError(f"reconstruct-select: ratio must be in [0, 1), got {self.ratio}")
             if self.round_to < 1 or self.min_channels < 1 or self.max_columns < 1:
@@ -393,12 +409,7 @@ class ReconstructSelectPass(Pass):
             raise UserError("reconstruct-select needs a ratio or a selection before it (select, budget)")
         return {analysis.find(g): np.asarray(m, bool) for g, m in ctx.removal.items()}
 
-    def run(self, ctx: Context) -> PassResult:
-        with blas_threads(1):
-            return self._run(ctx)
-
-    def _run(self, ctx: Context) -> PassResult:
-        calib = _need_calib(self.calib, self.name, ctx)
+    def recover(self, ctx: Context, calib: Dataset) -> PassResult:
         t0 = time.perf_counter()
         analysis = ctx.analysis
         base = self._counts(ctx)
@@ -429,16 +440,13 @@ class ReconstructSelectPass(Pass):
                     uses.setdefault(g.id, []).append((id(node), site))
         active = {k: v for k, v in consumers.items() if not v[0].skip}
         accs = {k: LayerStats(la, la.x, None, self.positions) for k, (la, _) in active.items()}
-        spent = [0.0]
+        session_s = 0.0
         if accs:
-            cal = Calibrator(ctx.model, [a.x_name for a in accs.values()], self.batch_size, threads=self.threads,
-                             progress=False)
-
             def fold(first: int, values: list[dict[str, np.ndarray]]) -> None:
                 for a in accs.values():
                     a.update(first, values[0][a.x_name], None, (0, *analysis.shapes.get(a.layer.y, ())[1:]))
 
-            _, spent = stream(calib, self.batch_size, [(cal, [a.x_name for a in accs.values()])], fold)
+            session_s = self.stream_once(calib, ctx.model, [a.x_name for a in accs.values()], fold)
         grams = {k: centered(a, True)[0][0] for k, a in accs.items()}
         removal: dict[int, np.ndarray] = {}
         rows = []
@@ -461,7 +469,7 @@ class ReconstructSelectPass(Pass):
         ctx.removal = analysis.close_removal(removal)
         ctx.criterion = ctx.criterion or "reconstruction"
         dt = time.perf_counter() - t0
-        report = {"selection": rows, "selection_runs": [{"seconds": dt, "session_seconds": spent[0],
+        report = {"selection": rows, "selection_runs": [{"seconds": dt, "session_seconds": session_s,
                                                          "consumers": len(accs), "groups": len(rows),
                                                          "skipped": [{"layer": la.name, "skipped": la.skip}
                                                                      for la, _ in consumers.values() if la.skip]}]}
@@ -473,30 +481,21 @@ class ReconstructSelectPass(Pass):
 
 
 @register_pass
-class BatchNormRecalibratePass(Pass):
+class BatchNormRecalibratePass(_RecoveryPass):
     """Re-estimate BatchNormalization running statistics on calibration data."""
 
     name = "bn-recalibrate"
     kind = "rewrite"
     description = "re-estimate BatchNormalization running mean/variance on calibration data (needs --calib)"
     produces = frozenset({"model"})
-    exact = False
-    section, accumulate = "reconstruction", True
-    data_options: ClassVar[dict[str, str]] = {"calib": "ignore"}
 
     @dataclass(frozen=True)
-    class Options(PassOptions):
-        calib: Dataset | None = option(None, record=False)
-        batch_size: int = 256
-        threads: int = option(0, record=False)
+    class Options(_RecoveryPass.Options):
+        _: KW_ONLY
         nodes: list[str] | None = None
         variance: bool = True
 
-        def __post_init__(self) -> None:
-            _common(self.batch_size, 0, 0.0)
-
-    def run(self, ctx: Context) -> PassResult:
-        calib = _need_calib(self.calib, self.name, ctx)
+    def recover(self, ctx: Context, calib: Dataset) -> PassResult:
         t0 = time.perf_counter()
         graph = ctx.graph
         nodes = bn_nodes(graph, self.nodes)
@@ -510,8 +509,7 @@ class BatchNormRecalibratePass(Pass):
             moments: dict[str, ChannelMoments] = {}
             for n in wave:
                 moments.setdefault(n.inputs[0].name, ChannelMoments(n.inputs[0].name, 1))
-            cal = Calibrator(to_model(graph, ctx.original), (), self.batch_size, accumulators=list(moments.values()),
-                             threads=self.threads, progress=False)
+            cal = self.calibrator(to_model(graph, ctx.original), accumulators=list(moments.values()))
             samples = cal.run(calib).samples
             passes += 1
             for n in wave:

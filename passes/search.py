@@ -23,7 +23,7 @@ import heapq
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import numpy as np
@@ -33,19 +33,21 @@ from npcompile.channels.cost import Cost, CostModel
 from npcompile.channels.masked import RemovalEvaluator
 from npcompile.errors import UserError
 from npcompile.execution.bisect import AcceptRate, search_levels
-from npcompile.graph.names import name_patterns
-from npcompile.pipeline import Context, Pass, PassOptions, PassResult, option, register_pass
+from npcompile.pipeline import Context, Pass, PassResult, option, register_pass
 from npcompile.report.progress import progress
 from npcompile.search.levels import (
     DEFAULT_FRACTIONS,
+    SearchOptions,
     check_removal,
     ensure_scores,
     evaluator_for,
     loss_curve,
     lowest_mask,
     removal_levels,
+    score_losses,
     search_groups,
     sensitivity_table,
+    table_losses,
 )
 from npcompile.search.variants import cost_weights, eval_bound, get_variant, visits
 
@@ -78,10 +80,6 @@ def _name(evaluator: Any) -> str:
     return str(getattr(evaluator, "name", None) or type(evaluator).__name__)
 
 
-def _patterns(patterns: str | Sequence[str] | None) -> list[str] | None:
-    return name_patterns(patterns) or None
-
-
 def _unit(evaluator: Any) -> str:
     return str(getattr(evaluator, "unit", "") or "")
 
@@ -101,14 +99,11 @@ class BinarySearchPass(Pass):
     exact = False
 
     @dataclass(frozen=True)
-    class Options(PassOptions):
+    class Options(SearchOptions):
+        record_order = ("tolerance", "evaluator", "round_to", "min_channels", "include", "exclude", "variant")
         tolerance: float
         evaluator: Any = option(report=_name)
-        round_to: int = 1
-        min_channels: int = 1
-        include: str | Sequence[str] | None = option(None, report=_patterns)
-        exclude: str | Sequence[str] | None = option(None, report=_patterns)
-        threads: int = option(0, record=False)
+        _: KW_ONLY
         check: bool = option(True, record=False)
         variant: str = DEFAULT_VARIANT
         #: derived: the variant by that name (:mod:`npcompile.search.variants`)
@@ -238,14 +233,11 @@ class SensitivityPass(Pass):
     exact = False
 
     @dataclass(frozen=True)
-    class Options(PassOptions):
+    class Options(SearchOptions):
+        record_order = ("evaluator", "fractions", "round_to", "min_channels", "include", "exclude")
         evaluator: Any = option(report=_name)
         fractions: Sequence[float] = option(DEFAULT_FRACTIONS, report=list)
-        round_to: int = 1
-        min_channels: int = 1
-        include: str | Sequence[str] | None = option(None, report=_patterns)
-        exclude: str | Sequence[str] | None = option(None, report=_patterns)
-        threads: int = option(0, record=False)
+        _: KW_ONLY
         check: bool = option(True, record=False)
 
         def __post_init__(self) -> None:
@@ -292,17 +284,15 @@ class BudgetPass(Pass):
     exact = False
 
     @dataclass(frozen=True)
-    class Options(PassOptions):
+    class Options(SearchOptions):
+        record_order = ("target_flops", "target_params", "evaluator", "fractions", "round_to", "min_channels",
+                        "include", "exclude", "max_fraction")
         target_flops: float | None = None
         target_params: float | None = None
         evaluator: Any = option(None, report=lambda e: None if e is None else _name(e))
         fractions: Sequence[float] = option(DEFAULT_FRACTIONS, report=list)
-        round_to: int = 1
-        min_channels: int = 1
-        include: str | Sequence[str] | None = option(None, report=_patterns)
-        exclude: str | Sequence[str] | None = option(None, report=_patterns)
+        _: KW_ONLY
         max_fraction: float = 0.9
-        threads: int = option(0, record=False)
         check: bool = option(True, record=False)
         #: derived: the targets by cost ("flops", "params")
         targets: dict[str, float | None] | None = option(None, init=False)
@@ -325,12 +315,7 @@ class BudgetPass(Pass):
                 ) -> tuple[dict[int, list[int]], dict[int, list[float]], str, float | None]:
         levels = {g.id: removal_levels(g, self.round_to, self.min_channels, self.max_fraction) for g in groups}
         if ev is None:
-            losses = {}
-            for g in groups:
-                s = np.sort(np.asarray(ctx.scores[g.id], float).reshape(g.blocks, -1), axis=1)
-                total = max(float(s.sum()), 1e-30)
-                cum = np.concatenate([[0.0], np.cumsum(s.sum(axis=0))]) / total * 100.0
-                losses[g.id] = [float(cum[c]) for c in levels[g.id]]
+            losses = {g.id: score_losses(g, ctx.scores[g.id], levels[g.id]) for g in groups}
             return levels, losses, "magnitude", None
         prior = ctx.results.get("sensitivity")
         data = getattr(prior, "data", prior) if prior is not None else None
@@ -346,8 +331,7 @@ class BudgetPass(Pass):
             table = sensitivity_table(ctx, ev, groups, self.fractions, self.round_to, self.min_channels, baseline)
         losses = {}
         for g, row in zip(groups, table, strict=True):
-            pts = [(p["removed"], baseline - p["metric"]) for p in row["points"]]
-            losses[g.id] = loss_curve(levels[g.id], g.blocks, pts)
+            losses[g.id] = table_losses(levels[g.id], g.blocks, row, baseline)
             levels[g.id] = levels[g.id][: len(losses[g.id])]
         return levels, losses, "sensitivity", baseline
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -31,15 +31,46 @@ def _open_output(node: gs.Node, ctx: ChannelAnalysis, w_axis: int, size: int) ->
     return layout
 
 
-@register("Conv")
-def conv(node: gs.Node, ctx: ChannelAnalysis) -> None:
+def _operands(node: gs.Node, ctx: ChannelAnalysis) -> tuple[np.ndarray, Any, np.ndarray | None, int] | None:
+    """Weights, input channels (``ctx.dim``), bias and group count of a Conv or ConvTranspose; None
+    (its input frozen) when the weights are not constant."""
     w = ctx.const(node.inputs[1])
     x = ctx.dim(node.inputs[0])
     if w is None:
-        ctx.freeze(x, f"Conv {node.name} has non-constant weights")
-        return
+        ctx.freeze(x, f"{node.op} {node.name} has non-constant weights")
+        return None
     bias = ctx.const(node.inputs[2]) if len(node.inputs) > 2 else None
-    groups = int(node.attrs.get("group", 1))
+    return w, x, bias, int(node.attrs.get("group", 1))
+
+
+def _depthwise_output(node: gs.Node, ctx: ChannelAnalysis, x, out_layout: Layout, w_pot: np.ndarray,
+                      bias: np.ndarray | None) -> None:
+    """The output of a depthwise (transposed) convolution: ``out_layout`` (``mult`` outputs per input
+    channel ``x``), its bias site and potential (``w_pot``: the weights' share), and the group
+    attribute that follows the kept input channels."""
+    if bias is not None:
+        ctx.add_site(node, 2, 0, out_layout, "out")
+    pot = x.pot * w_pot
+    if bias is not None:
+        pot = pot + out_layout.slot_sums(bias, 0)
+    ctx.set_dim(node.outputs[0], 1, out_layout, pot)
+
+    def prepare(removed, find):
+        kept = x.layout.kept_size(removed, find)
+
+        def apply() -> None:
+            node.attrs["group"] = kept
+
+        return apply
+
+    ctx.add_fixup([x.layout], prepare, f"group attribute of {node.name}")
+
+
+@register("Conv")
+def conv(node: gs.Node, ctx: ChannelAnalysis) -> None:
+    if (operands := _operands(node, ctx)) is None:
+        return
+    w, x, bias, groups = operands
     c_out, c_in_per_group = w.shape[0], w.shape[1]
     c_in = c_in_per_group * groups
     if x is not None and x.axis != 1:
@@ -73,33 +104,14 @@ def _depthwise(node: gs.Node, ctx: ChannelAnalysis, x, w: np.ndarray, bias, c_in
         return
     out_layout = x.layout.repeat(inner=mult)
     ctx.add_site(node, 1, 0, out_layout, "out")
-    if bias is not None:
-        ctx.add_site(node, 2, 0, out_layout, "out")
-    pot = x.pot * out_layout.slot_sums(w, 0)
-    if bias is not None:
-        pot = pot + out_layout.slot_sums(bias, 0)
-    ctx.set_dim(node.outputs[0], 1, out_layout, pot)
-
-    def prepare(removed, find):
-        kept = x.layout.kept_size(removed, find)
-
-        def apply() -> None:
-            node.attrs["group"] = kept
-
-        return apply
-
-    ctx.add_fixup([x.layout], prepare, f"group attribute of {node.name}")
+    _depthwise_output(node, ctx, x, out_layout, out_layout.slot_sums(w, 0), bias)
 
 
 @register("ConvTranspose")
 def conv_transpose(node: gs.Node, ctx: ChannelAnalysis) -> None:
-    w = ctx.const(node.inputs[1])
-    x = ctx.dim(node.inputs[0])
-    if w is None:
-        ctx.freeze(x, f"ConvTranspose {node.name} has non-constant weights")
+    if (operands := _operands(node, ctx)) is None:
         return
-    bias = ctx.const(node.inputs[2]) if len(node.inputs) > 2 else None
-    groups = int(node.attrs.get("group", 1))
+    w, x, bias, groups = operands
     if x is not None and x.axis != 1:
         ctx.freeze(x, f"ConvTranspose {node.name} reads channels on axis 1")
         x = None
@@ -135,19 +147,5 @@ def _depthwise_transpose(node: gs.Node, ctx: ChannelAnalysis, x, w: np.ndarray, 
     """Depthwise ConvTranspose: input channel ``c`` makes outputs ``c*mult .. c*mult+mult-1``."""
     out_layout = x.layout.repeat(inner=mult)
     ctx.add_site(node, 1, 0, x.layout, "out")
-    if bias is not None:
-        ctx.add_site(node, 2, 0, out_layout, "out")
-    pot = x.pot * x.layout.slot_sums(w, 0)  # per slot: the ``mult`` outputs of an input channel
-    if bias is not None:
-        pot = pot + out_layout.slot_sums(bias, 0)
-    ctx.set_dim(node.outputs[0], 1, out_layout, pot)
-
-    def prepare(removed, find):
-        kept = x.layout.kept_size(removed, find)
-
-        def apply() -> None:
-            node.attrs["group"] = kept
-
-        return apply
-
-    ctx.add_fixup([x.layout], prepare, f"group attribute of {node.name}")
+    # per slot: the ``mult`` outputs of an input channel
+    _depthwise_output(node, ctx, x, out_layout, x.layout.slot_sums(w, 0), bias)

@@ -11,7 +11,9 @@ that costs:
 - :func:`evaluator_for`: the masked-model evaluator of the groups on the context's execution
   backend, checked once against :func:`check_removal` (half of every group).
 - :func:`sensitivity_table`: the metric of each group with fractions of it removed
-  (``DEFAULT_FRACTIONS``); :func:`loss_curve`: a loss per level from such a table.
+  (``DEFAULT_FRACTIONS``); :func:`loss_curve`: a loss per level from such a table
+  (:func:`table_losses`: from one group's row), :func:`score_losses` where no evaluator measures one.
+- :class:`SearchOptions`: the options these passes share (the base of their ``Options``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import numpy as np
@@ -29,16 +32,37 @@ from npcompile.channels.select import lowest_per_block
 from npcompile.execution.probes import probe_evaluator
 from npcompile.graph.names import matches, name_patterns
 from npcompile.importance.magnitude import group_magnitude
-from npcompile.pipeline import Context
+from npcompile.pipeline import Context, PassOptions, option
 from npcompile.report.progress import enabled as progress_enabled
 from npcompile.report.progress import progress
 
-__all__ = ["DEFAULT_FRACTIONS", "removal_levels", "lowest_mask", "search_groups", "ensure_scores", "check_removal",
-           "evaluator_for", "sensitivity_table", "loss_curve"]
+__all__ = ["DEFAULT_FRACTIONS", "SearchOptions", "removal_levels", "lowest_mask", "search_groups", "ensure_scores",
+           "check_removal", "evaluator_for", "sensitivity_table", "loss_curve", "table_losses", "score_losses"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def _patterns(patterns: str | Sequence[str] | None) -> list[str] | None:
+    return name_patterns(patterns) or None
+
+
+@dataclass(frozen=True)
+class SearchOptions(PassOptions):
+    """The options the selection passes share, the base of their ``Options``: the groups searched
+    (:func:`search_groups`: ``include`` / ``exclude`` name patterns), how widths move
+    (:func:`removal_levels`: multiples of ``round_to``, never below ``min_channels``) and the
+    evaluation's ``threads``. Keyword-only, so that each pass's own leading options (``tolerance``,
+    ``target_latency``, ...) keep their places in its constructor; a pass's ``record_order`` keeps
+    the order its report lists them in."""
+
+    _: KW_ONLY
+    round_to: int = 1
+    min_channels: int = 1
+    include: str | Sequence[str] | None = option(None, report=_patterns)
+    exclude: str | Sequence[str] | None = option(None, report=_patterns)
+    threads: int = option(0, record=False)
 
 
 def removal_levels(group: Group, round_to: int = 1, min_channels: int = 1, max_fraction: float = 1.0) -> list[int]:
@@ -161,3 +185,18 @@ def loss_curve(levels: list[int], blocks: int, points: list[tuple[int, float]]) 
             break
         out.append(float(np.interp(total, xs, ys)))
     return out
+
+
+def table_losses(levels: list[int], blocks: int, row: dict[str, Any], baseline: float) -> list[float]:
+    """:func:`loss_curve` of one group's row of a :func:`sensitivity_table`: the metric lost
+    (``baseline - metric``) at each of its measured points."""
+    return loss_curve(levels, blocks, [(p["removed"], baseline - p["metric"]) for p in row["points"]])
+
+
+def score_losses(group: Group, scores: np.ndarray, levels: list[int]) -> list[float]:
+    """The loss at each level (per-block count) where no evaluator measures one: the share (%) of
+    the group's score mass that the lowest-scored channels of each block hold."""
+    s = np.sort(np.asarray(scores, float).reshape(group.blocks, -1), axis=1)
+    total = max(float(s.sum()), 1e-30)
+    cum = np.concatenate([[0.0], np.cumsum(s.sum(axis=0))]) / total * 100.0
+    return [float(cum[c]) for c in levels]
