@@ -25,6 +25,7 @@ __all__ = [
     "load_model",
     "to_graph",
     "to_model",
+    "fold_constants",
     "save_model",
     "serialized",
     "atomic_write_bytes",
@@ -299,16 +300,21 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
     initializers."""
     graph = gs.import_onnx(model)
     graph.toposort()
-    _fold_constants(graph)
+    fold_constants(graph)
     return graph
 
 
-def _fold_constants(graph: gs.Graph) -> None:
-    """Fold constant-only nodes of ``graph`` and of the bodies of its If / Loop / Scan nodes."""
+def fold_constants(graph: gs.Graph, apply: bool = True) -> bool:
+    """Fold constant-only nodes of ``graph`` and of the bodies of its If / Loop / Scan nodes (what
+    :func:`to_graph` does after importing); returns whether there was any. ``apply=False``: only
+    say whether there is one, leaving the graph as it is."""
     outputs = {t.name for t in graph.outputs}
+    found = False
     for node in list(graph.nodes):
         for sub in node.subgraphs():
-            _fold_constants(sub)
+            found = fold_constants(sub, apply) or found
+            if found and not apply:
+                return True
         if (node.domain or "") not in ("", "ai.onnx") or len(node.outputs) != 1:
             continue
         out = node.outputs[0]
@@ -320,6 +326,9 @@ def _fold_constants(graph: gs.Graph) -> None:
             value = None
         if value is None:
             continue
+        if not apply:
+            return True
+        found = True
         value = np.asarray(value)
         const = gs.Constant(out.name, value if value.flags.c_contiguous else value.copy())
         for consumer in list(out.outputs):
@@ -327,7 +336,9 @@ def _fold_constants(graph: gs.Graph) -> None:
                 if t is out:
                     consumer.inputs[i] = const
         node.outputs.clear()
-    graph.cleanup()
+    if apply:
+        graph.cleanup()
+    return found
 
 
 def to_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:

@@ -24,10 +24,12 @@ from typing import Any, ClassVar
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+from onnx_graphsurgeon.importers.onnx_importer import OnnxImporter
 
 from npcompile.channels.analysis import AnalysisOptions, ChannelAnalysis, analyze
 from npcompile.errors import NpcompileError, PassError, UserError, VerificationError
-from npcompile.graph.model_io import serialized, to_graph, to_model
+from npcompile.graph.model_io import fold_constants, serialized, to_graph, to_model
 from npcompile.graph.shapes import static_shapes
 from npcompile.pipeline.loading import import_class
 from npcompile.pipeline.options import build_options, recorded_options
@@ -66,9 +68,17 @@ class PassResult:
 class Context:
     """State shared by the passes of one compilation.
 
-    ``model`` is the current model; ``graph`` and ``analysis`` are built from it on demand and
-    dropped whenever a rewrite pass sets a new model. ``scores`` (group id -> score per channel)
-    is what analysis passes produce; ``removal`` (group id -> mask) is what selection produces.
+    One representation of the current model travels through the pipeline, the one the last
+    rewrite set: the onnx-graphsurgeon graph of :meth:`set_graph` or the ``ModelProto`` of
+    :meth:`set_model`. The other is made from it on demand, once, and kept until the next change:
+    ``model`` exports a graph that was set (:func:`~npcompile.graph.model_io.to_model`), ``graph``
+    imports a model that was set (:func:`~npcompile.graph.model_io.to_graph`). A graph that was
+    set is returned as it is, settled first (:meth:`_settle`) into what exporting and importing
+    it would give. A pass that edits ``ctx.graph`` in place says so with
+    ``ctx.set_graph(ctx.graph)``; until then ``model`` stays the export from before the edit.
+    ``analysis`` and ``shapes`` are built on demand and dropped on every change. ``scores``
+    (group id -> score per channel) is what analysis passes produce; ``removal`` (group id ->
+    mask) is what selection produces.
     """
 
     def __init__(self, model: onnx.ModelProto, probe: dict[str, tuple[int, ...]], seed: int = 0) -> None:
@@ -77,8 +87,12 @@ class Context:
         self.seed = seed
         self.notes: list[str] = []
         self.results: dict[str, Any] = {}
-        self._model = model
+        #: the current model as a proto; None: not exported yet (``_graph`` is current)
+        self._model: onnx.ModelProto | None = model
+        #: the current model as a graph; None: not imported yet (``_model`` is current)
         self._graph: gs.Graph | None = None
+        #: ``_graph`` is one a pass set and not yet settled (:meth:`_settle`)
+        self._unsettled = False
         self._analysis: ChannelAnalysis | None = None
         self._shapes: dict[str, tuple[int, ...]] | None = None
         self.scores: dict[int, np.ndarray] = {}
@@ -103,6 +117,10 @@ class Context:
 
     @property
     def model(self) -> onnx.ModelProto:
+        """The current model as a ``ModelProto`` (exported from the graph a pass set, once)."""
+        if self._model is None:
+            assert self._graph is not None
+            self._model = to_model(self._graph, self.original)
         return self._model
 
     @property
@@ -117,18 +135,23 @@ class Context:
         return product in self.products or product == "model" or bool(getattr(self, product, None))
 
     def set_graph(self, graph: gs.Graph) -> None:
-        """Replace the model by an edited graph (a rewrite pass calls this)."""
-        self._model = to_model(graph, self.original)
-        self._graph = None
-        self._analysis = None
-        self._shapes = None
-        self.scores, self.removal = {}, {}
+        """Replace the model by an edited graph (a rewrite pass calls this, also with
+        ``ctx.graph`` edited in place): the graph becomes the current model, exported only when
+        ``model`` is read; drops cached analysis, shapes, scores and removal."""
+        self._graph = graph
+        self._model = None
+        self._unsettled = True
+        self._dropped()
 
     def set_model(self, model: onnx.ModelProto) -> None:
         """Replace the model by a new ``ModelProto`` (a rewrite pass that edits the protobuf, such
         as fine-tuning, calls this); drops cached graph, analysis, shapes, scores and removal."""
         self._model = model
         self._graph = None
+        self._unsettled = False
+        self._dropped()
+
+    def _dropped(self) -> None:
         self._analysis = None
         self._shapes = None
         self.scores, self.removal = {}, {}
@@ -142,21 +165,60 @@ class Context:
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:
         if self._shapes is None:
-            self._shapes = static_shapes(self._model, self.probe)
+            self._shapes = static_shapes(self.model, self.probe)
         return self._shapes
 
     @property
     def graph(self) -> gs.Graph:
         if self._graph is None:
-            self._graph = to_graph(self._model)
+            self._graph = to_graph(self.model)
             self._graph.toposort()
+        elif self._unsettled:
+            self._settle()
         return self._graph
+
+    def _settle(self) -> None:
+        """Make the graph a pass set what importing its export gave when every change was exported
+        (``to_graph(to_model(graph))``, then sorted): unused nodes and tensors dropped and the
+        nodes sorted (the export's first step), constant-only nodes folded (the import's; the
+        model is exported before such a fold, as it was), sorted again, and the variables' dtypes
+        and shapes in the importer's types (:func:`_reimported_types`).
+
+        Not the same as an import: the nodes and tensors are the objects the pass set, not copies
+        (what an earlier pass kept of it sees later edits), attribute values keep their
+        Python types (a tuple stays a tuple, where the import reads a list: none found), and a
+        constant not loaded yet still reads from the proto it was imported from (onnx-graphsurgeon
+        renames it there when a renamed one is exported: no pass renames a constant). Compared
+        over the golden, rules, search, reconstruct, transformer and quantize tests: no difference.
+        """
+        graph = self._graph
+        assert graph is not None
+        self._unsettled = False
+        graph.cleanup().toposort()
+        if fold_constants(graph, apply=False):
+            self.model  # noqa: B018 - the export of the graph as set, before folding
+            fold_constants(graph)
+        graph.toposort()
+        _reimported_types(graph)
 
     @property
     def analysis(self) -> ChannelAnalysis:
         if self._analysis is None:
             self._analysis = analyze(self.graph, self.shapes, self.analysis_options)
         return self._analysis
+
+
+def _reimported_types(graph: gs.Graph) -> None:
+    """The types of ``graph``'s variables as importing its export gives them: the export writes a
+    variable's dtype and shape into a ``ValueInfoProto`` (none where its dtype is unknown), the
+    import reads them back (``np.int64`` as ``np.dtype("int64")``, a tuple shape as a list)."""
+    for t in graph.tensors().values():
+        if isinstance(t, gs.Variable) and (t.dtype is not None or t.shape is not None):
+            back = OnnxImporter.import_tensor(OnnxExporter.export_value_info_proto(t, do_type_check=False))
+            t.dtype, t.shape, t.type = back.dtype, back.shape, back.type
+    for node in graph.nodes:
+        for sub in node.subgraphs():
+            _reimported_types(sub)
 
 
 class Pass:
