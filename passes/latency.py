@@ -13,8 +13,11 @@ pruned model.
    widths ran 1.2-1.7x *slower* than unpruned). A greedy plan takes, step by step, the candidate
    with the least importance lost per millisecond saved (``criterion="per-ms"``;
    ``"importance"``: the least importance lost, latency only deciding when to stop) until the
-   predicted latency meets the goal (and the parameter/FLOPs budgets, when given; a
-   ``tolerance`` with an evaluator caps the predicted loss).
+   predicted latency meets the goal (and the parameter/FLOPs budgets, when given). Importance is
+   the share of the group's score mass removed; with an evaluator, each group's sensitivity, and
+   the ``shortlist`` best candidates of every step are evaluated on the *whole* removal, so the
+   plan ranks by the loss the model really has (per-layer losses add up far worse than their sum
+   in a network that is not fine-tuned) and a ``tolerance`` caps that loss.
 3. The pruned model is measured against the original (interleaved rounds, 95 % interval). If it
    misses (the estimate above the target), the goal is tightened by the miss and the plan rebuilt (and
    loosened when it lands more than ``slack`` below the target), at most ``refine`` times. The
@@ -73,6 +76,26 @@ def _removed(g: Group, widths: list[int]) -> list[int]:
     return [g.size // g.blocks - w for w in widths]
 
 
+class _JointLoss:
+    """The metric lost by whole removals, measured with the evaluator and remembered by plan state
+    (group id -> step), so that the refinements, which retrace the same greedy path, reuse them."""
+
+    def __init__(self, ev: Any, baseline: float) -> None:
+        self.ev, self.baseline = ev, float(baseline)
+        self.memo: dict[tuple, float] = {}
+        self.evaluations = 0
+
+    def losses(self, states: list[tuple], removals: list[dict[int, np.ndarray]]) -> list[float]:
+        todo = [(st, rem) for st, rem in zip(states, removals, strict=True) if st not in self.memo]
+        todo = list({st: rem for st, rem in todo}.items())
+        if todo:
+            metrics = self.ev.many([rem for _, rem in todo])
+            self.evaluations += len(todo)
+            for (st, _), m in zip(todo, metrics, strict=True):
+                self.memo[st] = self.baseline - float(m)
+        return [self.memo[st] for st in states]
+
+
 @register_pass
 class LatencyBudgetPass(Pass):
     """Select channels so that the measured latency is at most ``target_latency`` x the original's."""
@@ -107,6 +130,9 @@ class LatencyBudgetPass(Pass):
         precision: float = option(0.03, record=False)
         max_seconds: float = option(15.0, record=False)
         slack: float = option(0.05, record=False)
+        #: with an evaluator: how many of each step's best candidates (by the per-group
+        #: sensitivities) are evaluated on the whole removal; 0: trust the sensitivities' sum
+        shortlist: int = option(4, record=False)
         #: derived: the target as a float, the FLOPs/parameter budgets, the latency runner factory and
         #: how stable a comparison must be
         target: float = option(0.0, init=False)
@@ -183,7 +209,13 @@ class LatencyBudgetPass(Pass):
 
     # -- planning ------------------------------------------------------------------------------
     def _plan(self, ctx: Context, groups: list[Group], steps: dict[int, list[int]], losses: dict[int, list[float]],
-              model: LatencyModel, axes: dict, cm: CostModel, goal_ms: float) -> tuple[dict[int, np.ndarray], float]:
+              model: LatencyModel, axes: dict, cm: CostModel, goal_ms: float, joint: _JointLoss | None = None
+              ) -> tuple[dict[int, np.ndarray], float, float]:
+        """Greedy steps from the full widths until the predicted latency meets ``goal_ms``. Each
+        step takes the candidate with the least loss per millisecond saved; with ``joint`` (an
+        evaluator), the loss of the ``shortlist`` best candidates by the per-group estimate is
+        measured on the whole removal, so that losses that add up worse than their parts (an
+        unrecovered network collapses long before any one layer's sensitivity says so) are seen."""
         by_id = {g.id: g for g in groups}
         state = {g.id: 0 for g in groups}
         removal: dict[int, np.ndarray] = {}
@@ -210,12 +242,13 @@ class LatencyBudgetPass(Pass):
             for by_latency in ([True, False] if current > goal_ms else [False]):
                 if not by_latency and not open_budgets:
                     break
+                cands = []
                 for gid in state:
                     i = state[gid] + 1
                     if i >= len(steps[gid]) or i >= len(losses[gid]):
                         continue
                     dloss = losses[gid][i] - losses[gid][state[gid]]
-                    if self.tolerance is not None and self.evaluator is not None \
+                    if self.tolerance is not None and self.evaluator is not None and joint is None \
                             and loss_total + dloss > self.tolerance:
                         continue
                     trial = {**removal, gid: mask(gid, i)}
@@ -226,27 +259,38 @@ class LatencyBudgetPass(Pass):
                         c = cm.cost(trial)
                         gain = sum((getattr(cost, k) - getattr(c, k)) / max(getattr(base, k), 1)
                                    for k in open_budgets)
-                    if gain <= 0:
-                        continue
-                    key = dloss / gain if self.criterion == "per-ms" else dloss - 1e-9 * gain
-                    if best is None or key < best[0]:
-                        best = (key, gid, i, trial, ms, dloss)
-                if best is not None:
+                    if gain > 0:
+                        cands.append((self._key(dloss, gain), gid, i, trial, ms, dloss, gain))
+                cands.sort(key=lambda c: (c[0], c[1]))
+                if joint is not None and cands:
+                    short = cands[:self.shortlist]
+                    states = [tuple(sorted({**state, c[1]: c[2]}.items())) for c in short]
+                    total = joint.losses(states, [c[3] for c in short])
+                    cands = sorted(((self._key(t - loss_total, c[6]), c[1], c[2], c[3], c[4], t - loss_total, c[6])
+                                    for c, t in zip(short, total, strict=True)
+                                    if self.tolerance is None or t <= self.tolerance), key=lambda c: (c[0], c[1]))
+                if cands:
+                    best = cands[0]
                     break
             if best is None:
                 break
-            _, gid, i, removal, current, dloss = best
+            _, gid, i, removal, current, dloss, _ = best
             state[gid] = i
             loss_total += dloss
             cost = cm.cost(removal)
-        return removal, current
+        return removal, current, loss_total
 
-    def _losses(self, ctx: Context, groups: list[Group], steps: dict[int, list[int]]) -> tuple[dict, str]:
+    def _key(self, dloss: float, gain: float) -> float:
+        """How a candidate step ranks (lower first): loss per share of latency (or budget) saved, or
+        the loss alone (the saving breaking ties)."""
+        return dloss / gain if self.criterion == "per-ms" else dloss - 1e-9 * gain
+
+    def _losses(self, ctx: Context, groups: list[Group], steps: dict[int, list[int]],
+                joint: _JointLoss | None) -> tuple[dict, str]:
         """Importance lost at every candidate width: sensitivity with an evaluator, else the share
         of the group's score mass removed."""
-        if self.evaluator is not None:
-            ev = evaluator_for(ctx, self.evaluator, groups, self.threads, True)
-            baseline = ev({})
+        if joint is not None:
+            ev, baseline = joint.ev, joint.baseline
             table = sensitivity_table(ctx, ev, groups, DEFAULT_FRACTIONS, 1, self.min_channels, baseline)
             return {g.id: table_losses(_removed(g, steps[g.id]), g.blocks, row, baseline)
                     for g, row in zip(groups, table, strict=True)}, "sensitivity"
@@ -276,7 +320,13 @@ class LatencyBudgetPass(Pass):
             steps[g.id] = kept
             curves.append({"group": g.name, "width": g.size, "widths": [w * g.blocks for w in widths],
                            "ms": [round(x, 5) for x in pred], "steps": [w * g.blocks for w in kept]})
-        losses, guide = self._losses(ctx, groups, steps)
+        joint = None
+        if self.evaluator is not None:
+            ev = evaluator_for(ctx, self.evaluator, groups, self.threads, True)
+            joint = _JointLoss(ev, ev({}))
+        losses, guide = self._losses(ctx, groups, steps, joint)
+        if joint is not None and self.shortlist < 1:
+            joint = None  # the per-group sensitivities alone, added up
         original_runner = self.runner(ctx.model, feeds)
         goal = self.target
         attempts: list[dict[str, Any]] = []
@@ -287,7 +337,7 @@ class LatencyBudgetPass(Pass):
             return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
         for _ in range(self.refine + 1):
-            removal, pred_ms = self._plan(ctx, groups, steps, losses, model, axes, cm, goal * model.t_full)
+            removal, pred_ms, loss = self._plan(ctx, groups, steps, losses, model, axes, cm, goal * model.t_full, joint)
             if any(same(removal, r) for r in seen):
                 break  # the plan cannot change any more
             seen.append(removal)
@@ -295,7 +345,8 @@ class LatencyBudgetPass(Pass):
             cmp = compare(original_runner, self.runner(pruned, feeds), self.stable)
             frac, low, high = 1 / cmp["speedup"], 1 / cmp["speedup_high"], 1 / cmp["speedup_low"]
             attempts.append({"goal": goal, "predicted": pred_ms / model.t_full, "measured": frac, "low": low,
-                             "high": high, "rounds": cmp["rounds"], "busy": cmp["load"]["busy"], "_removal": removal})
+                             "high": high, "rounds": cmp["rounds"], "busy": cmp["load"]["busy"],
+                             "loss": loss, "_removal": removal})
             log.info("latency budget: plan for %.3f predicted %.3f, measured %.3f (%.3f-%.3f) of the original",
                      goal, pred_ms / model.t_full, frac, low, high)
             if frac > self.target:  # missed (perhaps within the uncertainty): tighten by the miss
@@ -328,6 +379,8 @@ class LatencyBudgetPass(Pass):
         data = {"target_latency": self.target, "original_ms": model.t_full, "kept": kept, "verified": verified,
                 "met": met, "attempts": attempts, "guide": guide, "criterion": self.criterion,
                 "prediction_error": float(np.median(pred_err)) if pred_err else None, "channels": n}
+        if joint is not None:
+            data["evaluations"] = joint.evaluations
         model_info = {**where, "kappa": model.kappa, "t_full_ms": model.t_full, **model.info, "curves": curves}
         return PassResult(False, summary, data, report={"summary": summary, **data},
                           sections={"latency-model": model_info})
