@@ -149,7 +149,7 @@ def test_symbolic_shape_inference_writes_nothing_into_the_working_directory(tmp_
     did infer are kept."""
     from onnx import TensorProto, helper
 
-    from npcompile.graph.shapes import _symbolic
+    from npcompile.graph.shape_sources import symbolic as _symbolic
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])
     z = helper.make_tensor_value_info("z", TensorProto.FLOAT, None)
