@@ -36,7 +36,10 @@ Runner = Callable[[int, int], Sequence[float]]
 class StableOptions:
     """How long to measure: rounds of ``runs`` timed calls (``warmup`` untimed calls before the
     first), at least ``min_rounds``, until the interval's half-width is at most ``precision`` of
-    the estimate, or ``max_rounds`` / ``max_seconds`` is reached."""
+    the estimate, or ``max_rounds`` / ``max_seconds`` is reached. :func:`compare` times more calls
+    per round where ``runs`` calls of a model take less than ``min_round_seconds``: rounds of a
+    few milliseconds (a 0.03 ms model) measure the timer and the CPU's frequency steps more than
+    the model."""
 
     runs: int = 50
     warmup: int = 10
@@ -45,6 +48,7 @@ class StableOptions:
     max_rounds: int = 10
     max_seconds: float = 30.0
     confidence: float = 0.95
+    min_round_seconds: float = 0.05
 
 
 def _z(confidence: float) -> float:
@@ -152,18 +156,25 @@ def compare(run_before: Runner, run_after: Runner, options: StableOptions) -> di
     stable = False
     speedup = (math.nan, math.nan, math.nan)
     per_round: list[float] = []
+    runs = options.runs
     with progress("measuring latency", total=options.max_rounds) as tick:
         while rounds < options.max_rounds:
             warm = options.warmup if rounds == 0 else 0
             if rounds % 2 == 0:  # A B, then B A: whatever favours the first (or second) of a pair cancels
-                before += list(run_before(options.runs, warm))
-                after += list(run_after(options.runs, warm))
+                b = list(run_before(runs, warm))
+                a = list(run_after(runs, warm))
             else:
-                after += list(run_after(options.runs, warm))
-                before += list(run_before(options.runs, warm))
+                a = list(run_after(runs, warm))
+                b = list(run_before(runs, warm))
+            before += b
+            after += a
             rounds += 1
             tick(1)
-            per_round.append(float(np.median(before[-options.runs:]) / np.median(after[-options.runs:])))
+            per_round.append(float(np.median(b) / np.median(a)))
+            if rounds == 1:  # rounds of at least min_round_seconds of the faster model from now on
+                fastest = min(float(np.median(b)), float(np.median(a)))
+                if fastest > 0:
+                    runs = max(runs, min(math.ceil(options.min_round_seconds * 1e3 / fastest), 100_000))
             est, lo, hi = ratio_interval(before, after, options.confidence, seed=rounds)
             between = round_interval(per_round)
             if between is not None:  # the wider of the two: drift between rounds counts
