@@ -201,3 +201,14 @@ def test_target_latency_with_an_evaluator_measures_the_whole_removal(tmp_path: P
     drop = acc["before"] - acc["after"]
     assert kept["loss"] == pytest.approx(drop, abs=0.2)
     assert drop <= 1.0 + 0.2
+
+
+def test_rounds_of_a_tiny_model_are_lengthened_to_min_round_seconds() -> None:
+    # 50 calls of a 0.01 ms model are 0.5 ms: after the first round each round times 5000 calls
+    # (50 ms); a 2 ms model keeps its 50 calls a round
+    opts = StableOptions(runs=50, warmup=0, min_rounds=2, max_rounds=2, min_round_seconds=0.05)
+    tiny = compare(lambda n, w: [0.01] * n, lambda n, w: [0.005] * n, opts)
+    assert len(tiny["before"]) == len(tiny["after"]) == 50 + 10_000  # sized on the faster one (0.005 ms)
+    assert tiny["speedup"] == pytest.approx(2.0)
+    slow = compare(lambda n, w: [2.0] * n, lambda n, w: [1.0] * n, opts)
+    assert len(slow["before"]) == 100
