@@ -139,7 +139,8 @@ def compile(model: Any, output_dir: str | os.PathLike | None = None, options: Co
                          samples=sample_shapes([options.calib, options.eval, options.train]))
     specs, base, round_to, default_round = resolve_specs(options, target)
     evaluator = _make_evaluator(options, original)
-    passes = instantiate(specs, original, base, {"evaluator": evaluator, "measure": _latency_measure(target, options)})
+    passes = instantiate(specs, original, base, {"evaluator": evaluator, "measure": _latency_measure(target, options)},
+                         surface="toml" if options.pipeline else None)
     ctx = Context(original, probe, seed=options.seed)
     analysis = ctx.analysis
     groups_before = [(g.id, g.name, g.op, g.size, list(g.frozen), int(g.dead.sum()) if g.dead is not None

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from npcompile.errors import UserError
+from npcompile.errors import OPT, OptionError, UserError
 from npcompile.importance.activation import CRITERIA, activation_scores, tensor_rank
 from npcompile.pipeline import Context, Pass, PassOptions, PassResult, option, register_pass
 from npcompile.runtime.calibrate import Calibrator, SlotStats, check_shapes, group_inputs, nonnegative
@@ -59,7 +59,8 @@ class ActivationPass(Pass):
 
     def run(self, ctx: Context) -> PassResult:
         if self.calib is None:
-            raise UserError(f"criterion {self.criterion.replace('_', '-')} needs calibration data (--calib DATA.npz)")
+            raise OptionError(f"criterion {self.criterion.replace('_', '-')} needs calibration data "
+                              f"({OPT:calib} DATA.npz)")
         check_shapes(self.calib, ctx.probe)
         analysis = ctx.analysis
         groups = analysis.prunable_groups()

@@ -55,7 +55,7 @@ from typing import Any, ClassVar
 import numpy as np
 import onnx
 
-from npcompile.errors import UserError
+from npcompile.errors import OPT, OptionError, UserError
 from npcompile.pipeline import Context, Pass, PassOptions, PassResult, option, register_pass
 from npcompile.report.progress import progress
 from npcompile.runtime.data import Dataset, load_data
@@ -160,7 +160,7 @@ class FinetunePass(Pass):
 
     def _data(self, model: onnx.ModelProto) -> Dataset:
         if self.train is None:
-            raise UserError("fine-tuning needs labelled training data (--train DATA.npz)")
+            raise OptionError(f"fine-tuning needs labelled training data ({OPT:train} DATA.npz)")
         data = self.train
         if not isinstance(data, Dataset):
             data = load_data(data, model, labels="required", what="training data")
@@ -317,8 +317,8 @@ class FinetunePass(Pass):
                         kd = (log_pt.exp() * (log_pt - log_ps)).sum(1).mean() * (T * T)
                         loss = (1.0 - alpha) * loss + alpha * kd
                     if not torch.isfinite(loss):
-                        raise UserError(f"fine-tuning diverged (loss {loss.item()}) at step {done + 1}; "
-                                        f"lower the learning rate (--lr)")
+                        raise OptionError(f"fine-tuning diverged (loss {loss.item()}) at step {done + 1}; "
+                                          f"lower the learning rate ({OPT:lr})")
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()

@@ -37,7 +37,7 @@ import numpy as np
 from npcompile.channels.analysis import Group
 from npcompile.channels.cost import CostModel
 from npcompile.channels.masked import prune_copy
-from npcompile.errors import UserError
+from npcompile.errors import OPT, OptionError, UserError
 from npcompile.pipeline import Context, Pass, PassResult, option, register_pass
 from npcompile.report.progress import progress
 from npcompile.runtime.latency_model import (
@@ -142,10 +142,11 @@ class LatencyBudgetPass(Pass):
 
         def __post_init__(self) -> None:
             if not 0.0 < float(self.target_latency) < 1.0:
-                raise UserError(f"--target-latency is the fraction of the original latency to reach, in (0, 1); "
-                                f"got {self.target_latency}")
+                raise OptionError(f"{OPT:target_latency} is the fraction of the original latency to reach, in (0, 1); "
+                                  f"got {self.target_latency}")
             if self.criterion not in CRITERIA:
-                raise UserError(f"--latency-criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
+                raise OptionError(f"{OPT:criterion=latency_criterion} must be one of {', '.join(CRITERIA)}, "
+                                  f"got {self.criterion!r}")
             if self.refine < 0 or self.levels < 2 or self.round_to < 1:
                 raise UserError("latency budget: refine must be >= 0, levels >= 2, round_to >= 1")
             measure = self.measure

@@ -29,7 +29,7 @@ from typing import ClassVar
 import numpy as np
 
 from npcompile.channels.select import lowest, lowest_per_block
-from npcompile.errors import UserError
+from npcompile.errors import OPT, OptionError, UserError
 from npcompile.importance.activation import activation_scores, tensor_rank
 from npcompile.pipeline import Context, Pass, PassOptions, PassResult, option, register_pass
 from npcompile.runtime.calibrate import Calibrator, SlotStats, WinCounts, check_shapes, group_inputs, nonnegative
@@ -62,7 +62,7 @@ class MaxoutRelevancePass(Pass):
 
     def run(self, ctx: Context) -> PassResult:
         if self.calib is None:
-            raise UserError("criterion maxout needs calibration data (--calib DATA.npz)")
+            raise OptionError(f"criterion maxout needs calibration data ({OPT:calib} DATA.npz)")
         check_shapes(self.calib, ctx.probe)
         analysis = ctx.analysis
         links = [lk for lk in analysis.links if analysis.group(lk.neurons).prunable

@@ -56,7 +56,7 @@ import onnx_graphsurgeon as gs
 
 from npcompile.channels.rewrite import apply_removal
 from npcompile.channels.select import select_ratio
-from npcompile.errors import UserError
+from npcompile.errors import OPT, OptionError, UserError
 from npcompile.graph.model_io import to_model
 from npcompile.importance.magnitude import group_magnitude
 from npcompile.pipeline import Context, Pass, PassOptions, PassResult, option, register_pass
@@ -93,7 +93,7 @@ log = logging.getLogger(__name__)
 
 def _need_calib(calib: Dataset | None, name: str, ctx: Context) -> Dataset:
     if calib is None:
-        raise UserError(f"pass {name} needs calibration data (--calib DATA.npz)")
+        raise OptionError(f"pass {name} needs calibration data ({OPT:calib} DATA.npz)")
     check_shapes(calib, ctx.probe)
     return calib
 

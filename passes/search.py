@@ -31,7 +31,7 @@ import numpy as np
 from npcompile.channels.analysis import Group
 from npcompile.channels.cost import Cost, CostModel
 from npcompile.channels.masked import RemovalEvaluator
-from npcompile.errors import UserError
+from npcompile.errors import OPT, OptionError, UserError
 from npcompile.execution.bisect import AcceptRate, search_levels
 from npcompile.pipeline import Context, Pass, PassResult, option, register_pass
 from npcompile.report.progress import progress
@@ -66,7 +66,7 @@ DEFAULT_VARIANT = "share"  # measured best: benchmarks/README.md, search_variant
 # -- option checks (the shared helpers are in npcompile.search.levels) --------------------------
 def _options_check(round_to: int, min_channels: int) -> None:
     if round_to < 1:
-        raise UserError(f"--round-to must be >= 1, got {round_to}")
+        raise OptionError(f"{OPT:round_to} must be >= 1, got {round_to}")
     if min_channels < 1:
         raise UserError(f"min_channels must be >= 1, got {min_channels}")
 
@@ -112,9 +112,9 @@ class BinarySearchPass(Pass):
         def __post_init__(self) -> None:
             tolerance = self.tolerance
             if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
-                raise UserError(f"--tolerance must be a finite number >= 0, got {tolerance}")
+                raise OptionError(f"{OPT:tolerance} must be a finite number >= 0, got {tolerance}")
             if self.evaluator is None:
-                raise UserError("binary search needs an evaluator (evaluation data or --evaluator)")
+                raise OptionError(f"binary search needs an evaluator (evaluation data or {OPT:evaluator})")
             _options_check(self.round_to, self.min_channels)
             self._set(search_variant=get_variant(self.variant))
 
@@ -242,7 +242,7 @@ class SensitivityPass(Pass):
 
         def __post_init__(self) -> None:
             if self.evaluator is None:
-                raise UserError("sensitivity analysis needs an evaluator (evaluation data or --evaluator)")
+                raise OptionError(f"sensitivity analysis needs an evaluator (evaluation data or {OPT:evaluator})")
             _options_check(self.round_to, self.min_channels)
             self._set(fractions=_check_fractions(self.fractions))
 

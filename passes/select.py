@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from npcompile.channels.select import select_ratio, select_threshold
-from npcompile.errors import UserError
+from npcompile.errors import OPT, OptionError, UserError
 from npcompile.graph.names import matches, name_patterns
 from npcompile.pipeline import Context, Pass, PassOptions, PassResult, option, register_pass
 
@@ -38,7 +38,7 @@ class SelectPass(Pass):
             if (self.ratio is None) == (self.threshold is None):
                 raise UserError("select: give exactly one of ratio and threshold")
             if self.round_to < 1:
-                raise UserError(f"--round-to must be >= 1, got {self.round_to}")
+                raise OptionError(f"{OPT:round_to} must be >= 1, got {self.round_to}")
             self._set(include=name_patterns(self.include), exclude=name_patterns(self.exclude))
 
     @property

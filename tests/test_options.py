@@ -38,7 +38,7 @@ def test_compile_options_keeps_its_python_api() -> None:
     copy = dataclasses.replace(o, ratio=0.5)
     assert copy.ratio == 0.5 and copy.criterion == "l2"
     assert pickle.loads(pickle.dumps(o)) == o  # fleets send options to worker processes
-    with pytest.raises(UserError, match=r"^--ratio must be in \[0, 1\), got 1.5$"):
+    with pytest.raises(UserError, match=r"^ratio must be in \[0, 1\), got 1.5$"):
         CompileOptions(ratio=1.5).validate()
     with pytest.raises(TypeError):
         CompileOptions(no_such_option=1)

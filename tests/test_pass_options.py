@@ -38,7 +38,7 @@ def test_bad_values_give_the_same_errors(lenet) -> None:
         MagnitudePass(p=3)
     with pytest.raises(UserError, match="^select: give exactly one of ratio and threshold$"):
         instantiate([PassSpec("select", {})], lenet)
-    with pytest.raises(UserError, match="^--round-to must be >= 1, got 0$"):
+    with pytest.raises(UserError, match="^round_to must be >= 1, got 0$"):
         SelectPass(ratio=0.2, round_to=0)
     with pytest.raises(UserError, match="^optimizer must be one of adam, sgd, got 'lbfgs'$"):
         FinetunePass(optimizer="lbfgs")

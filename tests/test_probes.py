@@ -93,7 +93,7 @@ def _if_model() -> onnx.ModelProto:
 
 
 def test_integer_scalar_input_needs_a_value() -> None:
-    with pytest.raises(UserError, match="--input-value rate="):
+    with pytest.raises(UserError, match="input_values rate="):
         probe_shapes(_if_model())
 
 

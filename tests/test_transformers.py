@@ -221,5 +221,5 @@ def test_sequence_length_from_the_data(exported, tmp_path) -> None:
     assert sample_shapes([None, calib]) == {"input": (16, 6, 8)}
     result = npcompile.compile(model, criterion="mean-abs", ratio=0.3, calib=str(calib), target="onnx")
     assert result.report["plan"][0] and any(k.endswith(":heads") for k in result.report["plan"][0])
-    with pytest.raises(UserError, match="dynamic dimension 1.*--input-shape"):
+    with pytest.raises(UserError, match="dynamic dimension 1.*input_shapes"):
         npcompile.compile(model, ratio=0.3, target="onnx")

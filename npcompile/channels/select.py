@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from npcompile.channels.analysis import Group
-from npcompile.errors import UserError
+from npcompile.errors import OPT, OptionError
 from npcompile.graph.names import name_patterns  # noqa: F401 - re-exported (its old home)
 
 __all__ = ["select_ratio", "select_threshold", "rounded_keep", "name_patterns", "lowest", "lowest_per_block"]
@@ -66,7 +66,7 @@ def select_ratio(groups: list[Group], scores: dict[int, np.ndarray], ratio: floa
     rounding keeps more); of a group of attention heads, the nearest whole number of heads
     (``round(ratio * heads)``, never all), without width rounding."""
     if not 0.0 <= ratio < 1.0:
-        raise UserError(f"--ratio must be in [0, 1), got {ratio}")
+        raise OptionError(f"{OPT:ratio} must be in [0, 1), got {ratio}")
     out: dict[int, np.ndarray] = {}
     for g in groups:
         if not g.prunable or g.id not in scores:
@@ -91,7 +91,7 @@ def select_threshold(groups: list[Group], scores: dict[int, np.ndarray], thresho
     """Remove channels scored ``<= threshold`` (``0``: exactly the dead ones), keeping widths at
     multiples of ``round_to`` and never emptying a group."""
     if threshold < 0 or not math.isfinite(threshold):
-        raise UserError(f"--threshold must be a finite number >= 0, got {threshold}")
+        raise OptionError(f"{OPT:threshold} must be a finite number >= 0, got {threshold}")
     out: dict[int, np.ndarray] = {}
     for g in groups:
         if not g.prunable or g.id not in scores:

@@ -102,7 +102,8 @@ def batch_cmd(
             typer.echo(f"{entry['status']:6s} {entry['model']} -> {entry['output']} ({entry['seconds']:.1f} s){more}")
 
     with make_backend(workers, ray, probe_timeout) as backend:
-        index = compile_fleet([str(m.resolve()) for m in models], output, options, backend, done)
+        index = compile_fleet([str(m.resolve()) for m in models], output, options, backend, done,
+                              style="cli")
     c = index["counts"]
     if not quiet:
         typer.echo(f"{c['passed']} passed, {c['failed']} failed a gate, {c['error']} errors; "

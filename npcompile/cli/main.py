@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print("npcompile: aborted", file=sys.stderr)
         return 130
     except NpcompileError as e:
-        msg = " ".join(str(e).split()) or type(e).__name__
+        msg = " ".join(e.render("cli").split()) or type(e).__name__  # options named by their flags
         if e.exit_code == 3:  # npcompile's own output failed: an internal error, with its traceback
             traceback.print_exc()
             print(f"npcompile: internal error: {msg} (please report it with the traceback above)", file=sys.stderr)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from npcompile.errors import UserError
+from npcompile.errors import OPT, OptionError
 from npcompile.execution.backend import DEFAULT_TIMEOUT, Backend, ExecutionError, InProcess, Shared, TaskFailure
 
 __all__ = ["Backend", "InProcess", "Shared", "ExecutionError", "TaskFailure", "make_backend", "backend_of",
@@ -20,12 +20,12 @@ def check_options(workers: int, ray: str | None, timeout: float) -> None:
     """Validate ``--workers``/``--ray``/``--probe-timeout`` without starting anything (Ray must be
     importable when ``--ray`` is given: the error names the install command)."""
     if workers < 0:
-        raise UserError(f"--workers must be >= 0, got {workers}")
+        raise OptionError(f"{OPT:workers} must be >= 0, got {workers}")
     if not timeout > 0:
-        raise UserError(f"--probe-timeout must be > 0 seconds, got {timeout}")
+        raise OptionError(f"{OPT:probe_timeout} must be > 0 seconds, got {timeout}")
     if ray is not None:
         if not ray.strip():
-            raise UserError("--ray needs an address (host:port, ray://host:port) or auto")
+            raise OptionError(f"{OPT:ray} needs an address (host:port, ray://host:port) or auto")
         from npcompile.execution.ray_backend import require_ray
 
         require_ray()

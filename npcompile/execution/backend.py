@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from npcompile.errors import UserError
+from npcompile.errors import OPT, OptionError, UserError
 
 __all__ = ["Backend", "InProcess", "Shared", "ExecutionError", "TaskFailure", "cached", "DEFAULT_TIMEOUT"]
 
@@ -105,9 +105,9 @@ class Backend:
 
     def __init__(self, workers: int = 1, timeout: float = DEFAULT_TIMEOUT, retries: int = 2) -> None:
         if workers < 1:
-            raise UserError(f"--workers must be >= 1, got {workers}")
+            raise OptionError(f"{OPT:workers} must be >= 1, got {workers}")
         if not timeout > 0:
-            raise UserError(f"--probe-timeout must be > 0 seconds, got {timeout}")
+            raise OptionError(f"{OPT:probe_timeout} must be > 0 seconds, got {timeout}")
         if retries < 0:
             raise UserError(f"task retries must be >= 0, got {retries}")
         self.workers = workers

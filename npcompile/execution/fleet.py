@@ -40,6 +40,7 @@ class FleetJob:
     model: str
     output: str
     options: Any  # npcompile.api.CompileOptions
+    style: str = "python"  # how error messages name options (npcompile.errors.STYLES)
 
 
 def folder_names(models: Sequence[str]) -> list[str]:
@@ -77,10 +78,11 @@ def compile_job(job: FleetJob) -> dict[str, Any]:
                      gates=result.report.get("gates", []))
     except GateError as e:
         report = _read_report(job.output)
-        entry.update(status="failed", exit_code=1, message=" ".join(str(e).split()),
+        entry.update(status="failed", exit_code=1, message=" ".join(e.render(job.style).split()),
                      figures=_figures(report), gates=report.get("gates", []))
     except NpcompileError as e:
-        entry.update(status="error", exit_code=e.exit_code, message=" ".join(str(e).split()), figures={}, gates=[])
+        entry.update(status="error", exit_code=e.exit_code, message=" ".join(e.render(job.style).split()),
+                     figures={}, gates=[])
     except Exception as e:  # an internal error in one model does not stop the fleet
         entry.update(status="error", exit_code=3, message=f"internal error: {type(e).__name__}: {e}",
                      traceback=traceback.format_exc(), figures={}, gates=[])
@@ -96,13 +98,15 @@ def _read_report(folder: str) -> dict[str, Any]:
 
 
 def compile_fleet(models: Sequence[str], outdir: str | Path, options: Any, backend: Backend,
-                  on_done: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                  on_done: Callable[[dict[str, Any]], None] | None = None, style: str = "python") -> dict[str, Any]:
     """Compile every model with ``options`` on ``backend``; returns the index (also written to
-    ``outdir``). ``on_done`` is called with each model's entry, in model order."""
+    ``outdir``). ``on_done`` is called with each model's entry, in model order; ``style``: how the
+    entries' messages name options (``"cli"``: by flag)."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     inner = replace(options, workers=0, ray=None, junit=None)  # a model's probes run in its worker
-    jobs = [FleetJob(str(m), str(outdir / name), inner) for m, name in zip(models, folder_names(models), strict=True)]
+    jobs = [FleetJob(str(m), str(outdir / name), inner, style)
+            for m, name in zip(models, folder_names(models), strict=True)]
     t0 = time.perf_counter()
     results = backend.map(compile_job, jobs, return_exceptions=True)
     entries = []

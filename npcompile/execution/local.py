@@ -21,6 +21,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
+from npcompile.errors import OPT
 from npcompile.execution.backend import DEFAULT_TIMEOUT, Backend, ExecutionError, Shared, TaskFailure, cached, new_key
 
 __all__ = ["LocalProcesses"]
@@ -122,7 +123,7 @@ class LocalProcesses(Backend):
             if not done:
                 self._kill()
                 raise ExecutionError(f"no local worker finished a task within {self.timeout:g} s "
-                                     "(--probe-timeout); stopped them")
+                                     f"({OPT:probe_timeout}); stopped them")
             for fut in done:
                 try:
                     results[futures[fut]] = fut.result()

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from npcompile.errors import UserError
+from npcompile.errors import OPT, OptionError
 from npcompile.execution.backend import DEFAULT_TIMEOUT, Backend, ExecutionError, Shared, TaskFailure, cached, new_key
 
 __all__ = ["RayBackend", "INSTALL_HINT", "require_ray"]
@@ -35,7 +35,7 @@ def require_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise UserError(f"--ray needs Ray, which is not installed: {INSTALL_HINT}") from None
+        raise OptionError(f"{OPT:ray} needs Ray, which is not installed: {INSTALL_HINT}") from None
     return ray
 
 
@@ -143,7 +143,7 @@ class RayBackend(Backend):
                 if not done:
                     self._cancel(pending)
                     raise ExecutionError(f"the Ray cluster at {self.address} finished no task within "
-                                         f"{self.timeout:g} s (--probe-timeout): is it still up?")
+                                         f"{self.timeout:g} s ({OPT:probe_timeout}): is it still up?")
                 for ref in done:
                     i = index[ref]
                     try:

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from npcompile.errors import UserError
+from npcompile.errors import OPT, OptionError, UserError
 from npcompile.graph.shape_sources import bodies, collect, observed, symbolic
 
 __all__ = ["Probe", "ShapeMap", "input_specs", "probe_shapes", "probe_inputs", "static_shapes", "parse_input_shapes"]
@@ -57,7 +57,7 @@ def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
             if any(d <= 0 for d in out[name]):
                 raise ValueError
         except ValueError:
-            raise UserError(f"bad --input-shape {spec!r}: expected NAME:DxDxD, e.g. input:1x3x224x224") from None
+            raise OptionError(f"bad {OPT:input_shapes} {spec!r}: expected NAME:DxDxD, e.g. input:1x3x224x224") from None
     return out
 
 
@@ -109,8 +109,8 @@ def probe_shapes(model: onnx.ModelProto, overrides: dict[str, tuple[int, ...]] |
             continue
         shape_dims = spec.type.tensor_type.shape.dim
         if not shape_dims and spec.type.tensor_type.HasField("shape") and np.issubdtype(dtype, np.integer):
-            raise UserError(f"input {spec.name} is an integer scalar, which may select what the model does; "
-                            f"give its value with --input-value {spec.name}=VALUE")
+            raise OptionError(f"input {spec.name} is an integer scalar, which may select what the model does; "
+                              f"give its value with {OPT:input_values} {spec.name}=VALUE")
         dims = []
         for i, d in enumerate(shape_dims):
             if d.HasField("dim_value") and d.dim_value > 0:
@@ -120,9 +120,9 @@ def probe_shapes(model: onnx.ModelProto, overrides: dict[str, tuple[int, ...]] |
             elif spec.name in samples and len(samples[spec.name]) == len(shape_dims):
                 dims.append(samples[spec.name][i])
             else:
-                raise UserError(f"input {spec.name} has a dynamic dimension {i} "
-                                f"({d.dim_param or '?'}); give its size with --input-shape "
-                                f"{spec.name}:... (or data with --calib/--eval/--train)")
+                raise OptionError(f"input {spec.name} has a dynamic dimension {i} "
+                                  f"({d.dim_param or '?'}); give its size with {OPT:input_shapes} "
+                                  f"{spec.name}:... (or data with {OPT:calib}/{OPT:eval}/{OPT:train})")
         out[spec.name] = tuple(dims)
     return out
 

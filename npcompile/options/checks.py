@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from npcompile.errors import UserError
+from npcompile.errors import OPT, OptionError
 from npcompile.options.presets import DATA_CRITERIA
 
 __all__ = ["validate", "conflicts", "requirements", "mode"]
@@ -31,15 +31,15 @@ def mode(o: Any) -> str:
 def conflicts(o: Any) -> None:
     """Flags that exclude each other: one way to select channels."""
     if o.ratio is not None and o.threshold is not None:
-        raise UserError("give either --ratio or --threshold, not both")
-    modes = [m for m, on in (("--ratio", o.ratio is not None), ("--threshold", o.threshold is not None),
-                             ("--search", o.search is not None),
-                             ("--target-flops/--target-params/--target-latency",
+        raise OptionError(f"give either {OPT:ratio} or {OPT:threshold}, not both")
+    modes = [m for m, on in ((f"{OPT:ratio}", o.ratio is not None), (f"{OPT:threshold}", o.threshold is not None),
+                             (f"{OPT:search}", o.search is not None),
+                             (f"{OPT:target_flops}/{OPT:target_params}/{OPT:target_latency}",
                               o.target_flops is not None or o.target_params is not None
                               or o.target_latency is not None),
-                             ("--pipeline", o.pipeline is not None)) if on]
+                             (f"{OPT:pipeline}", o.pipeline is not None)) if on]
     if len(modes) > 1:
-        raise UserError(f"choose one way to select channels, not {' and '.join(modes)}")
+        raise OptionError(f"choose one way to select channels, not {' and '.join(modes)}")
 
 
 def requirements(o: Any) -> None:
@@ -47,20 +47,23 @@ def requirements(o: Any) -> None:
     from npcompile.options.groups import RECOVERY
 
     if o.search and o.eval is None and ":" not in o.evaluator:
-        raise UserError("--search needs evaluation data (--eval DATA.npz) or --evaluator module:function")
+        raise OptionError(f"{OPT:search} needs evaluation data ({OPT:eval} DATA.npz) or {OPT:evaluator} "
+                          "module:function")
     if o.steps > 1 and o.mode not in ("ratio", "threshold", "maxout"):
-        raise UserError("--steps repeats a --ratio, --threshold or maxout schedule; give one of them")
+        raise OptionError(f"{OPT:steps} repeats a {OPT:ratio}, {OPT:threshold} or maxout schedule; give one of them")
     if o.criterion in DATA_CRITERIA and o.calib is None and o.pipeline is None:
-        raise UserError(f"--criterion {o.criterion} needs calibration data: --calib DATA.npz")
+        raise OptionError(f"{OPT:criterion} {o.criterion} needs calibration data: {OPT:calib} DATA.npz")
     recovery = RECOVERY.flags_given(o)
     if recovery and o.calib is None:
-        raise UserError(f"{recovery[0]} needs calibration data: --calib DATA.npz")
+        raise OptionError(f"{recovery[0]} needs calibration data: {OPT:calib} DATA.npz")
     if recovery and o.lossless:
-        raise UserError(f"{recovery[0]} recovers from pruning: give --ratio, --threshold, --search or a budget")
+        raise OptionError(f"{recovery[0]} recovers from pruning: give {OPT:ratio}, {OPT:threshold}, {OPT:search} "
+                          "or a budget")
     if o.prune_hidden and o.lossless:
-        raise UserError("--prune-hidden is lossy: give it with --ratio, --threshold, --search or a budget")
+        raise OptionError(f"{OPT:prune_hidden} is lossy: give it with {OPT:ratio}, {OPT:threshold}, {OPT:search} "
+                          "or a budget")
     if o.mode == "maxout" and o.maxout_per_unit == 0 and o.maxout_units == 0:
-        raise UserError("maxout pruning with --maxout-per-unit 0 and --maxout-units 0 removes nothing")
+        raise OptionError(f"maxout pruning with {OPT:maxout_per_unit} 0 and {OPT:maxout_units} 0 removes nothing")
 
 
 def validate(o: Any) -> None:

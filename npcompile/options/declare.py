@@ -49,6 +49,12 @@ class Option:
         return self.param or self.name
 
     @property
+    def flag(self) -> str:
+        """The long flag messages name the option by: the first declared one, or the one typer
+        derives from the parameter name (``round_to`` -> ``--round-to``)."""
+        return next((f for f in self.flags if f.startswith("--")), "--" + self.param_name.replace("_", "-"))
+
+    @property
     def param_type(self) -> Any:
         """The CLI parameter's type."""
         return self.cli_type if self.cli_type is not None else self.type

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from npcompile.errors import UserError
+from npcompile.errors import OPT, OptionError, UserError
 from npcompile.options.declare import Option, OptionGroup
 from npcompile.options.presets import (
     DATA_CRITERIA,
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = ["GROUPS", "TARGET", "CRITERIA", "SELECTION", "RUNTIME", "EVALUATION", "SEARCH", "FINETUNE",
            "CALIBRATION", "RECOVERY", "SPARSITY", "BENCHMARK", "PASSES", "GATES", "REPORTING", "EXECUTION",
-           "LOGGING", "int_list"]
+           "LOGGING", "int_list", "flag"]
 
 
 def _str(value: Any) -> str | None:
@@ -111,13 +111,13 @@ class _Selection(OptionGroup):
 
     def check(self, o: Any) -> None:
         if o.ratio is not None and not 0.0 <= o.ratio < 1.0:
-            raise UserError(f"--ratio must be in [0, 1), got {o.ratio}")
+            raise OptionError(f"{OPT:ratio} must be in [0, 1), got {o.ratio}")
         if o.threshold is not None and not o.threshold >= 0.0:
-            raise UserError(f"--threshold must be >= 0, got {o.threshold}")
+            raise OptionError(f"{OPT:threshold} must be >= 0, got {o.threshold}")
         if o.round_to is not None and not 1 <= o.round_to <= 4096:
-            raise UserError(f"--round-to must be between 1 and 4096, got {o.round_to}")
+            raise OptionError(f"{OPT:round_to} must be between 1 and 4096, got {o.round_to}")
         if o.min_channels < 1:
-            raise UserError(f"--min-channels must be >= 1, got {o.min_channels}")
+            raise OptionError(f"{OPT:min_channels} must be >= 1, got {o.min_channels}")
 
     def common(self, o: Any, round_to: int) -> dict[str, Any]:
         """The options every selection pass takes."""
@@ -144,7 +144,8 @@ class _Runtime(OptionGroup):
                "Shape of an input with dynamic dimensions, NAME:1x3x224x224 (repeatable).", ("--input-shape",),
                cli_type=list[str] | None, cli_default=None, param="input_shape", convert=_input_shapes, factory=dict),
         # inputs that select behaviour (If branches)
-        Option("input_values", dict[str, Any], None, factory=dict, cli=False),
+        # (no flag: messages spell it --input-value NAME=VALUE)
+        Option("input_values", dict[str, Any], None, factory=dict, cli=False, flags=("--input-value",)),
         Option("provider", str, "cpu", "ONNX Runtime provider: cpu, cuda, tensorrt."),
         Option("threads", int, 0, "Intra-op threads for ONNX Runtime (0: default)."),
         Option("seed", int, 0, "Seed for probe inputs."),
@@ -155,9 +156,9 @@ class _Runtime(OptionGroup):
 
     def check(self, o: Any) -> None:
         if o.threads < 0:
-            raise UserError(f"--threads must be >= 0, got {o.threads}")
+            raise OptionError(f"{OPT:threads} must be >= 0, got {o.threads}")
         if not 0.0 <= o.verify_tolerance < 1.0:
-            raise UserError(f"--verify-tolerance must be in [0, 1), got {o.verify_tolerance}")
+            raise OptionError(f"{OPT:verify_tolerance} must be in [0, 1), got {o.verify_tolerance}")
 
 
 class _Evaluation(OptionGroup):
@@ -176,9 +177,9 @@ class _Evaluation(OptionGroup):
     )
 
     def check(self, o: Any) -> None:
-        for flag, value in (("eval_batch_size", o.eval_batch_size), ("--top-k", o.top_k)):
+        for flag, value in (("eval_batch_size", o.eval_batch_size), (f"{OPT:top_k}", o.top_k)):
             if value < 1:
-                raise UserError(f"{flag} must be >= 1")
+                raise OptionError(f"{flag} must be >= 1")
 
 
 class _Search(OptionGroup):
@@ -215,24 +216,26 @@ class _Search(OptionGroup):
 
     def check(self, o: Any) -> None:
         if o.latency_criterion not in LATENCY_CRITERIA:
-            raise UserError(f"--latency-criterion must be {' or '.join(LATENCY_CRITERIA)}, got {o.latency_criterion!r}")
+            raise OptionError(f"{OPT:latency_criterion} must be {' or '.join(LATENCY_CRITERIA)}, "
+                              f"got {o.latency_criterion!r}")
         if o.search is not None:
             if o.search not in SEARCHES:
-                raise UserError(f"unknown --search {o.search!r}; the search is 'binary'")
+                raise OptionError(f"unknown {OPT:search} {o.search!r}; the search is 'binary'")
             if o.tolerance is None:
-                raise UserError("--search binary needs --tolerance (metric points it may lose)")
+                raise OptionError(f"{OPT:search} binary needs {OPT:tolerance} (metric points it may lose)")
         if o.search_variant is not None:
             from npcompile.search.variants import get_variant
 
             get_variant(o.search_variant)
             if o.search is None:
-                raise UserError("--search-variant is a schedule of --search binary; give --search binary too")
+                raise OptionError(f"{OPT:search_variant} is a schedule of {OPT:search} binary; "
+                                  f"give {OPT:search} binary too")
         if o.tolerance is not None and not 0.0 <= o.tolerance <= 100.0:
-            raise UserError(f"--tolerance must be between 0 and 100 points, got {o.tolerance}")
-        for flag, v in (("--target-flops", o.target_flops), ("--target-params", o.target_params),
-                        ("--target-latency", o.target_latency)):
+            raise OptionError(f"{OPT:tolerance} must be between 0 and 100 points, got {o.tolerance}")
+        for flag, v in ((f"{OPT:target_flops}", o.target_flops), (f"{OPT:target_params}", o.target_params),
+                        (f"{OPT:target_latency}", o.target_latency)):
             if v is not None and not 0.0 < v < 1.0:
-                raise UserError(f"{flag} is the fraction to keep, in (0, 1); got {v}")
+                raise OptionError(f"{flag} is the fraction to keep, in (0, 1); got {v}")
 
     def _groups(self, o: Any) -> dict[str, Any]:
         return {"include": o.include or None, "exclude": o.exclude or None}
@@ -286,15 +289,16 @@ class _Finetune(OptionGroup):
     )
 
     def check(self, o: Any) -> None:
-        for flag, value in (("--steps", o.steps), ("--epochs", o.epochs), ("--batch-size", o.batch_size)):
+        for flag, value in ((f"{OPT:steps}", o.steps), (f"{OPT:epochs}", o.epochs),
+                            (f"{OPT:batch_size}", o.batch_size)):
             if value is not None and value < 1:
-                raise UserError(f"{flag} must be >= 1")
+                raise OptionError(f"{flag} must be >= 1")
         if not o.lr > 0:
-            raise UserError(f"--lr must be > 0, got {o.lr}")
+            raise OptionError(f"{OPT:lr} must be > 0, got {o.lr}")
         if not 0.0 <= o.distill <= 1.0:
-            raise UserError(f"--distill must be in [0, 1], got {o.distill}")
+            raise OptionError(f"{OPT:distill} must be in [0, 1], got {o.distill}")
         if o.optimizer not in OPTIMIZERS:
-            raise UserError(f"unknown --optimizer {o.optimizer!r}; choose {' or '.join(OPTIMIZERS)}")
+            raise OptionError(f"unknown {OPT:optimizer} {o.optimizer!r}; choose {' or '.join(OPTIMIZERS)}")
 
     def specs(self, o: Any) -> list[PassSpec]:
         """The fine-tuning pass the options ask for (none without --train)."""
@@ -324,7 +328,7 @@ class _Calibration(OptionGroup):
 
     def check(self, o: Any) -> None:
         if o.calib_batch_size < 1 or o.maxout_per_unit < 0 or o.maxout_units < 0:
-            raise UserError("--calib-batch-size must be >= 1; --maxout-per-unit and --maxout-units >= 0")
+            raise OptionError(f"{OPT:calib_batch_size} must be >= 1; {OPT:maxout_per_unit} and {OPT:maxout_units} >= 0")
 
     def calib_options(self, o: Any) -> dict[str, Any]:
         """What the passes that read calibration data take."""
@@ -354,14 +358,15 @@ class _Recovery(OptionGroup):
     )
 
     def flags_given(self, o: Any) -> list[str]:
-        """The recovery flags that are on, in order."""
-        return [f for f, on in (("--reconstruct", o.reconstruct), ("--reconstruct-select", o.reconstruct_select),
-                                ("--bias-compensation", o.bias_compensation),
-                                ("--bn-recalibrate", o.bn_recalibrate)) if on]
+        """The recovery options that are on, in order (as placeholders: ``{OPT:reconstruct}``...)."""
+        return [f for f, on in ((f"{OPT:reconstruct}", o.reconstruct),
+                                (f"{OPT:reconstruct_select}", o.reconstruct_select),
+                                (f"{OPT:bias_compensation}", o.bias_compensation),
+                                (f"{OPT:bn_recalibrate}", o.bn_recalibrate)) if on]
 
     def check(self, o: Any) -> None:
         if o.reconstruct and o.bias_compensation:
-            raise UserError("--reconstruct already refits biases; give it or --bias-compensation, not both")
+            raise OptionError(f"{OPT:reconstruct} already refits biases; give it or {OPT:bias_compensation}, not both")
 
     def specs(self, o: Any) -> list[PassSpec]:
         """What removes the selected channels: plain deletion, or a training-free recovery pass."""
@@ -397,13 +402,14 @@ class _Sparsity(OptionGroup):
 
             level = parse_sparsity(o.sparsity)
             if o.sparsity_scope not in SPARSITY_SCOPES:
-                raise UserError(f"--sparsity-scope must be {' or '.join(SPARSITY_SCOPES)}, got {o.sparsity_scope!r}")
+                raise OptionError(f"{OPT:sparsity_scope} must be {' or '.join(SPARSITY_SCOPES)}, "
+                                  f"got {o.sparsity_scope!r}")
             if isinstance(level, tuple) and o.sparsity_scope == "global":
-                raise UserError("an N:M sparsity pattern is per layer; --sparsity-scope global is for fractions")
+                raise OptionError(f"an N:M sparsity pattern is per layer; {OPT:sparsity_scope} global is for fractions")
             if isinstance(level, tuple) and o.sparsity_steps != 1:
-                raise UserError("--sparsity-steps is for a sparsity fraction; an N:M pattern is applied at once")
+                raise OptionError(f"{OPT:sparsity_steps} is for a sparsity fraction; an N:M pattern is applied at once")
         if o.sparsity_steps < 1:
-            raise UserError(f"--sparsity-steps must be >= 1, got {o.sparsity_steps}")
+            raise OptionError(f"{OPT:sparsity_steps} must be >= 1, got {o.sparsity_steps}")
 
     def specs(self, o: Any) -> list[PassSpec]:
         """Weight sparsity after channel pruning. With ``--sparsity-steps N`` an unstructured level S
@@ -446,11 +452,11 @@ class _Benchmark(OptionGroup):
 
     def check(self, o: Any) -> None:
         if o.runs < 1 or o.warmup < 0:
-            raise UserError("--runs must be >= 1 and --warmup >= 0")
+            raise OptionError(f"{OPT:runs} must be >= 1 and {OPT:warmup} >= 0")
         if not 0.0 < o.latency_precision < 1.0 or not o.latency_max_seconds >= 0:
-            raise UserError("--latency-precision must be in (0, 1) and --latency-max-seconds >= 0")
+            raise OptionError(f"{OPT:latency_precision} must be in (0, 1) and {OPT:latency_max_seconds} >= 0")
         if any(b < 1 for b in o.batch_sizes):
-            raise UserError(f"--batch-sizes must be positive, got {o.batch_sizes}")
+            raise OptionError(f"{OPT:batch_sizes} must be positive, got {o.batch_sizes}")
 
 
 class _Passes(OptionGroup):
@@ -565,3 +571,13 @@ LOGGING = _Logging()
 #: every group, in the order of the ``npcompile compile`` flags
 GROUPS: tuple[OptionGroup, ...] = (TARGET, CRITERIA, SELECTION, RUNTIME, EVALUATION, SEARCH, FINETUNE, CALIBRATION,
                                    RECOVERY, SPARSITY, BENCHMARK, PASSES, GATES, REPORTING, EXECUTION, LOGGING)
+
+
+def flag(name: str) -> str:
+    """The CLI flag of the declared option ``name`` (:attr:`Option.flag`); a name declared nowhere
+    (a pass option of its own) is ``--`` and the name with dashes."""
+    for group in GROUPS:
+        for o in group.options:
+            if o.name == name:
+                return o.flag
+    return "--" + name.replace("_", "-")

@@ -371,7 +371,8 @@ class Pipeline:
             try:
                 result = p.run(ctx)
             except NpcompileError as e:  # npcompile's own: one line, its exit code
-                raise PassError(f"pass {p.name} failed{_after(done)}: {e}", exit_code=e.exit_code) from e
+                # the placeholders of an option error stay: the CLI names the options by flag
+                raise PassError(f"pass {p.name} failed{_after(done)}: {e.template}", exit_code=e.exit_code) from e
             except Exception as e:  # anything else is a bug (or a plugin's): keep its kind and traceback
                 e.add_note(f"pass {p.name} failed{_after(done)}")
                 raise

@@ -28,7 +28,7 @@ from typing import Any
 
 import onnx
 
-from npcompile.errors import UserError
+from npcompile.errors import OPT, OptionError, UserError
 from npcompile.pipeline import Pass, get_pass
 from npcompile.pipeline.options import option_names
 from npcompile.runtime.data import load_data
@@ -69,9 +69,11 @@ def load_pipeline_file(path: str | Path) -> tuple[list[PassSpec], Path]:
 
 
 def instantiate(specs: list[PassSpec], model: onnx.ModelProto, base: Path | None = None,
-                objects: dict[str, Any] | None = None) -> list[Pass]:
+                objects: dict[str, Any] | None = None, surface: str | None = None) -> list[Pass]:
     """Build pass objects; data-file options are loaded for ``model``. ``objects`` maps option
-    names to ready objects (datasets, evaluators) that replace what a spec names."""
+    names to ready objects (datasets, evaluators) that replace what a spec names. ``surface``:
+    where the specs' option names come from (``"toml"``: a pipeline file); a pass's error about
+    its options names them as spelled there, even when the CLI prints it."""
     objects = objects or {}
     out: list[Pass] = []
     for spec in specs:
@@ -85,8 +87,8 @@ def instantiate(specs: list[PassSpec], model: onnx.ModelProto, base: Path | None
 
                 opts["evaluator"] = make_evaluator(value)
             elif objects.get("evaluator") is None:
-                raise UserError(f"pass {spec.name} needs an evaluator: give --eval DATA.npz (or --evaluator "
-                                "module:function)")
+                raise OptionError(f"pass {spec.name} needs an evaluator: give {OPT:eval} DATA.npz (or "
+                                  f"{OPT:evaluator} module:function)")
             else:
                 opts["evaluator"] = objects["evaluator"]
         if opts.get("measure") == "measure":
@@ -104,7 +106,9 @@ def instantiate(specs: list[PassSpec], model: onnx.ModelProto, base: Path | None
             raise UserError(f"pass {spec.name}: unknown option(s) {unknown}; it takes {known}")
         try:
             out.append(cls(**opts))
-        except UserError:
+        except UserError as e:
+            if surface is not None:
+                e.about(surface)
             raise
         except (TypeError, ValueError) as e:
             raise UserError(f"pass {spec.name}: {e}") from None

@@ -11,8 +11,11 @@ class SelectPass(Pass):
 
         def __post_init__(self) -> None:  # check (and normalise) the values
             if self.round_to < 1:
-                raise UserError(f"--round-to must be >= 1, got {self.round_to}")
+                raise OptionError(f"{OPT:round_to} must be >= 1, got {self.round_to}")
 ```
+
+An error about an option names it by placeholder (:data:`~npcompile.errors.OPT`), so that the
+Python user reads ``round_to``, the CLI user ``--round-to``.
 
 :class:`~npcompile.pipeline.Pass` builds the ``Options`` from the constructor's arguments (by
 keyword, or by position in field order), exposes every field as an attribute of the pass

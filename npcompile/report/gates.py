@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
-from npcompile.errors import UserError
+from npcompile.errors import OPT, OptionError
 from npcompile.graph.model_io import atomic_write_bytes
 
 __all__ = ["Gates", "GateResult", "check_gates", "write_junit"]
@@ -35,14 +35,14 @@ class Gates:
 
     def validate(self) -> None:
         if self.inconclusive not in ("fail", "pass"):
-            raise UserError(f"--inconclusive must be fail or pass, got {self.inconclusive!r}")
-        checks = [("--max-accuracy-drop", self.max_accuracy_drop, 0.0, 100.0),
-                  ("--min-speedup", self.min_speedup, 0.0, 1e6),
-                  ("--max-size", self.max_size_mb, 0.0, 1e9),
-                  ("--min-param-reduction", self.min_param_reduction, 0.0, 1.0)]
-        for flag, value, lo, hi in checks:
+            raise OptionError(f"{OPT:inconclusive} must be fail or pass, got {self.inconclusive!r}")
+        checks = [(f"{OPT:max_accuracy_drop}", self.max_accuracy_drop, 0.0, 100.0),
+                  (f"{OPT:min_speedup}", self.min_speedup, 0.0, 1e6),
+                  (f"{OPT:max_size_mb=max_size}", self.max_size_mb, 0.0, 1e9),
+                  (f"{OPT:min_param_reduction}", self.min_param_reduction, 0.0, 1.0)]
+        for name, value, lo, hi in checks:
             if value is not None and not lo <= value <= hi:
-                raise UserError(f"{flag} must be between {lo:g} and {hi:g}, got {value:g}")
+                raise OptionError(f"{name} must be between {lo:g} and {hi:g}, got {value:g}")
 
     @property
     def any(self) -> bool:

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from npcompile.errors import UserError
+from npcompile.errors import OPT, OptionError
 
 __all__ = ["preflight", "target_measures"]
 
@@ -31,20 +31,20 @@ def preflight(options: Any, target: Any) -> None:
     gates = options.gates
     has_eval = options.eval is not None or ":" in options.evaluator
     if gates.max_accuracy_drop is not None and not has_eval:
-        raise UserError("--max-accuracy-drop needs evaluation data: give --eval DATA.npz (or --evaluator "
-                        "module:function)")
+        raise OptionError(f"{OPT:max_accuracy_drop} needs evaluation data: give {OPT:eval} DATA.npz (or "
+                          f"{OPT:evaluator} module:function)")
     if gates.min_speedup is not None and (not options.benchmark or not target_measures(target)):
-        raise UserError(f"--min-speedup needs a measured latency: target {options.target} measures none "
-                        "(use --target onnxruntime or tensorrt, with --benchmark)")
+        raise OptionError(f"{OPT:min_speedup} needs a measured latency: target {options.target} measures none "
+                          f"(use {OPT:target} onnxruntime or tensorrt, with {OPT:benchmark})")
     if options.junit:
         junit = Path(options.junit)
         if junit.is_dir():
-            raise UserError(f"--junit names a directory: {junit} (give a file path, e.g. {junit}/gates.xml)")
+            raise OptionError(f"{OPT:junit} names a directory: {junit} (give a file path, e.g. {junit}/gates.xml)")
         parent = junit.parent
         while not parent.exists():
             parent = parent.parent
         if not parent.is_dir():
-            raise UserError(f"--junit {junit}: {parent} is not a directory")
+            raise OptionError(f"{OPT:junit} {junit}: {parent} is not a directory")
     nm = options.nm_pattern
     if nm is not None:
         accel = ACCELERATED_PATTERNS.get(nm)

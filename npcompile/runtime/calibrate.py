@@ -33,7 +33,7 @@ import onnx
 
 from npcompile.channels.analysis import ChannelAnalysis, ChannelDim, Group
 from npcompile.channels.layout import Layout
-from npcompile.errors import UserError
+from npcompile.errors import OPT, UserError
 from npcompile.graph.shapes import input_specs
 from npcompile.report.progress import enabled as progress_enabled
 from npcompile.report.progress import progress as progress_bar
@@ -183,7 +183,7 @@ class WinCounts:
         pre, size, post = _split(x.shape, self.axis)
         if size % self.k:
             raise UserError(f"calibration: {self.tensor} has {size} channels, not a multiple of k={self.k}; "
-                            "do the data's shapes match the model's (--input-shape)?")
+                            f"do the data's shapes match the model's ({OPT:input_shapes})?")
         units = size // self.k
         win = np.argmax(x.reshape(pre, units, self.k, post), axis=2)  # (pre, units, post)
         win += (np.arange(units, dtype=win.dtype) * self.k)[None, :, None]
@@ -254,7 +254,7 @@ class SlotStats:
     def _bad(self, got) -> UserError:
         return UserError(f"calibration: {self.tensor} has shape {list(got)}, the analysis expects "
                          f"{list(self.shape or ())} (batch aside); do the data's shapes match the model's "
-                         "(--input-shape)?")
+                         f"({OPT:input_shapes})?")
 
     def update(self, values: dict[str, np.ndarray]) -> None:
         lay = self.layout
@@ -286,7 +286,7 @@ class SlotStats:
         pre, size, post = _split(x.shape, self.axis)
         if size != lay.size:
             raise UserError(f"calibration: {self.tensor} has {size} entries on its channel axis, the analysis "
-                            f"expects {lay.size}; do the data's shapes match the model's (--input-shape)?")
+                            f"expects {lay.size}; do the data's shapes match the model's ({OPT:input_shapes})?")
         x3 = x.reshape(pre * lay.outer, lay.channels, lay.inner * post)
         per = x3.shape[0] * x3.shape[2]
         self.count += per
@@ -447,7 +447,7 @@ def check_shapes(dataset: Dataset, probe: dict[str, tuple[int, ...]]) -> None:
             raise UserError(f"calibration data lacks model input {name!r}")
         if tuple(a.shape[1:]) != tuple(shape[1:]):
             raise UserError(f"calibration data: input {name} has shape {list(a.shape)}, the analysis used "
-                            f"{['N', *shape[1:]]}; give the data's shape with --input-shape "
+                            f"{['N', *shape[1:]]}; give the data's shape with {OPT:input_shapes} "
                             f"{name}:{'x'.join(map(str, (1, *a.shape[1:])))}")
 
 

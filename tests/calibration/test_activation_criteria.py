@@ -155,7 +155,7 @@ def test_data_shape_must_match_the_analysis(tmp_path: Path) -> None:
     model = _model(_net(), False, tmp_path)
     ctx = Context(model, probe_shapes(model))
     bad = Dataset({"input": np.zeros((4, 3, 8, 8), np.float32)})
-    with pytest.raises(PassError, match="input-shape input:1x3x8x8") as e:
+    with pytest.raises(PassError, match="input_shapes input:1x3x8x8") as e:
         Pipeline([ApozPass(bad)]).run(ctx)
     assert e.value.exit_code == 2
 

@@ -77,7 +77,7 @@ def test_slot_stats_follow_the_layout() -> None:
     s.update({"t": t})
     assert s.count.tolist() == [4, 4, 4] and s.zeros.tolist() == [3, 3, 2]
     assert s.abs_sum.tolist() == [1.0, 5.0, 5.0]
-    with pytest.raises(UserError, match="input-shape"):
+    with pytest.raises(UserError, match="input_shapes"):
         s.update({"t": np.zeros((1, 8), np.float32)})
 
 

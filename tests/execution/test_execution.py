@@ -143,7 +143,7 @@ def test_a_probe_past_the_timeout_stops_the_workers() -> None:
     from npcompile.execution.backend import ExecutionError
 
     with LocalProcesses(1, timeout=2) as backend:
-        with pytest.raises(ExecutionError, match=r"within 2 s \(--probe-timeout\)"):
+        with pytest.raises(ExecutionError, match=r"within 2 s \(probe_timeout\)"):
             backend.map(time.sleep, [120.0])
         assert backend.map(abs, [-3]) == [3]  # a fresh pool serves the next tasks
 

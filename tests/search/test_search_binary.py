@@ -153,6 +153,6 @@ def test_options_and_registry() -> None:
         BinarySearchPass(-1, ev)
     with pytest.raises(UserError, match="needs an evaluator"):
         BinarySearchPass(1.0, None)
-    with pytest.raises(UserError, match="round-to"):
+    with pytest.raises(UserError, match="round_to"):
         BinarySearchPass(1.0, ev, round_to=0)
     assert BinarySearchPass(1.0, ev, include="a*,b*").options["include"] == ["a*", "b*"]

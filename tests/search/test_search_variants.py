@@ -108,7 +108,7 @@ def test_cost_weights_and_errors() -> None:
 def test_cli_options(tmp_path) -> None:
     from npcompile.api import CompileOptions
 
-    with pytest.raises(UserError, match="--search binary"):
+    with pytest.raises(UserError, match="^search_variant is a schedule of search binary"):
         CompileOptions(search_variant="share").validate()
     with pytest.raises(UserError, match="unknown search variant"):
         CompileOptions(search="binary", tolerance=1.0, eval="x.npz", search_variant="nope").validate()
