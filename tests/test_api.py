@@ -36,7 +36,8 @@ def test_html_report_and_plots(tmp_path: Path) -> None:
     md = (tmp_path / "o" / "report.md").read_text()
     assert "](widths.png)" in md and "](latency.png)" in md
     lat = out.report["latency"]
-    assert len(lat["after"]["samples_ms"]) == 5 * lat["rounds"] and lat["rounds"] >= 2  # --runs per round
+    # --runs per round at least (rounds after the first last min_round_seconds: more calls for a tiny model)
+    assert len(lat["after"]["samples_ms"]) >= 5 * lat["rounds"] and lat["rounds"] >= 2
 
 
 def test_compile_torch_module_keeps_dynamic_batch() -> None:

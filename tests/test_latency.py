@@ -164,10 +164,16 @@ def test_target_latency_missed_fails_with_the_gap_and_reuses_the_cache(tmp_path:
 
 def test_target_latency_with_forced_rounding_and_a_parameter_budget(tmp_path: Path) -> None:
     import npcompile
+    from npcompile.errors import GateError
 
-    res = npcompile.compile(LENET, target_latency=0.9, target_params=0.5, round_to=4, target="onnxruntime",
-                            latency_cache=str(tmp_path), benchmark=False, plots=False, latency_max_seconds=2)
-    rep = res.report
+    out = tmp_path / "o"
+    try:  # LeNet's latency is mostly per-call overhead: the 0.9 may be missed; the report is written
+        npcompile.compile(LENET, out, target_latency=0.9, target_params=0.5, round_to=4, target="onnxruntime",
+                          latency_cache=str(tmp_path / "cache"), benchmark=False, plots=False,
+                          latency_max_seconds=2)
+    except GateError as e:
+        assert "of baseline latency, target 0.90, missed by" in str(e)
+    rep = json.loads((out / "report.json").read_text())
     assert rep["summary"]["params_after"] <= 0.5 * rep["summary"]["params_before"]
     for g in rep["groups"]:
         if g["prunable"] and g["width_after"] != g["width_before"]:

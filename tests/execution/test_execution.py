@@ -179,7 +179,10 @@ def test_ctrl_c_stops_the_workers_and_writes_nothing(tmp_path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)}
     proc = subprocess.Popen([sys.executable, "-m", "npcompile", str(example / "model.onnx"), "--search", "binary",
                              "--tolerance", "1", "--eval", str(big), "--workers", "2", "-o", str(out)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a test run before this one (ray) can leave SIGINT ignored in pytest; a
+                            # child started with it ignored keeps ignoring it, as POSIX says
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         workers: set[int] = set()
         for _ in range(240):  # wait until both workers run probes
