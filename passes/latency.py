@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import KW_ONLY, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -74,6 +74,20 @@ CRITERIA = ("per-ms", "importance")
 def _removed(g: Group, widths: list[int]) -> list[int]:
     """Channels removed per block at each kept width (per block)."""
     return [g.size // g.blocks - w for w in widths]
+
+
+class _Step(NamedTuple):
+    """A candidate step of the plan: group ``gid`` to its ``i``-th width, the ``removal`` and
+    predicted ``ms`` after it, the loss it adds and the share of latency (or budget) it saves;
+    ``key`` ranks it (lower first)."""
+
+    key: float
+    gid: int
+    i: int
+    removal: dict[int, np.ndarray]
+    ms: float
+    dloss: float
+    gain: float
 
 
 class _JointLoss:
@@ -261,23 +275,23 @@ class LatencyBudgetPass(Pass):
                         gain = sum((getattr(cost, k) - getattr(c, k)) / max(getattr(base, k), 1)
                                    for k in open_budgets)
                     if gain > 0:
-                        cands.append((self._key(dloss, gain), gid, i, trial, ms, dloss, gain))
-                cands.sort(key=lambda c: (c[0], c[1]))
-                if joint is not None and cands:
+                        cands.append(_Step(self._key(dloss, gain), gid, i, trial, ms, dloss, gain))
+                cands.sort(key=lambda c: (c.key, c.gid))
+                if joint is not None and cands:  # the shortlist re-ranked by the loss measured on the whole removal
                     short = cands[:self.shortlist]
-                    states = [tuple(sorted({**state, c[1]: c[2]}.items())) for c in short]
-                    total = joint.losses(states, [c[3] for c in short])
-                    cands = sorted(((self._key(t - loss_total, c[6]), c[1], c[2], c[3], c[4], t - loss_total, c[6])
+                    total = joint.losses([tuple(sorted({**state, c.gid: c.i}.items())) for c in short],
+                                         [c.removal for c in short])
+                    cands = sorted((c._replace(key=self._key(t - loss_total, c.gain), dloss=t - loss_total)
                                     for c, t in zip(short, total, strict=True)
-                                    if self.tolerance is None or t <= self.tolerance), key=lambda c: (c[0], c[1]))
+                                    if self.tolerance is None or t <= self.tolerance), key=lambda c: (c.key, c.gid))
                 if cands:
                     best = cands[0]
                     break
             if best is None:
                 break
-            _, gid, i, removal, current, dloss, _ = best
-            state[gid] = i
-            loss_total += dloss
+            state[best.gid] = best.i
+            removal, current = best.removal, best.ms
+            loss_total += best.dloss
             cost = cm.cost(removal)
         return removal, current, loss_total
 
@@ -286,12 +300,11 @@ class LatencyBudgetPass(Pass):
         the loss alone (the saving breaking ties)."""
         return dloss / gain if self.criterion == "per-ms" else dloss - 1e-9 * gain
 
-    def _losses(self, ctx: Context, groups: list[Group], steps: dict[int, list[int]],
-                joint: _JointLoss | None) -> tuple[dict, str]:
-        """Importance lost at every candidate width: sensitivity with an evaluator, else the share
-        of the group's score mass removed."""
-        if joint is not None:
-            ev, baseline = joint.ev, joint.baseline
+    def _losses(self, ctx: Context, groups: list[Group], steps: dict[int, list[int]], ev: Any,
+                baseline: float) -> tuple[dict, str]:
+        """Importance lost at every candidate width: sensitivity with an evaluator ``ev`` (None:
+        none), else the share of the group's score mass removed."""
+        if ev is not None:
             table = sensitivity_table(ctx, ev, groups, DEFAULT_FRACTIONS, 1, self.min_channels, baseline)
             return {g.id: table_losses(_removed(g, steps[g.id]), g.blocks, row, baseline)
                     for g, row in zip(groups, table, strict=True)}, "sensitivity"
@@ -321,13 +334,11 @@ class LatencyBudgetPass(Pass):
             steps[g.id] = kept
             curves.append({"group": g.name, "width": g.size, "widths": [w * g.blocks for w in widths],
                            "ms": [round(x, 5) for x in pred], "steps": [w * g.blocks for w in kept]})
-        joint = None
-        if self.evaluator is not None:
-            ev = evaluator_for(ctx, self.evaluator, groups, self.threads, True)
-            joint = _JointLoss(ev, ev({}))
-        losses, guide = self._losses(ctx, groups, steps, joint)
-        if joint is not None and self.shortlist < 1:
-            joint = None  # the per-group sensitivities alone, added up
+        ev = evaluator_for(ctx, self.evaluator, groups, self.threads, True) if self.evaluator is not None else None
+        baseline = ev({}) if ev is not None else 0.0
+        losses, guide = self._losses(ctx, groups, steps, ev, baseline)
+        # shortlist 0: the per-group sensitivities alone, added up
+        joint = _JointLoss(ev, baseline) if ev is not None and self.shortlist >= 1 else None
         original_runner = self.runner(ctx.model, feeds)
         goal = self.target
         attempts: list[dict[str, Any]] = []
