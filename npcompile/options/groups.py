@@ -436,7 +436,8 @@ class _Benchmark(OptionGroup):
     options = (
         Option("benchmark", bool, True, "Measure latency before and after."),
         # timed runs per round of a latency measurement
-        Option("runs", int, 50, "Timed runs per round of a latency measurement."),
+        Option("runs", int, 50,
+               "Timed runs per round of a latency measurement (at least: a tiny model's rounds last 50 ms)."),
         # measure until the speedup's 95 % interval is within +-this fraction
         Option("latency_precision", float, 0.02,
                "Measure latency until the speedup's 95 % interval is within +- this fraction."),
