@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import KW_ONLY, dataclass
 from typing import Any, ClassVar
 
@@ -166,9 +167,7 @@ class _RecoveryPass(Pass):
                 raise UserError(f"calibration batch size must be >= 1, got {self.batch_size}")
 
     def run(self, ctx: Context) -> PassResult:
-        if not self.one_blas_thread:
-            return self.recover(ctx, _need_calib(self.calib, self.name, ctx))
-        with blas_threads(1):
+        with blas_threads(1) if self.one_blas_thread else nullcontext():
             return self.recover(ctx, _need_calib(self.calib, self.name, ctx))
 
     def recover(self, ctx: Context, calib: Dataset) -> PassResult:  # pragma: no cover - abstract
