@@ -19,9 +19,10 @@ pruned model.
    plan ranks by the loss the model really has (per-layer losses add up far worse than their sum
    in a network that is not fine-tuned) and a ``tolerance`` caps that loss.
 3. The pruned model is measured against the original (interleaved rounds, 95 % interval). If it
-   misses (the estimate above the target), the goal is tightened by the miss and the plan rebuilt (and
-   loosened when it lands more than ``slack`` below the target), at most ``refine`` times. The
-   least pruning that met the target wins; a plan that still misses is kept and reported, and the
+   misses (the estimate above the target less its upward uncertainty, at most ``margin`` of the
+   target, so that a second measurement still finds it under), the goal is tightened by the miss
+   and the plan rebuilt (and loosened when it lands more than ``slack`` below the target), at most
+   ``refine`` times. The least pruning that met the target wins; a plan that still misses is kept and reported, and the
    compilation's ``target-latency`` gate fails with the gap when it misses beyond the uncertainty.
 """
 
@@ -144,6 +145,9 @@ class LatencyBudgetPass(Pass):
         precision: float = option(0.03, record=False)
         max_seconds: float = option(15.0, record=False)
         slack: float = option(0.05, record=False)
+        #: a plan counts as meeting the target when its measured fraction is under it by the
+        #: measurement's upward uncertainty, at most this share of the target
+        margin: float = option(0.03, record=False)
         #: with an evaluator: how many of each step's best candidates (by the per-group
         #: sensitivities) are evaluated on the whole removal; 0: trust the sensitivities' sum
         shortlist: int = option(4, record=False)
@@ -161,8 +165,8 @@ class LatencyBudgetPass(Pass):
             if self.criterion not in CRITERIA:
                 raise OptionError(f"{OPT:criterion=latency_criterion} must be one of {', '.join(CRITERIA)}, "
                                   f"got {self.criterion!r}")
-            if self.refine < 0 or self.levels < 2 or self.round_to < 1:
-                raise UserError("latency budget: refine must be >= 0, levels >= 2, round_to >= 1")
+            if self.refine < 0 or self.levels < 2 or self.round_to < 1 or not 0.0 <= self.margin < 1.0:
+                raise UserError("latency budget: refine must be >= 0, levels >= 2, round_to >= 1, margin in [0, 1)")
             measure = self.measure
             self._set(target=float(self.target_latency),
                       budgets={"flops": self.target_flops, "params": self.target_params},
@@ -295,6 +299,34 @@ class LatencyBudgetPass(Pass):
             cost = cm.cost(removal)
         return removal, current, loss_total
 
+    def _aim(self, frac: float, high: float) -> float:
+        """The fraction a measurement must not exceed for the plan to count as meeting the target:
+        the target less the measurement's upward uncertainty (``high - frac``), at most ``margin``
+        of the target, so that another measurement of the same model (the report's, the user's)
+        still finds it under the target."""
+        return self.target - min(max(high - frac, 0.0), self.margin * self.target)
+
+    def _next_goal(self, goal: float, frac: float, high: float) -> float | None:
+        """The planning goal of the next refinement after measuring ``frac`` (interval top
+        ``high``) for a plan built for ``goal``; None when this plan is to be kept."""
+        aim = self._aim(frac, high)
+        if frac > aim:  # missed, or met only within the uncertainty: tighten by the miss
+            return max(goal * aim / frac, 0.01)
+        if high < self.target - self.slack:  # well below the target: prune less
+            return min(goal * aim / frac, 0.999)
+        return None
+
+    def _choose(self, attempts: list[dict[str, Any]]) -> dict[str, Any]:
+        """The measured plan to keep: the least pruned of those under the target with their
+        uncertainty (see :meth:`_aim`), else of those whose estimate is under it, else the
+        closest miss."""
+        for ok in (lambda a: a["measured"] <= self._aim(a["measured"], a["high"]),
+                   lambda a: a["measured"] <= self.target):
+            meeting = [a for a in attempts if ok(a)]
+            if meeting:
+                return max(meeting, key=lambda a: a["measured"])
+        return min(attempts, key=lambda a: a["measured"])
+
     def _key(self, dloss: float, gain: float) -> float:
         """How a candidate step ranks (lower first): loss per share of latency (or budget) saved, or
         the loss alone (the saving breaking ties)."""
@@ -357,20 +389,16 @@ class LatencyBudgetPass(Pass):
             cmp = compare(original_runner, self.runner(pruned, feeds), self.stable)
             frac, low, high = 1 / cmp["speedup"], 1 / cmp["speedup_high"], 1 / cmp["speedup_low"]
             attempts.append({"goal": goal, "predicted": pred_ms / model.t_full, "measured": frac, "low": low,
-                             "high": high, "rounds": cmp["rounds"], "busy": cmp["load"]["busy"],
+                             "high": high, "aim": self._aim(frac, high), "rounds": cmp["rounds"],
+                             "busy": cmp["load"]["busy"],
                              "loss": loss, "_removal": removal})
             log.info("latency budget: plan for %.3f predicted %.3f, measured %.3f (%.3f-%.3f) of the original",
                      goal, pred_ms / model.t_full, frac, low, high)
-            if frac > self.target:  # missed (perhaps within the uncertainty): tighten by the miss
-                goal = max(goal * self.target / frac, 0.01)
-            elif high < self.target - self.slack:  # well below the target: prune less
-                goal = min(goal * self.target / frac, 0.999)
-            else:
+            goal = self._next_goal(goal, frac, high)
+            if goal is None:
                 break
-        # the least pruning that meets the target, else the closest miss
-        meeting = [a for a in attempts if a["measured"] <= self.target]
-        last = (max(meeting, key=lambda a: a["measured"]) if meeting else min(attempts, key=lambda a: a["measured"])) \
-            if attempts else {"measured": 1.0, "low": 1.0, "high": 1.0, "predicted": 1.0, "_removal": {}}
+        last = self._choose(attempts) if attempts else \
+            {"measured": 1.0, "low": 1.0, "high": 1.0, "predicted": 1.0, "_removal": {}}
         removal = last["_removal"]
         last = {k: v for k, v in last.items() if k != "_removal"}
         ctx.removal = removal

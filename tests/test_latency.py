@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from npcompile.errors import UserError
 from npcompile.passes.latency import LatencyBudgetPass
 from npcompile.pipeline import Context
 from npcompile.report.gates import Gates, check_gates, target_latency_gate
@@ -218,3 +219,21 @@ def test_rounds_of_a_tiny_model_are_lengthened_to_min_round_seconds() -> None:
     assert tiny["speedup"] == pytest.approx(2.0)
     slow = compare(lambda n, w: [2.0] * n, lambda n, w: [1.0] * n, opts)
     assert len(slow["before"]) == 100
+
+
+def test_a_plan_meets_the_target_only_with_its_uncertainty_under_it() -> None:
+    # measured 0.49 (0.47-0.52) for target 0.5: a second measurement may well find 0.51, so the
+    # plan is tightened; 0.48 (0.47-0.49) is under with its interval and kept
+    lb = LatencyBudgetPass(0.5, margin=0.03)
+    assert lb._aim(0.49, 0.52) == pytest.approx(0.5 - 0.015)  # the uncertainty, capped at 3 % of the target
+    assert lb._aim(0.48, 0.49) == pytest.approx(0.49)
+    assert lb._next_goal(0.5, 0.49, 0.52) == pytest.approx(0.5 * 0.485 / 0.49)
+    assert lb._next_goal(0.5, 0.48, 0.49) is None
+    assert lb._next_goal(0.5, 0.40, 0.41) > 0.5  # well below: prune less
+    attempts = [{"measured": 0.495, "high": 0.53}, {"measured": 0.47, "high": 0.48}, {"measured": 0.43, "high": 0.44}]
+    assert lb._choose(attempts)["measured"] == 0.47  # the least pruned of those surely under
+    assert lb._choose(attempts[:1])["measured"] == 0.495  # else the estimate under the target
+    assert lb._choose([{"measured": 0.6, "high": 0.62}, {"measured": 0.55, "high": 0.6}])["measured"] == 0.55
+    assert LatencyBudgetPass(0.5, margin=0.0)._next_goal(0.5, 0.49, 0.52) is None  # margin 0: the estimate alone
+    with pytest.raises(UserError):
+        LatencyBudgetPass(0.5, margin=1.5)
