@@ -10,7 +10,9 @@ at each thread count and batch size asked for, it prints:
    plans (``--ratio`` 0.3 and 0.5 at ``--round-to`` 1 and the target's default) and for the
    ``--target-latency`` plans (goal: median <= 10 %);
 3. latency reduction / FLOPs reduction of each ``--target-latency`` plan against a uniform plan at
-   the same FLOPs (``--ratio`` found by bisection, the target's default rounding; goal >= 1.0);
+   the same FLOPs (``--ratio`` found by bisection, the target's default rounding; goal >= 1.0),
+   and by the latency model that of each group's steps alone and of every group at its narrowest
+   (what the layers that do not shrink, and per-call overhead, leave);
 4. the machine's load while it measured (a busy machine makes every figure noisier).
 
 Every measured latency is the original and the pruned model in interleaved rounds
@@ -45,6 +47,7 @@ from npcompile.pipeline import Context  # noqa: E402
 from npcompile.runtime.latency_model import kept_dims, weight_axes  # noqa: E402
 from npcompile.runtime.timing import StableOptions, compare, machine_load  # noqa: E402
 from npcompile.runtime.verify import probe_inputs  # noqa: E402
+from npcompile.search.levels import lowest_mask  # noqa: E402
 from npcompile.targets.ort import cpu_vector_width  # noqa: E402
 
 GOAL_ERROR = 0.10
@@ -86,6 +89,31 @@ def uniform_at_flops(ctx: Context, cm: CostModel, flops: float, round_to: int) -
         if best is None or gap < best[0]:
             best = (gap, removal, float(r))
     return best[1], best[2]
+
+
+def step_ratios(ctx: Context, lb: LatencyBudgetPass, model: Any, cm: CostModel, step: int) -> dict[str, Any]:
+    """By the latency model: latency reduction / FLOPs reduction of every plannable width of every
+    group alone (``steps``: (ratio, group, width), best first), and of the floor, every group at
+    its narrowest plannable width (what the layers that do not shrink leave)."""
+    groups = [g for g in ctx.analysis.prunable_groups() if g.id in ctx.scores]
+    axes = weight_axes(ctx.analysis)
+    steps, _ = lb.steps(ctx, groups, model, axes, step)
+
+    def ratio(rem: dict) -> tuple[float, float, float]:
+        flops = cm.cost(rem).flops / cm.base.flops
+        lat = model.predict_ms(kept_dims(ctx.analysis, axes, rem)) / model.t_full
+        return (1 - lat) / max(1 - flops, 1e-9), lat, flops
+
+    out = []
+    for g in groups:
+        for w in steps[g.id][1:]:
+            r, _, flops = ratio({g.id: lowest_mask(g, ctx.scores[g.id], g.size // g.blocks - w)})
+            if flops < 1 - 1e-3:
+                out.append((r, g.name, w * g.blocks))
+    floor = {g.id: lowest_mask(g, ctx.scores[g.id], g.size // g.blocks - steps[g.id][-1])
+             for g in groups if len(steps[g.id]) > 1}
+    r, lat, flops = ratio(floor)
+    return {"steps": sorted(out, reverse=True), "floor": {"ratio": r, "latency": lat, "flops": flops}}
 
 
 def one_config(name: str, path: Path, batch: int, threads: int, levels: int, targets: list[float], seconds: float,
@@ -132,7 +160,8 @@ def one_config(name: str, path: Path, batch: int, threads: int, levels: int, tar
         pairs.append({"target": target, "plan": plan, "uniform": uni})
     return {"model": name, "threads": threads, "build_s": build_s, "reused": where["reused"],
             "layers": model.info.get("layers"), "timed": model.info.get("timed_subgraphs"), "kappa": model.kappa,
-            "t_full_ms": model.t_full, "rows": rows, "pairs": pairs}
+            "t_full_ms": model.t_full, "rows": rows, "pairs": pairs,
+            "steps": step_ratios(ctx, lb, model, cm, where["step"])}
 
 
 def print_config(res: dict[str, Any], batch: int) -> None:
@@ -146,6 +175,12 @@ def print_config(res: dict[str, Any], batch: int) -> None:
         print(f"  {r['plan']:44s} {r['flops']:10.3f} {r['predicted']:9.3f} "
               f"{r['measured']:8.3f} ({r['low']:.3f}-{r['high']:.3f}) {100 * r['error']:5.1f}% {lvf:>9s}"
               f"{' busy' if r['busy'] else ''}")
+    if res["steps"]["steps"]:
+        (top, name, width), fl = res["steps"]["steps"][0], res["steps"]["floor"]
+        print(f"  latency model, latency/FLOPs reduction: one group's step alone best {top:.2f} ({name} to {width}), "
+              f"median {statistics.median(r for r, _, _ in res['steps']['steps']):.2f} over "
+              f"{len(res['steps']['steps'])}; every group at its narrowest {fl['ratio']:.2f} "
+              f"(latency {fl['latency']:.3f}, FLOPs {fl['flops']:.3f})")
     for p in res["pairs"]:
         a, b = p["plan"]["lat_vs_flops"], p["uniform"]["lat_vs_flops"]
         if a is not None and b is not None:
@@ -173,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         levels, targets = 4, targets[:1]
     load = [machine_load()]
     print(f"machine: {load[0]['cores']} cores, load {load[0]['load1']} at the start")
-    errors, aligned, ratios, uni_ratios = [], [], [], []
+    errors, aligned, ratios, uni_ratios, best_ratios = [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for name in models:
@@ -189,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                     print_config(res, batch)
                     errors += [r["error"] for r in res["rows"]]
                     aligned += [r["error"] for r in res["rows"] if not r["plan"].endswith("round-to 1")]
+                    best_ratios.append(res["steps"]["floor"]["ratio"])
                     for p in res["pairs"]:
                         if p["plan"]["lat_vs_flops"] is not None:
                             ratios.append(p["plan"]["lat_vs_flops"])
@@ -204,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     if ratios:
         print(f"  latency/FLOPs reduction: target-latency plans median {statistics.median(ratios):.2f}, uniform at "
               f"the same FLOPs {statistics.median(uni_ratios):.2f} (goal >= {GOAL_RATIO:.1f})")
+    if best_ratios:
+        print(f"  ... by the latency model, every group at its narrowest plannable width: median "
+              f"{statistics.median(best_ratios):.2f}, max {max(best_ratios):.2f} (the layers that do not shrink)")
     loads = [x["load1"] for x in load if x["load1"] is not None]
     if loads:
         busy = any(x["busy"] for x in load)

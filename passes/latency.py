@@ -226,6 +226,27 @@ class LatencyBudgetPass(Pass):
             grid = set(width_grid(size, step, self.levels, True))
         return sorted((grid & allowed) | {size}, reverse=True)
 
+    def steps(self, ctx: Context, groups: list[Group], model: LatencyModel, axes: dict, step: int
+              ) -> tuple[dict[int, list[int]], list[dict[str, Any]]]:
+        """Every group's plannable widths (per block, widest first): the candidates where the
+        predicted latency drops below that of every wider one; and the curves for the report."""
+        steps, curves = {}, []
+        noise = 0.002 * model.t_full
+        for g in groups:
+            widths = self._candidates(g, step)
+            pred = [model.predict_ms(kept_dims(ctx.analysis, axes, {} if w == g.size // g.blocks else
+                                               {g.id: lowest_mask(g, ctx.scores[g.id], g.size // g.blocks - w)}))
+                    for w in widths]
+            kept, floor = [], math.inf
+            for w, ms in zip(widths, pred, strict=True):  # widest first: a step is where latency drops
+                if ms < floor - noise or not kept:
+                    kept.append(w)
+                    floor = ms
+            steps[g.id] = kept
+            curves.append({"group": g.name, "width": g.size, "widths": [w * g.blocks for w in widths],
+                           "ms": [round(x, 5) for x in pred], "steps": [w * g.blocks for w in kept]})
+        return steps, curves
+
     # -- planning ------------------------------------------------------------------------------
     def _plan(self, ctx: Context, groups: list[Group], steps: dict[int, list[int]], losses: dict[int, list[float]],
               model: LatencyModel, axes: dict, cm: CostModel, goal_ms: float, joint: _JointLoss | None = None
@@ -351,21 +372,7 @@ class LatencyBudgetPass(Pass):
         model, where = self._model(ctx, feeds, groups)
         axes = weight_axes(ctx.analysis)
         cm = CostModel(ctx.analysis, ctx.shapes)
-        steps, curves = {}, []
-        noise = 0.002 * model.t_full
-        for g in groups:
-            widths = self._candidates(g, where["step"])
-            pred = [model.predict_ms(kept_dims(ctx.analysis, axes, {} if w == g.size // g.blocks else
-                                               {g.id: lowest_mask(g, ctx.scores[g.id], g.size // g.blocks - w)}))
-                    for w in widths]
-            kept, floor = [], math.inf
-            for w, ms in zip(widths, pred, strict=True):  # widest first: a step is where latency drops
-                if ms < floor - noise or not kept:
-                    kept.append(w)
-                    floor = ms
-            steps[g.id] = kept
-            curves.append({"group": g.name, "width": g.size, "widths": [w * g.blocks for w in widths],
-                           "ms": [round(x, 5) for x in pred], "steps": [w * g.blocks for w in kept]})
+        steps, curves = self.steps(ctx, groups, model, axes, where["step"])
         ev = evaluator_for(ctx, self.evaluator, groups, self.threads, True) if self.evaluator is not None else None
         baseline = ev({}) if ev is not None else 0.0
         losses, guide = self._losses(ctx, groups, steps, ev, baseline)
