@@ -3,7 +3,8 @@ the original's, planned from a latency model measured on the target, then checke
 pruned model.
 
 1. The per-layer latency model (:mod:`npcompile.runtime.latency_model`) is built, or read from
-   its cache, for the deployment session (provider, threads, input shapes).
+   its cache, for the deployment session (provider, threads, input shapes), on ONNX Runtime or,
+   with ``engine="tensorrt"``, on engines the target builds.
 2. Every group's candidate widths are the *steps* of its measured curve: widths where the
    predicted latency drops below that of every wider candidate; for convolutions whose width is a
    multiple of the CPU's vector width, only multiples of it (``round_to`` > 1 forces multiples of
@@ -70,6 +71,8 @@ log = logging.getLogger(__name__)
 
 #: how the plan ranks the next step of a group
 CRITERIA = ("per-ms", "importance")
+#: channel granularity of the latency model on a GPU engine (FP16 tensor cores)
+GPU_CHANNEL_STEP = 8
 
 
 def _removed(g: Group, widths: list[int]) -> list[int]:
@@ -132,6 +135,10 @@ class LatencyBudgetPass(Pass):
         _: KW_ONLY
         threads: int = 0
         provider: str = option("CPUExecutionProvider", record=False)
+        #: what the latency model is measured on: "onnxruntime" (a session with ``threads`` and
+        #: ``provider``), or another name ("tensorrt"): every layer and the whole model built
+        #: and timed by ``measure``, the deployment target's runner factory
+        engine: str = option("onnxruntime", record=False)
         target_params: float | None = None
         target_flops: float | None = None
         tolerance: float | None = None
@@ -165,6 +172,8 @@ class LatencyBudgetPass(Pass):
             if self.criterion not in CRITERIA:
                 raise OptionError(f"{OPT:criterion=latency_criterion} must be one of {', '.join(CRITERIA)}, "
                                   f"got {self.criterion!r}")
+            if self.engine != "onnxruntime" and not callable(self.measure):
+                raise UserError(f"latency budget: the {self.engine} latency model needs the target's runner (measure)")
             if self.refine < 0 or self.levels < 2 or self.round_to < 1 or not 0.0 <= self.margin < 1.0:
                 raise UserError("latency budget: refine must be >= 0, levels >= 2, round_to >= 1, margin in [0, 1)")
             measure = self.measure
@@ -179,15 +188,17 @@ class LatencyBudgetPass(Pass):
         """How the latency model is measured (the deployment session and the width grid)."""
         from npcompile.targets.ort import cpu_vector_width
 
-        return LatencyModelOptions(threads=self.threads, provider=self.provider,
-                                   step=self.step or cpu_vector_width()[0], levels=self.levels)
+        # GPUs' tensor cores take channels in multiples of 8 (FP16); a CPU its vector width
+        lanes = cpu_vector_width()[0] if self.engine == "onnxruntime" else GPU_CHANNEL_STEP
+        return LatencyModelOptions(threads=self.threads, provider=self.provider, step=self.step or lanes,
+                                   levels=self.levels)
 
     def cache_key(self, ctx: Context, feeds: dict, machine: dict[str, Any] | None = None) -> str:
         """The latency model's cache key for this model, session, input shapes and machine."""
         from npcompile.runtime import latency_cache as lc
 
         shapes = {k: list(v.shape) for k, v in feeds.items()}
-        return lc.cache_key(ctx.model.SerializeToString(), "onnxruntime", self.model_options().key_fields(), shapes,
+        return lc.cache_key(ctx.model.SerializeToString(), self.engine, self.model_options().key_fields(), shapes,
                             machine)
 
     def _model(self, ctx: Context, feeds: dict, groups: list[Group]) -> tuple[LatencyModel, dict[str, Any]]:
@@ -201,16 +212,18 @@ class LatencyBudgetPass(Pass):
         if cached is not None:
             log.info("latency model: reusing %s", folder / f"{key[:40]}.json")
             return LatencyModel.from_dict(cached["model"]), {"key": key, "cache": str(folder), "reused": True,
-                                                             "step": step}
+                                                             "step": step, "engine": self.engine}
         half = {}  # the calibration model: about half of every group, at widths the plan may take
         for g in groups:
             keep = min(self._candidates(g, step), key=lambda w, size=g.size // g.blocks: abs(w - size / 2))
             if keep < g.size // g.blocks:
                 half[g.id] = lowest_mask(g, ctx.scores[g.id], g.size // g.blocks - keep)
         with progress("measuring layer latency", total=None) as tick:
-            model = build_latency_model(ctx, feeds, opts, half, progress=lambda name: tick(1, name))
+            model = build_latency_model(ctx, feeds, opts, half, progress=lambda name: tick(1, name),
+                                        runner=None if self.engine == "onnxruntime" else self.measure)
         path = lc.store(folder, key, {"model": model.as_dict()}) if self.use_cache else None
-        return model, {"key": key, "cache": str(path) if path else None, "reused": False, "step": step}
+        return model, {"key": key, "cache": str(path) if path else None, "reused": False, "step": step,
+                       "engine": self.engine}
 
     def _candidates(self, g: Group, step: int) -> list[int]:
         """Kept widths (per block) a group may take, descending from the full width."""

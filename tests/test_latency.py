@@ -237,3 +237,40 @@ def test_a_plan_meets_the_target_only_with_its_uncertainty_under_it() -> None:
     assert LatencyBudgetPass(0.5, margin=0.0)._next_goal(0.5, 0.49, 0.52) is None  # margin 0: the estimate alone
     with pytest.raises(UserError):
         LatencyBudgetPass(0.5, margin=1.5)
+
+
+def test_the_latency_model_is_measured_on_the_engine_the_target_builds(tmp_path: Path) -> None:
+    # engine "tensorrt" (or any other than onnxruntime) times every layer and the whole model with
+    # the target's runner factory; here a real ONNX Runtime runner, counted, stands in for the engine
+    import onnx
+
+    from npcompile import CompileOptions
+    from npcompile.graph.shapes import probe_shapes
+    from npcompile.options.specs import pipeline_specs
+    from npcompile.runtime.latency_model import ort_runner
+
+    built = []
+
+    def factory(model: object, feeds: dict) -> object:
+        built.append(sorted(feeds))
+        return ort_runner(1)(model, feeds)
+
+    model = onnx.load(str(LENET))
+    ctx = Context(model, probe_shapes(model, {}))
+    feeds = probe_inputs(ctx.model, ctx.probe, batch=None, seed=0)
+    lb = LatencyBudgetPass(0.8, threads=1, engine="gpu-engine", measure=factory, cache=str(tmp_path), refine=0,
+                           max_seconds=1)
+    res = lb.run(ctx)
+    lm = res.sections["latency-model"]
+    assert lm["engine"] == "gpu-engine" and lm["step"] == 8  # a GPU's channel granularity
+    # the identity probe, every timed layer, the whole model twice (calibration), then one check
+    assert len(built) == 1 + lm["timed_subgraphs"] + 2 + 2
+    assert built[1] == ["x"] and built[-1] == sorted(feeds)
+    assert lb.cache_key(ctx, feeds) != LatencyBudgetPass(0.8, threads=1).cache_key(ctx, feeds)
+    with pytest.raises(UserError, match="needs the target's runner"):
+        LatencyBudgetPass(0.8, engine="tensorrt")
+    # --target tensorrt plans from engines the target builds; --target onnxruntime from sessions
+    for target, engine in (("tensorrt", "tensorrt"), ("onnxruntime", None)):
+        specs = pipeline_specs(CompileOptions(target=target, target_latency=0.5), 1)
+        (spec,) = [s for s in specs if s.name == "latency-budget"]
+        assert spec.options.get("engine") == engine

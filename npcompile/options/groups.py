@@ -258,6 +258,8 @@ class _Search(OptionGroup):
             from npcompile.targets.ort import PROVIDERS
 
             lat["provider"] = PROVIDERS.get(o.provider, o.provider)
+        if o.target == "tensorrt":  # the layers timed as engines the target builds
+            lat["engine"] = "tensorrt"
         return _spec("latency-budget", lat)
 
     def budget_spec(self, o: Any, common: dict[str, Any]) -> PassSpec:

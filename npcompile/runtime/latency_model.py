@@ -4,7 +4,8 @@ whole model's latency changes with any removal.
 
 Each layer is measured *in isolation*: a one-node ONNX model with the layer's attributes, input
 shape (batch included) and weight shape, run in a session with the session options the user
-deploys with (provider, intra-op threads, full graph optimization). Along every pruned axis of
+deploys with (provider, intra-op threads, full graph optimization), or built into an engine by
+the deployment target (TensorRT: :func:`build_latency_model`'s ``runner``). Along every pruned axis of
 its weight (output channels, input channels) the widths of a grid are timed, the other axis at
 full width (warm-up, repeated rounds until the median is known within a few per cent, its
 interval kept as the error). Identical layers are measured once.
@@ -33,7 +34,7 @@ from onnx import TensorProto, helper
 
 from npcompile.runtime.timing import StableOptions, median_interval, stable_samples
 
-__all__ = ["LatencyModelOptions", "LatencyModel", "width_grid", "build_latency_model", "ort_runner"]
+__all__ = ["LatencyModelOptions", "LatencyModel", "RunnerFactory", "width_grid", "build_latency_model", "ort_runner"]
 
 log = logging.getLogger(__name__)
 
@@ -225,13 +226,20 @@ def ort_runner(threads: int = 0, provider: str = "CPUExecutionProvider") -> Any:
     return factory
 
 
+#: ``factory(model, feeds)`` -> ``run(runs, warmup)`` -> milliseconds per call
+RunnerFactory = Callable[[Any, dict], Callable[[int, int], list[float]]]
+
+
 def time_model(model: onnx.ModelProto | bytes, feeds: dict[str, np.ndarray], options: LatencyModelOptions,
-               runs: int | None = None, max_seconds: float | None = None) -> tuple[float, float]:
-    """p50 milliseconds of a model on the model's session options, and half its 95 % interval."""
+               runs: int | None = None, max_seconds: float | None = None,
+               runner: RunnerFactory | None = None) -> tuple[float, float]:
+    """p50 milliseconds of a model, and half its 95 % interval: on ONNX Runtime with the options'
+    session options, or on the engine ``runner`` builds."""
     sopts = StableOptions(runs=runs or options.runs, warmup=options.warmup, precision=options.precision,
                           min_rounds=1, max_rounds=options.max_rounds,
                           max_seconds=options.max_seconds if max_seconds is None else max_seconds)
-    samples, _ = stable_samples(_session_runner(model, feeds, options), sopts)
+    run = runner(model, feeds) if runner is not None else _session_runner(model, feeds, options)
+    samples, _ = stable_samples(run, sopts)
     lo, hi = median_interval(samples)
     return float(np.median(samples)), (hi - lo) / 2
 
@@ -260,11 +268,16 @@ def kept_dims(analysis: Any, axes: Mapping[str, Mapping[int, tuple[Any, int]]],
 
 
 def build_latency_model(ctx: Any, feeds: dict[str, np.ndarray], options: LatencyModelOptions,
-                        half_removal: Mapping[int, np.ndarray], progress: Callable[[str], None] | None = None
-                        ) -> LatencyModel:
+                        half_removal: Mapping[int, np.ndarray], progress: Callable[[str], None] | None = None,
+                        runner: RunnerFactory | None = None) -> LatencyModel:
     """Measure the table for ``ctx.model`` (its analysis and static shapes) at ``feeds``' batch, and
-    calibrate it with the whole model unpruned and pruned by ``half_removal``."""
+    calibrate it with the whole model unpruned and pruned by ``half_removal``. Every model (the
+    one-node layers and the whole graph) is timed on ONNX Runtime with ``options``' session
+    options, or, with ``runner``, on the engine it builds (a deployment target's: TensorRT)."""
     from npcompile.channels.masked import prune_copy
+
+    def make(model: Any, x: dict[str, np.ndarray]) -> Callable[[int, int], list[float]]:
+        return runner(model, x) if runner is not None else _session_runner(model, x, options)
 
     t_start = time.perf_counter()
     graph, shapes = ctx.analysis.graph, ctx.shapes
@@ -282,7 +295,7 @@ def build_latency_model(ctx: Any, feeds: dict[str, np.ndarray], options: Latency
         if key not in memo:
             model = _one_node(node, x_shape, w_shape, has_bias, depthwise, opset)
             x = np.random.default_rng(0).standard_normal(x_shape).astype(np.float32)
-            memo[key] = time_model(model, {"x": x}, options)
+            memo[key] = time_model(model, {"x": x}, options, runner=runner)
             measured += 1
         return memo[key]
 
@@ -293,7 +306,8 @@ def build_latency_model(ctx: Any, feeds: dict[str, np.ndarray], options: Latency
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]),
         opset_imports=[helper.make_opsetid("", opset)])
-    overhead, _ = time_model(tiny, {"x": np.zeros([1], np.float32)}, options, runs=max(options.runs, 20))
+    overhead, _ = time_model(tiny, {"x": np.zeros([1], np.float32)}, options, runs=max(options.runs, 20),
+                             runner=runner)
 
     for node in graph.nodes:
         if node.name not in axes or node.op not in ("Conv", "Gemm", "MatMul"):
@@ -338,12 +352,13 @@ def build_latency_model(ctx: Any, feeds: dict[str, np.ndarray], options: Latency
     kappa = 1.0
     t_half = None
     if not half_removal:
-        t_full, e_full = time_model(ctx.model, feeds, options, runs=max(options.runs, 10), max_seconds=5.0)
+        t_full, e_full = time_model(ctx.model, feeds, options, runs=max(options.runs, 10), max_seconds=5.0,
+                                    runner=runner)
     else:  # the full and the half-width model interleaved: their ratio survives a busy machine
         from npcompile.runtime.timing import compare
 
         half = prune_copy(ctx.model, ctx.analysis, half_removal, ctx.probe)
-        cmp = compare(_session_runner(ctx.model, feeds, options), _session_runner(half, feeds, options),
+        cmp = compare(make(ctx.model, feeds), make(half, feeds),
                       StableOptions(runs=max(options.runs, 10), warmup=options.warmup, precision=0.02,
                                     max_rounds=8, max_seconds=10.0))
         t_full = float(np.median(cmp["before"]))

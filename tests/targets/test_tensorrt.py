@@ -219,3 +219,20 @@ def test_parse_error_is_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="cannot parse") as exc:
         TensorRTTarget().build(model, tmp_path)
     assert "\n" not in str(exc.value)
+
+
+@pytest.mark.tensorrt
+@needs_trt
+def test_target_latency_measures_layers_as_engines(tmp_path: Path) -> None:
+    """``--target tensorrt --target-latency``: the latency model times every layer as an engine the
+    target builds (not an ONNX Runtime session), at the GPU's channel granularity."""
+    lenet = Path(__file__).resolve().parents[2] / "examples" / "lenet_mnist" / "model.onnx"
+    out = tmp_path / "o"
+    r = subprocess.run([sys.executable, "-m", "npcompile", str(lenet), "--target", "tensorrt", "--target-latency",
+                        "0.8", "--latency-cache", str(tmp_path / "cache"), "--latency-max-seconds", "2",
+                        "--no-plots", "-o", str(out)], capture_output=True, text=True, timeout=1200)
+    assert r.returncode in (0, 1), r.stderr  # 1: LeNet's latency on a GPU is mostly launch overhead
+    rep = json.loads((out / "report.json").read_text())
+    lm, lb = rep["latency-model"], rep["latency-budget"]
+    assert lm["engine"] == "tensorrt" and lm["step"] == 8 and lm["timed_subgraphs"] > 0
+    assert lb["attempts"] and lb["verified"]["fraction"] > 0
