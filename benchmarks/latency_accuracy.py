@@ -38,7 +38,7 @@ import npcompile  # noqa: E402
 from npcompile.runtime.data import load_data  # noqa: E402
 from npcompile.runtime.evaluate import make_evaluator  # noqa: E402
 from npcompile.runtime.latency_model import ort_runner  # noqa: E402
-from npcompile.runtime.timing import StableOptions, compare, machine_load  # noqa: E402
+from npcompile.runtime.timing import OtherWork, StableOptions, compare, machine_load  # noqa: E402
 from npcompile.targets.ort import cpu_vector_width  # noqa: E402
 
 
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"missing {args.work / f}: run examples/binary_search_vgg/train.py --out {args.work}",
                   file=sys.stderr)
             return 2
-    load = machine_load()
+    load, other = machine_load(), OtherWork()
     print(f"machine: {load['cores']} cores, load {load['load1']} at the start; {args.threads} thread(s), batch 1")
     b = Bench(args)
     lanes = cpu_vector_width()[0]
@@ -144,8 +144,11 @@ def main(argv: list[str] | None = None) -> int:
                       f"latency {plan['latency']:.3f} vs {r['latency']:.3f}, FLOPs {plan['flops']:.3f} vs "
                       f"{r['flops']:.3f}")
             sys.stdout.flush()
-    end = machine_load()
-    print(f"\nmachine load {load['load1']}-{end['load1']}" + (" -- busy: timings noisy" if end["busy"] else ""))
+    end, others = machine_load(), other.cores()
+    busy = others is not None and others > OtherWork.BUSY_SHARE * end["cores"]
+    print(f"\nmachine load {load['load1']}-{end['load1']} (this script's own threads included)"
+          + (f"; other processes used {others:.2f} cores on average" if others is not None else "")
+          + (" -- busy: timings noisy" if busy else ""))
     return 0
 
 

@@ -13,7 +13,8 @@ at each thread count and batch size asked for, it prints:
    the same FLOPs (``--ratio`` found by bisection, the target's default rounding; goal >= 1.0),
    and by the latency model that of each group's steps alone and of every group at its narrowest
    (what the layers that do not shrink, and per-call overhead, leave);
-4. the machine's load while it measured (a busy machine makes every figure noisier).
+4. the machine's load while it measured, and the cores other processes used then (a busy machine
+   makes every figure noisier; "busy" marks a comparison during which others used over a quarter).
 
 Every measured latency is the original and the pruned model in interleaved rounds
 (:func:`npcompile.runtime.timing.compare`). A measurement script, not a test: nothing is asserted.
@@ -139,6 +140,7 @@ def one_config(name: str, path: Path, batch: int, threads: int, levels: int, tar
         flops = cm.cost(removal).flops / cm.base.flops
         return {"measured": frac, "low": 1 / cmp["speedup_high"], "high": 1 / cmp["speedup_low"],
                 "predicted": pred, "flops": flops, "error": abs(pred - frac) / frac, "busy": cmp["load"]["busy"],
+                "others": cmp["load"].get("others"),
                 "lat_vs_flops": (1 - frac) / (1 - flops) if flops < 1 else None}
 
     rows = []
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         levels, targets = 4, targets[:1]
     load = [machine_load()]
     print(f"machine: {load[0]['cores']} cores, load {load[0]['load1']} at the start")
-    errors, aligned, ratios, uni_ratios, best_ratios = [], [], [], [], []
+    errors, aligned, ratios, uni_ratios, best_ratios, all_rows = [], [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for name in models:
@@ -223,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                     load.append(machine_load())
                     print_config(res, batch)
                     errors += [r["error"] for r in res["rows"]]
+                    all_rows += res["rows"]
                     aligned += [r["error"] for r in res["rows"] if not r["plan"].endswith("round-to 1")]
                     best_ratios.append(res["steps"]["floor"]["ratio"])
                     for p in res["pairs"]:
@@ -245,8 +248,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{statistics.median(best_ratios):.2f}, max {max(best_ratios):.2f} (the layers that do not shrink)")
     loads = [x["load1"] for x in load if x["load1"] is not None]
     if loads:
-        busy = any(x["busy"] for x in load)
-        print(f"  machine load {min(loads):.2f}-{max(loads):.2f} on {load[0]['cores']} cores"
+        others = [r["others"] for r in all_rows if r.get("others") is not None]
+        busy = any(r["busy"] for r in all_rows)
+        print(f"  machine load {min(loads):.2f}-{max(loads):.2f} on {load[0]['cores']} cores (this script's own "
+              f"threads included)" + (f"; other processes used at most {max(others):.2f} cores while it measured"
+                                      if others else "")
               + (" -- busy: other work was running; the timings are noisy" if busy else ""))
     return 0
 

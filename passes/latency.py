@@ -260,6 +260,15 @@ class LatencyBudgetPass(Pass):
                            "ms": [round(x, 5) for x in pred], "steps": [w * g.blocks for w in kept]})
         return steps, curves
 
+    @staticmethod
+    def _shares(ctx: Context, model: LatencyModel) -> list[dict[str, Any]]:
+        """Each timed layer's share of the latency beside its share of the FLOPs (FLOPs are not speed)."""
+        from npcompile.channels.cost import node_macs
+
+        macs = {n.name: m for n in ctx.analysis.graph.nodes if (m := node_macs(n, ctx.shapes)) is not None}
+        return [{**r, "ms": round(r["ms"], 5), "latency": round(r["latency"], 4), "flops": round(r["flops"], 4)}
+                for r in model.shares(macs, sum(macs.values()))]
+
     # -- planning ------------------------------------------------------------------------------
     def _plan(self, ctx: Context, groups: list[Group], steps: dict[int, list[int]], losses: dict[int, list[float]],
               model: LatencyModel, axes: dict, cm: CostModel, goal_ms: float, joint: _JointLoss | None = None
@@ -441,7 +450,8 @@ class LatencyBudgetPass(Pass):
                 "prediction_error": float(np.median(pred_err)) if pred_err else None, "channels": n}
         if joint is not None:
             data["evaluations"] = joint.evaluations
-        model_info = {**where, "kappa": model.kappa, "t_full_ms": model.t_full, **model.info, "curves": curves}
+        model_info = {**where, "kappa": model.kappa, "t_full_ms": model.t_full, **model.info, "curves": curves,
+                      "shares": self._shares(ctx, model)}
         return PassResult(False, summary, data, report={"summary": summary, **data},
                           sections={"latency-model": model_info})
 

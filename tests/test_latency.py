@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +156,14 @@ def test_target_latency_missed_fails_with_the_gap_and_reuses_the_cache(tmp_path:
         if g["name"] in steps:
             assert g["width_after"] in steps[g["name"]]
     assert rep["rounding"]["source"].startswith("steps of the latency curve")
+    # where the time goes: every timed layer, slowest first, then the remainder; both shares add up
+    shares = lm["shares"]
+    assert shares[-1]["layer"] is None and len(shares) == lm["layers"] + 1
+    assert all(a["ms"] >= b["ms"] for a, b in zip(shares[:-2], shares[1:-1], strict=True))
+    assert sum(r["latency"] for r in shares) == pytest.approx(1.0, abs=1e-3)
+    assert sum(r["flops"] for r in shares) == pytest.approx(1.0, abs=1e-3)
+    assert sum(r["ms"] for r in shares) == pytest.approx(lm["t_full_ms"], rel=1e-3)
+    assert "Where the time goes" in (tmp_path / "a" / "report.md").read_text()
     assert not lm["reused"] and len(list(cache.iterdir())) == 1
     r2 = run(*args, "-o", tmp_path / "b")
     assert r2.returncode == 1
@@ -274,3 +283,26 @@ def test_the_latency_model_is_measured_on_the_engine_the_target_builds(tmp_path:
         specs = pipeline_specs(CompileOptions(target=target, target_latency=0.5), 1)
         (spec,) = [s for s in specs if s.name == "latency-budget"]
         assert spec.options.get("engine") == engine
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="Linux /proc/stat")
+def test_other_work_counts_other_processes_not_this_one() -> None:
+    # this process spinning is not "other work" (the load average would count it, a minute late);
+    # a child spinning a core for 1.5 s is
+    from npcompile.runtime.timing import OtherWork
+
+    own = OtherWork()
+    t = time.perf_counter()
+    while time.perf_counter() - t < 1.0:
+        pass
+    assert own.cores() < 0.5
+    other = OtherWork()
+    subprocess.run([sys.executable, "-c", "import time\nt = time.perf_counter()\n"
+                    "while time.perf_counter() - t < 1.5: pass"], check=True, timeout=60)
+    assert other.cores() > 0.6
+    def slow(ms: float) -> object:  # 30 ms of wall time a round: long enough to tell who used the CPU
+        return lambda n, w: (time.sleep(0.03), [ms] * n)[1]
+
+    res = compare(slow(2.0), slow(1.0), StableOptions(runs=5, max_rounds=2))
+    load = res["load"]
+    assert load["others"] is not None and load["busy"] == (load["others"] > 0.25 * load["cores"])

@@ -182,8 +182,10 @@ def _latency_model_lines(report: dict[str, Any], images: list[str] | tuple[str, 
     lb, lm = report.get("latency-budget"), report.get("latency-model")
     if not isinstance(lm, dict) or not lm.get("curves"):
         return []
+    engine = {"onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT engines"}.get(lm.get("engine", "onnxruntime"),
+                                                                                  lm.get("engine"))
     lines = ["## Latency model", "",
-             f"Measured on ONNX Runtime (batch {lm.get('batch')}, step {lm.get('step')}): {lm.get('layers')} layers, "
+             f"Measured on {engine} (batch {lm.get('batch')}, step {lm.get('step')}): {lm.get('layers')} layers, "
              f"{lm.get('timed_subgraphs', 0)} isolated subgraphs timed in {lm.get('build_s', 0):.1f} s"
              f"{' (reused from the cache)' if lm.get('reused') else ''}; whole model {lm['t_full_ms']:.3f} ms, "
              f"calibration factor {lm['kappa']:.2f}. Cache: `{lm.get('cache')}`.", ""]
@@ -192,6 +194,15 @@ def _latency_model_lines(report: dict[str, Any], images: list[str] | tuple[str, 
         for i, a in enumerate(lb["attempts"], 1):
             lines.append(f"| {i} | {a['goal']:.3f} | {a['predicted']:.3f} | {a['measured']:.3f} "
                          f"({a['low']:.3f}-{a['high']:.3f}) |")
+        lines.append("")
+    if lm.get("shares"):
+        lines += ["Where the time goes: each layer's calibrated time against its share of the FLOPs "
+                  "(latency/FLOPs above 1: slower than its FLOPs say; the remainder does not shrink with any "
+                  "width).", "", "| layer | ms | latency | FLOPs | latency/FLOPs |", "|---|---:|---:|---:|---:|"]
+        for r in lm["shares"]:
+            ratio = f"{r['latency'] / r['flops']:.2f}" if r["flops"] > 0 else "n/a"
+            lines.append(f"| {r['layer'] or '(remainder: other ops, overhead)'} | {r['ms']:.4g} | "
+                         f"{r['latency']:.1%} | {r['flops']:.1%} | {ratio} |")
         lines.append("")
     lines += ["| group | width | widths: predicted model ms (steps in bold) |", "|---|---:|---|"]
     for c in lm["curves"]:
@@ -246,6 +257,8 @@ def render_markdown(report: dict[str, Any], images: list[str] | tuple[str, ...] 
                f"{'' if lat.get('stable', True) else ' (not stable at the cap)'}")
         if load.get("load1") is not None:
             how += f"; machine load {load['load1']:g} on {load['cores']} cores"
+            if load.get("others") is not None:
+                how += f", {load['others']:g} used by other processes while measuring"
             how += " (busy)" if load.get("busy") else ""
         lines += ["## Latency", "", f"batch {lat['batch']}, threads {lat['threads'] or 'default'}; {how}", "",
                   "| ms | p50 | p50 95 % interval | p90 | p99 | mean | spread |", "|---|---:|---:|---:|---:|---:|---:|"]

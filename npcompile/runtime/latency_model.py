@@ -182,6 +182,20 @@ class LatencyModel:
         """The whole model's latency (ms) at the given kept weight dims."""
         return max(self.t_full - self.kappa * (self._s_full - self.layer_sum(dims)), 0.0)
 
+    def shares(self, macs: Mapping[str, float], total_macs: float) -> list[dict[str, Any]]:
+        """Where the whole model's time goes: each timed layer's calibrated time (``kappa`` x its
+        isolated time), its share of the latency and, from ``macs`` (layer name -> MACs), its share
+        of the FLOPs, slowest first; then the remainder no width changes in this model (other ops,
+        layers not pruned, per-call overhead)."""
+        total = max(float(total_macs), 1e-12)
+        rows = [{"layer": la.name, "ms": self.kappa * la.t0, "latency": self.kappa * la.t0 / self.t_full,
+                 "flops": float(macs.get(la.name, 0.0)) / total} for la in self.layers]
+        rows.sort(key=lambda r: (-r["ms"], r["layer"]))
+        rest = self.t_full - self.kappa * self._s_full
+        rows.append({"layer": None, "ms": rest, "latency": rest / self.t_full,
+                     "flops": max(0.0, 1.0 - sum(r["flops"] for r in rows))})
+        return rows
+
     def as_dict(self) -> dict[str, Any]:
         return {"version": MODEL_VERSION, "t_full_ms": self.t_full, "kappa": self.kappa, "info": self.info,
                 "layers": [{"name": la.name, "op": la.op, "weight": la.weight, "shape": la.shape, "t0_ms": la.t0,

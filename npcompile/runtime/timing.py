@@ -23,8 +23,8 @@ import numpy as np
 
 from npcompile.report.progress import progress
 
-__all__ = ["StableOptions", "median_interval", "ratio_interval", "round_interval", "machine_load", "stable_samples",
-           "compare", "summarize", "dispersion_warning"]
+__all__ = ["StableOptions", "median_interval", "ratio_interval", "round_interval", "machine_load", "OtherWork",
+           "stable_samples", "compare", "summarize", "dispersion_warning"]
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +99,49 @@ def round_interval(ratios: Sequence[float]) -> tuple[float, float] | None:
 
 
 def machine_load() -> dict[str, Any]:
-    """The 1-minute load average against the cores this process may use; ``busy`` when other work
-    keeps more than half of them occupied (figures then spread and drift)."""
+    """The 1-minute load average against the cores this process may use; ``busy`` when it keeps
+    more than half of them occupied (figures then spread and drift). The average lags by a minute
+    and counts this process too: :class:`OtherWork` tells what *other* processes used."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:
         load1 = float(os.getloadavg()[0])
     except (OSError, AttributeError):
         return {"load1": None, "cores": cores, "busy": False}
     return {"load1": round(load1, 2), "cores": cores, "busy": load1 > 0.5 * cores}
+
+
+def _cpu_seconds_all() -> float | None:
+    """CPU seconds every process of the machine has used since boot (Linux ``/proc/stat``: user,
+    nice, system, irq, softirq and steal, the time a hypervisor gave to others); None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        ticks = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / ticks
+
+
+class OtherWork:
+    """How many cores processes other than this one kept busy between construction and
+    :meth:`cores` (CPU time of the whole machine less this process's, over the wall time): a
+    measurement's own threads, and the load average's minute of lag, do not count."""
+
+    BUSY_SHARE = 0.25  # other work on more than this share of the cores: the machine is busy
+
+    def __init__(self) -> None:
+        self.wall, self.all, self.own = time.perf_counter(), _cpu_seconds_all(), time.process_time()
+
+    def cores(self) -> float | None:
+        """Cores used by other processes since construction; None where it cannot be told."""
+        now = _cpu_seconds_all()
+        wall = time.perf_counter() - self.wall
+        if now is None or self.all is None or wall < 0.05:
+            return None
+        return max(0.0, (now - self.all - (time.process_time() - self.own)) / wall)
 
 
 def summarize(samples: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
@@ -149,6 +184,7 @@ def compare(run_before: Runner, run_after: Runner, options: StableOptions) -> di
     known within ``precision`` (or the cap). Returns the runs of both, the speedup with its
     interval, whether it became stable, the machine load and the warnings to show."""
     load_start = machine_load()
+    other = OtherWork()
     before: list[float] = []
     after: list[float] = []
     start = time.perf_counter()
@@ -184,13 +220,18 @@ def compare(run_before: Runner, run_after: Runner, options: StableOptions) -> di
             if rounds >= options.min_rounds and (stable or time.perf_counter() - start > options.max_seconds):
                 break
     load_end = machine_load()
+    others = other.cores()
     load = {**load_end, "load1_start": load_start["load1"],
-            "busy": bool(load_start["busy"] or load_end["busy"])}
+            "others": None if others is None else round(others, 2),
+            "busy": bool(load_start["busy"] or load_end["busy"]) if others is None
+            else others > OtherWork.BUSY_SHARE * load_end["cores"]}
     sb, sa = summarize(before, options.confidence), summarize(after, options.confidence)
     warnings = []
     if load["busy"]:
-        warnings.append(f"the machine is busy (load {load['load1']:g} on {load['cores']} cores): latency "
-                        "figures are noisy; measure on an idle machine to trust them")
+        what = (f"other processes used {others:.1f} of {load['cores']} cores while it measured"
+                if others is not None else f"load {load['load1']:g} on {load['cores']} cores")
+        warnings.append(f"the machine is busy ({what}): latency figures are noisy; measure on an idle machine to "
+                        "trust them")
     for w in (dispersion_warning(max(sb["spread"], sa["spread"])),):
         if w and not load["busy"]:
             warnings.append(w)
