@@ -266,7 +266,8 @@ class LatencyBudgetPass(Pass):
         from npcompile.channels.cost import node_macs
 
         macs = {n.name: m for n in ctx.analysis.graph.nodes if (m := node_macs(n, ctx.shapes)) is not None}
-        return [{**r, "ms": round(r["ms"], 5), "latency": round(r["latency"], 4), "flops": round(r["flops"], 4)}
+        return [{**r, **{k: round(r[k], 5) for k in ("ms", "excess_ms") if k in r},
+                 "latency": round(r["latency"], 4), "flops": round(r["flops"], 4)}
                 for r in model.shares(macs, sum(macs.values()))]
 
     # -- planning ------------------------------------------------------------------------------

@@ -204,6 +204,10 @@ def _latency_model_lines(report: dict[str, Any], images: list[str] | tuple[str, 
             lines.append(f"| {r['layer'] or '(remainder: other ops, overhead)'} | {r['ms']:.4g} | "
                          f"{r['latency']:.1%} | {r['flops']:.1%} | {ratio} |")
         lines.append("")
+        excess = lm["shares"][-1].get("excess_ms") or 0.0
+        if excess > 0:
+            lines += [f"The calibrated layers add up to {excess:.4g} ms more than the whole model (fused ops, the "
+                      "per-call overhead taken off each): the shares are of their sum.", ""]
     lines += ["| group | width | widths: predicted model ms (steps in bold) |", "|---|---:|---|"]
     for c in lm["curves"]:
         cells = ", ".join(f"**{w}**: {ms:.4g}" if w in c["steps"] else f"{w}: {ms:.4g}"

@@ -186,14 +186,18 @@ class LatencyModel:
         """Where the whole model's time goes: each timed layer's calibrated time (``kappa`` x its
         isolated time), its share of the latency and, from ``macs`` (layer name -> MACs), its share
         of the FLOPs, slowest first; then the remainder no width changes in this model (other ops,
-        layers not pruned, per-call overhead)."""
+        layers not pruned, per-call overhead). Where the calibrated layers add up to more than the
+        whole model (fused ops, overhead taken off each), the remainder is 0, the shares are of
+        their sum, and the remainder row's ``excess_ms`` says by how much."""
         total = max(float(total_macs), 1e-12)
-        rows = [{"layer": la.name, "ms": self.kappa * la.t0, "latency": self.kappa * la.t0 / self.t_full,
+        layer_ms = self.kappa * self._s_full
+        whole = max(self.t_full, layer_ms, 1e-12)
+        rows = [{"layer": la.name, "ms": self.kappa * la.t0, "latency": self.kappa * la.t0 / whole,
                  "flops": float(macs.get(la.name, 0.0)) / total} for la in self.layers]
         rows.sort(key=lambda r: (-r["ms"], r["layer"]))
-        rest = self.t_full - self.kappa * self._s_full
-        rows.append({"layer": None, "ms": rest, "latency": rest / self.t_full,
-                     "flops": max(0.0, 1.0 - sum(r["flops"] for r in rows))})
+        rest = self.t_full - layer_ms
+        rows.append({"layer": None, "ms": max(rest, 0.0), "latency": max(rest, 0.0) / whole,
+                     "flops": max(0.0, 1.0 - sum(r["flops"] for r in rows)), "excess_ms": max(-rest, 0.0)})
         return rows
 
     def as_dict(self) -> dict[str, Any]:
