@@ -23,8 +23,9 @@ pruned model.
    misses (the estimate above the target less its upward uncertainty, at most ``margin`` of the
    target, so that a second measurement still finds it under), the goal is tightened by the miss
    and the plan rebuilt (and loosened when it lands more than ``slack`` below the target), at most
-   ``refine`` times. The least pruning that met the target wins; a plan that still misses is kept and reported, and the
-   compilation's ``target-latency`` gate fails with the gap when it misses beyond the uncertainty.
+   ``refine`` times. The least pruning that met the target wins; a plan that still misses is kept
+   and reported, and the compilation's ``target-latency`` gate fails with the gap when it misses
+   beyond the uncertainty.
 """
 
 from __future__ import annotations
