@@ -111,18 +111,24 @@ def machine_load() -> dict[str, Any]:
 
 
 def _cpu_seconds_all() -> float | None:
-    """CPU seconds every process of the machine has used since boot (Linux ``/proc/stat``: user,
-    nice, system, irq, softirq and steal, the time a hypervisor gave to others); None elsewhere."""
+    """CPU seconds used since boot on the cores this process may run on, by every process (Linux
+    ``/proc/stat``, one ``cpuN`` line per core: user, nice, system, irq, softirq and steal, the
+    time a hypervisor gave to others); None elsewhere. Cores outside the affinity set (other
+    containers' cpusets) do not count."""
     try:
         with open("/proc/stat") as f:
-            fields = f.readline().split()
+            lines = [ln.split() for ln in f if ln.startswith("cpu") and ln[3:4].isdigit()]
         ticks = os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, AttributeError):
         return None
-    if len(fields) < 9 or fields[0] != "cpu":
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
-    return (user + nice + system + irq + softirq + steal) / ticks
+    mine = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    total = 0
+    for fields in lines:
+        if len(fields) < 9 or (mine is not None and int(fields[0][3:]) not in mine):
+            continue
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+        total += user + nice + system + irq + softirq + steal
+    return total / ticks if lines else None
 
 
 class OtherWork:
