@@ -43,9 +43,9 @@ from npcompile.channels.masked import prune_copy  # noqa: E402
 from npcompile.channels.select import select_ratio  # noqa: E402
 from npcompile.graph.shapes import probe_shapes  # noqa: E402
 from npcompile.importance.magnitude import group_magnitude  # noqa: E402
-from npcompile.passes.latency import LatencyBudgetPass  # noqa: E402
+from npcompile.passes.latency import LatencyBudgetPass, predict_ms  # noqa: E402
 from npcompile.pipeline import Context  # noqa: E402
-from npcompile.runtime.latency_model import kept_dims, weight_axes  # noqa: E402
+from npcompile.runtime.latency_model import weight_axes  # noqa: E402
 from npcompile.runtime.timing import StableOptions, compare, machine_load  # noqa: E402
 from npcompile.runtime.verify import probe_inputs  # noqa: E402
 from npcompile.search.levels import lowest_mask  # noqa: E402
@@ -102,7 +102,7 @@ def step_ratios(ctx: Context, lb: LatencyBudgetPass, model: Any, cm: CostModel, 
 
     def ratio(rem: dict) -> tuple[float, float, float]:
         flops = cm.cost(rem).flops / cm.base.flops
-        lat = model.predict_ms(kept_dims(ctx.analysis, axes, rem)) / model.t_full
+        lat = predict_ms(ctx, model, axes, rem) / model.t_full
         return (1 - lat) / max(1 - flops, 1e-9), lat, flops
 
     out = []
@@ -136,7 +136,7 @@ def one_config(name: str, path: Path, batch: int, threads: int, levels: int, tar
         pruned = prune_copy(ctx.model, ctx.analysis, removal, ctx.probe)
         cmp = compare(original, lb.runner(pruned, feeds), stable)
         frac = 1 / cmp["speedup"]
-        pred = model.predict_ms(kept_dims(ctx.analysis, axes, removal)) / model.t_full
+        pred = predict_ms(ctx, model, axes, removal) / model.t_full
         flops = cm.cost(removal).flops / cm.base.flops
         return {"measured": frac, "low": 1 / cmp["speedup_high"], "high": 1 / cmp["speedup_low"],
                 "predicted": pred, "flops": flops, "error": abs(pred - frac) / frac, "busy": cmp["load"]["busy"],

@@ -49,6 +49,7 @@ from npcompile.runtime.latency_model import (
     build_latency_model,
     kept_dims,
     ort_runner,
+    removed_counts,
     weight_axes,
     width_grid,
 )
@@ -66,7 +67,7 @@ from npcompile.search.levels import (
     table_losses,
 )
 
-__all__ = ["LatencyBudgetPass", "CRITERIA", "ort_runner"]
+__all__ = ["LatencyBudgetPass", "CRITERIA", "ort_runner", "predict_ms"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,11 @@ log = logging.getLogger(__name__)
 CRITERIA = ("per-ms", "importance")
 #: channel granularity of the latency model on a GPU engine (FP16 tensor cores)
 GPU_CHANNEL_STEP = 8
+
+
+def predict_ms(ctx: Context, model: LatencyModel, axes: dict, removal: dict[int, np.ndarray]) -> float:
+    """The latency model's prediction (ms) of the whole model under ``removal``."""
+    return model.predict_ms(kept_dims(ctx.analysis, axes, removal), removed_counts(ctx.analysis, removal))
 
 
 def _removed(g: Group, widths: list[int]) -> list[int]:
@@ -219,9 +225,13 @@ class LatencyBudgetPass(Pass):
             keep = min(self._candidates(g, step), key=lambda w, size=g.size // g.blocks: abs(w - size / 2))
             if keep < g.size // g.blocks:
                 half[g.id] = lowest_mask(g, ctx.scores[g.id], g.size // g.blocks - keep)
+        # attention heads also shrink ops no layer table holds (scores, softmax, their reshapes):
+        # each heads group is removed alone in the whole graph, at the calibration's width
+        differential = {g.id: half[g.id] for g in groups if g.kind == "heads" and g.id in half}
         with progress("measuring layer latency", total=None) as tick:
             model = build_latency_model(ctx, feeds, opts, half, progress=lambda name: tick(1, name),
-                                        runner=None if self.engine == "onnxruntime" else self.measure)
+                                        runner=None if self.engine == "onnxruntime" else self.measure,
+                                        differential=differential)
         path = lc.store(folder, key, {"model": model.as_dict()}) if self.use_cache else None
         return model, {"key": key, "cache": str(path) if path else None, "reused": False, "step": step,
                        "engine": self.engine}
@@ -248,9 +258,8 @@ class LatencyBudgetPass(Pass):
         noise = 0.002 * model.t_full
         for g in groups:
             widths = self._candidates(g, step)
-            pred = [model.predict_ms(kept_dims(ctx.analysis, axes, {} if w == g.size // g.blocks else
-                                               {g.id: lowest_mask(g, ctx.scores[g.id], g.size // g.blocks - w)}))
-                    for w in widths]
+            pred = [predict_ms(ctx, model, axes, {} if w == g.size // g.blocks else
+                               {g.id: lowest_mask(g, ctx.scores[g.id], g.size // g.blocks - w)}) for w in widths]
             kept, floor = [], math.inf
             for w, ms in zip(widths, pred, strict=True):  # widest first: a step is where latency drops
                 if ms < floor - noise or not kept:
@@ -287,7 +296,7 @@ class LatencyBudgetPass(Pass):
         goals = {k: None if t is None else t * getattr(base, k) for k, t in self.budgets.items()}
 
         def predict(rem: dict[int, np.ndarray]) -> float:
-            return model.predict_ms(kept_dims(ctx.analysis, axes, rem))
+            return predict_ms(ctx, model, axes, rem)
 
         def mask(gid: int, i: int) -> np.ndarray:
             g = by_id[gid]

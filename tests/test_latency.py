@@ -307,3 +307,46 @@ def test_other_work_counts_other_processes_not_this_one() -> None:
     res = compare(slow(2.0), slow(1.0), StableOptions(runs=5, max_rounds=2))
     load = res["load"]
     assert load["others"] is not None and load["busy"] == (load["others"] > 0.25 * load["cores"])
+
+
+def test_attention_heads_are_measured_alone_in_the_whole_graph(tmp_path: Path) -> None:
+    # heads also shrink ops no layer table holds (scores, softmax, reshapes): each heads group is
+    # removed alone in the whole graph and what it saved beyond its layers is its residual, which
+    # the prediction adds back in proportion and the calibration leaves out
+    import onnx
+
+    from npcompile.graph.shapes import probe_shapes
+    from npcompile.passes.latency import predict_ms
+    from npcompile.runtime.latency_model import LatencyModel, kept_dims, weight_axes
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    import hf_zoo
+
+    model = onnx.load(hf_zoo.export_hf("vit_hf", tmp_path / "vit.onnx", dynamo=False))
+    ctx = Context(model, probe_shapes(model, {"pixel_values": (2, 3, 16, 16)}))
+    heads = [g for g in ctx.analysis.prunable_groups() if g.kind == "heads"]
+    assert heads
+    lb = LatencyBudgetPass(0.9, threads=1, cache=str(tmp_path / "cache"), refine=0, max_seconds=1)
+    res = lb.run(ctx)
+    lm = res.sections["latency-model"]
+    assert lm["differential"] == len(heads)
+    (cached,) = (tmp_path / "cache").iterdir()
+    m = LatencyModel.from_dict(json.loads(cached.read_text())["model"])
+    assert set(m.residuals) == {g.name for g in heads}
+    g = heads[0]
+    r = m.residuals[g.name]
+    assert 0 < r["removed"] < g.size
+    axes = weight_axes(ctx.analysis)
+    mask = np.zeros(g.size, bool)
+    mask[:r["removed"]] = True
+    layers_only = m.predict_ms(kept_dims(ctx.analysis, axes, {g.id: mask}))
+    by_layers = m.t_full - layers_only  # what the calibrated layers say removing them saves
+    assert r["ms"] == pytest.approx(max(r["measured_ms"] - by_layers, -by_layers), abs=1e-9)
+    assert predict_ms(ctx, m, axes, {g.id: mask}) == pytest.approx(max(layers_only - r["ms"], 0.0))
+    # the residual scales with the heads removed
+    half = np.zeros(g.size, bool)
+    half[: r["removed"] // 2] = True
+    if r["removed"] >= 2:
+        layers_half = m.predict_ms(kept_dims(ctx.analysis, axes, {g.id: half}))
+        expect = layers_half - r["ms"] * (r["removed"] // 2) / r["removed"]
+        assert predict_ms(ctx, m, axes, {g.id: half}) == pytest.approx(max(expect, 0.0))

@@ -32,13 +32,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from npcompile.runtime.timing import StableOptions, median_interval, stable_samples
+from npcompile.runtime.timing import StableOptions, compare, median_interval, stable_samples
 
-__all__ = ["LatencyModelOptions", "LatencyModel", "RunnerFactory", "width_grid", "build_latency_model", "ort_runner"]
+__all__ = ["LatencyModelOptions", "LatencyModel", "RunnerFactory", "width_grid", "build_latency_model", "ort_runner",
+           "removed_counts"]
 
 log = logging.getLogger(__name__)
 
-MODEL_VERSION = 1
+MODEL_VERSION = 2  # 2: differential whole-graph residuals of groups (attention heads)
 
 
 @dataclass
@@ -170,17 +171,25 @@ def _one_node(node: Any, x_shape: list[int], w_shape: list[int], has_bias: bool,
 class LatencyModel:
     """Measured per-layer latency tables and their calibration against the whole graph."""
 
-    def __init__(self, layers: list[_Layer], t_full: float, kappa: float, info: dict[str, Any]) -> None:
+    def __init__(self, layers: list[_Layer], t_full: float, kappa: float, info: dict[str, Any],
+                 residuals: Mapping[str, Mapping[str, float]] | None = None) -> None:
         self.layers, self.t_full, self.kappa, self.info = layers, t_full, kappa, info
+        #: group name -> {"removed": channels, "ms": saving}: what removing that many channels of
+        #: the group saved in the whole graph beyond what its layers predict (measured
+        #: differentially: attention heads also shrink ops no layer table holds)
+        self.residuals = {k: dict(v) for k, v in (residuals or {}).items()}
         self._s_full = sum(layer.t0 for layer in layers)
 
     def layer_sum(self, dims: Mapping[str, Mapping[int, int]]) -> float:
         """Sum of the isolated layer times at the given kept weight dims (layer name -> axis -> dim)."""
         return sum(layer.predict(dims.get(layer.name, {})) for layer in self.layers)
 
-    def predict_ms(self, dims: Mapping[str, Mapping[int, int]]) -> float:
-        """The whole model's latency (ms) at the given kept weight dims."""
-        return max(self.t_full - self.kappa * (self._s_full - self.layer_sum(dims)), 0.0)
+    def predict_ms(self, dims: Mapping[str, Mapping[int, int]], removed: Mapping[str, int] | None = None) -> float:
+        """The whole model's latency (ms) at the given kept weight dims, less the measured residual
+        savings of the groups in ``removed`` (group name -> channels removed), in proportion."""
+        extra = sum(r["ms"] * removed.get(name, 0) / r["removed"] for name, r in self.residuals.items()
+                    if r["removed"] > 0) if removed else 0.0
+        return max(self.t_full - self.kappa * (self._s_full - self.layer_sum(dims)) - extra, 0.0)
 
     def shares(self, macs: Mapping[str, float], total_macs: float) -> list[dict[str, Any]]:
         """Where the whole model's time goes: each timed layer's calibrated time (``kappa`` x its
@@ -205,14 +214,15 @@ class LatencyModel:
                 "layers": [{"name": la.name, "op": la.op, "weight": la.weight, "shape": la.shape, "t0_ms": la.t0,
                             "both": la.both,
                             "axes": {str(a): {"widths": ax.widths, "ms": ax.ms, "err": ax.err}
-                                     for a, ax in la.axes.items()}} for la in self.layers]}
+                                     for a, ax in la.axes.items()}} for la in self.layers],
+                "residuals": self.residuals}
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> LatencyModel:
         layers = [_Layer(la["name"], la["op"], la["weight"], list(la["shape"]), la["t0_ms"],
                          {int(a): _Axis(int(a), ax["widths"], ax["ms"], ax["err"]) for a, ax in la["axes"].items()},
                          la.get("both", False)) for la in d["layers"]]
-        return LatencyModel(layers, d["t_full_ms"], d["kappa"], d.get("info", {}))
+        return LatencyModel(layers, d["t_full_ms"], d["kappa"], d.get("info", {}), d.get("residuals"))
 
 
 def _session_runner(model: onnx.ModelProto | bytes, feeds: dict[str, np.ndarray], options: LatencyModelOptions
@@ -285,13 +295,22 @@ def kept_dims(analysis: Any, axes: Mapping[str, Mapping[int, tuple[Any, int]]],
             for name, ax in axes.items()}
 
 
+def removed_counts(analysis: Any, removal: Mapping[int, np.ndarray]) -> dict[str, int]:
+    """Group name -> channels removed, for :meth:`LatencyModel.predict_ms`'s residuals."""
+    by_id = {g.id: g for g in analysis.groups}
+    return {by_id[gid].name: int(np.count_nonzero(m)) for gid, m in removal.items() if gid in by_id}
+
+
 def build_latency_model(ctx: Any, feeds: dict[str, np.ndarray], options: LatencyModelOptions,
                         half_removal: Mapping[int, np.ndarray], progress: Callable[[str], None] | None = None,
-                        runner: RunnerFactory | None = None) -> LatencyModel:
+                        runner: RunnerFactory | None = None,
+                        differential: Mapping[int, np.ndarray] | None = None) -> LatencyModel:
     """Measure the table for ``ctx.model`` (its analysis and static shapes) at ``feeds``' batch, and
     calibrate it with the whole model unpruned and pruned by ``half_removal``. Every model (the
     one-node layers and the whole graph) is timed on ONNX Runtime with ``options``' session
-    options, or, with ``runner``, on the engine it builds (a deployment target's: TensorRT)."""
+    options, or, with ``runner``, on the engine it builds (a deployment target's: TensorRT).
+    Each group of ``differential`` (group id -> a removal of it) is also removed alone in the
+    whole graph and measured: what it saves beyond the layers' prediction is its residual."""
     from npcompile.channels.masked import prune_copy
 
     def make(model: Any, x: dict[str, np.ndarray]) -> Callable[[int, int], list[float]]:
@@ -367,14 +386,31 @@ def build_latency_model(ctx: Any, feeds: dict[str, np.ndarray], options: Latency
         layers.append(layer)
         if progress is not None:
             progress(node.name)
+    probe = LatencyModel(layers, 1.0, 1.0, {})
+
+    def layer_saving(removal: Mapping[int, np.ndarray]) -> float:  # isolated ms, not calibrated
+        return probe._s_full - probe.layer_sum(kept_dims(ctx.analysis, axes, removal))
+
+    # groups removed alone in the whole graph: (name, channels removed, ms saved, layer saving)
+    alone: list[tuple[str, int, float, float]] = []
+    by_id = {g.id: g for g in ctx.analysis.groups}
+    for gid, mask in sorted((differential or {}).items()):
+        if not np.any(mask):
+            continue
+        cmp = compare(make(ctx.model, feeds), make(prune_copy(ctx.model, ctx.analysis, {gid: mask}, ctx.probe), feeds),
+                      StableOptions(runs=max(options.runs, 10), warmup=options.warmup, precision=0.02,
+                                    max_rounds=6, max_seconds=5.0))
+        before = float(np.median(cmp["before"]))
+        alone.append((by_id[gid].name, int(np.count_nonzero(mask)), before * (1 - 1 / cmp["speedup"]),
+                      layer_saving({gid: mask})))
+        if progress is not None:
+            progress(by_id[gid].name)
     kappa = 1.0
     t_half = None
     if not half_removal:
         t_full, e_full = time_model(ctx.model, feeds, options, runs=max(options.runs, 10), max_seconds=5.0,
                                     runner=runner)
     else:  # the full and the half-width model interleaved: their ratio survives a busy machine
-        from npcompile.runtime.timing import compare
-
         half = prune_copy(ctx.model, ctx.analysis, half_removal, ctx.probe)
         cmp = compare(make(ctx.model, feeds), make(half, feeds),
                       StableOptions(runs=max(options.runs, 10), warmup=options.warmup, precision=0.02,
@@ -382,13 +418,18 @@ def build_latency_model(ctx: Any, feeds: dict[str, np.ndarray], options: Latency
         t_full = float(np.median(cmp["before"]))
         e_full = (cmp["speedup_high"] - cmp["speedup_low"]) / 2 / cmp["speedup"] * t_full
         t_half = t_full / cmp["speedup"]
-        probe = LatencyModel(layers, t_full, 1.0, {})
-        saved = probe._s_full - probe.layer_sum(kept_dims(ctx.analysis, axes, half_removal))
-        if saved > 1e-6 and t_full - t_half > 0:
-            kappa = min(max((t_full - t_half) / saved, 0.2), 5.0)
+        # the groups measured alone (at their half widths) leave the calibration: what they saved
+        # beyond their layers is theirs, not a scale on every layer
+        saved = layer_saving(half_removal) - sum(p for *_, p in alone)
+        gained = t_full - t_half - sum(m for _, _, m, _ in alone)
+        if saved > 1e-6 and gained > 0:
+            kappa = min(max(gained / saved, 0.2), 5.0)
+    residuals = {name: {"removed": n, "ms": max(m - kappa * p, -kappa * p), "measured_ms": m}
+                 for name, n, m, p in alone}
     info = {"layers": len(layers), "timed_subgraphs": measured, "overhead_ms": overhead,
+            "differential": len(residuals),
             "build_s": time.perf_counter() - t_start,
             "t_full_err_ms": e_full, "t_half_ms": t_half, "batch": next(iter(feeds.values())).shape[0] if feeds else 1}
     log.info("latency model: %d layers, %d subgraphs timed in %.1f s; whole model %.3f ms, calibration %.2f",
              len(layers), measured, info["build_s"], t_full, kappa)
-    return LatencyModel(layers, t_full, kappa, info)
+    return LatencyModel(layers, t_full, kappa, info, residuals)
