@@ -55,6 +55,30 @@ GOAL_ERROR = 0.10
 GOAL_RATIO = 1.0
 
 
+def _encoder_class() -> type:
+    import torch
+    from torch import nn
+
+    class Encoder(nn.Module):
+        """A 4-layer transformer encoder (d 256, 8 heads, MLP 1024) over 128 tokens of 64 features."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Linear(64, 256)
+            layer = nn.TransformerEncoderLayer(256, 8, 1024, dropout=0.0, batch_first=True)
+            self.enc = nn.TransformerEncoder(layer, 4, enable_nested_tensor=False)
+            self.head = nn.Linear(256, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.enc(self.emb(x)).mean(1))
+
+    return Encoder
+
+
+def Encoder() -> Any:  # noqa: N802 - a model constructor, like the others
+    return _encoder_class()()
+
+
 def export(name: str, batch: int, workdir: Path) -> Path:
     """The model as ONNX at a static batch size."""
     import torch
@@ -63,12 +87,15 @@ def export(name: str, batch: int, workdir: Path) -> Path:
     torch.manual_seed(0)
     if name == "resnet50":
         model, shape = zoo.randomize_bn(zoo.resnet50()), (batch, 3, 224, 224)
+    elif name == "encoder":
+        model, shape = Encoder(), (batch, 128, 64)
+        torch.backends.mha.set_fastpath_enabled(False)  # the fused kernel does not export
     else:
         from train import VGG
 
         model, shape = zoo.randomize_bn(VGG()), (batch, 1, 32, 32)
     path = workdir / f"{name}.onnx"  # a dynamic batch dimension: the batch is the probe's
-    zoo.export(model.eval(), shape, path, dynamo=False)
+    zoo.export(model.eval(), shape, path, dynamo=False, opset=17 if name == "encoder" else None)
     return path
 
 
@@ -193,7 +220,8 @@ def print_config(res: dict[str, Any], batch: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default="resnet50,vgg", help="resnet50, vgg (comma-separated)")
+    ap.add_argument("--models", default="resnet50,vgg",
+                    help="resnet50, vgg, encoder (a 4-layer transformer encoder; comma-separated)")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--targets", default="0.5,0.7", help="--target-latency fractions to plan")
