@@ -350,3 +350,23 @@ def test_attention_heads_are_measured_alone_in_the_whole_graph(tmp_path: Path) -
         layers_half = m.predict_ms(kept_dims(ctx.analysis, axes, {g.id: half}))
         expect = layers_half - r["ms"] * (r["removed"] // 2) / r["removed"]
         assert predict_ms(ctx, m, axes, {g.id: half}) == pytest.approx(max(expect, 0.0))
+
+
+def test_magnitude_guide_grows_faster_than_the_share_removed() -> None:
+    # without an evaluator a group's loss is its removed share of score mass, squared: with equal
+    # scores, half the channels cost a quarter, all of them the whole (never drained for latency)
+    import onnx
+
+    from npcompile.graph.shapes import probe_shapes
+
+    model = onnx.load(str(LENET))
+    ctx = Context(model, probe_shapes(model, {}))
+    groups = ctx.analysis.prunable_groups()
+    ctx.scores = {g.id: np.ones(g.size) for g in groups}
+    steps = {g.id: list(range(g.size, 0, -1)) for g in groups}  # kept widths, widest first
+    losses, guide = LatencyBudgetPass(0.5)._losses(ctx, groups, steps, None, 0.0)
+    assert guide == "magnitude"
+    for g in groups:
+        share = np.array([100.0 * (g.size - w) / g.size for w in steps[g.id]])
+        assert np.allclose(losses[g.id], share**2 / 100.0)
+        assert np.all(np.diff(losses[g.id], 2) > 0)  # convex: each channel costs more than the last
