@@ -24,11 +24,11 @@ pruned model.
    in a network that is not fine-tuned) and a ``tolerance`` caps that loss.
 3. The pruned model is measured against the original (interleaved rounds, 95 % interval). If it
    misses (the estimate above the target less its upward uncertainty, at most ``margin`` of the
-   target, so that a second measurement still finds it under), the goal is tightened by the miss
-   and the plan rebuilt (and loosened when it lands more than ``slack`` below the target), at most
-   ``refine`` times. The least pruning that met the target wins; a plan that still misses is kept
-   and reported, and the compilation's ``target-latency`` gate fails with the gap when it misses
-   beyond the uncertainty.
+   target, so that a second measurement still finds it under), or lands more than ``slack``
+   below the target, the latency model's calibration is refitted to every plan measured so far
+   and the plan rebuilt for that aim, at most ``refine`` times. The least pruning that met the
+   target wins; a plan that still misses is kept and reported, and the compilation's
+   ``target-latency`` gate fails with the gap when it misses beyond the uncertainty.
 """
 
 from __future__ import annotations
@@ -426,6 +426,8 @@ class LatencyBudgetPass(Pass):
         def same(a: dict, b: dict) -> bool:
             return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
+        points: list[tuple[float, float, float]] = []
+        calibrated = model.kappa
         for _ in range(self.refine + 1):
             removal, pred_ms, loss = self._plan(ctx, groups, steps, losses, model, axes, cm, goal * model.t_full, joint)
             if any(same(removal, r) for r in seen):
@@ -440,9 +442,17 @@ class LatencyBudgetPass(Pass):
                              "loss": loss, "_removal": removal})
             log.info("latency budget: plan for %.3f predicted %.3f, measured %.3f (%.3f-%.3f) of the original",
                      goal, pred_ms / model.t_full, frac, low, high)
-            goal = self._next_goal(goal, frac, high)
-            if goal is None:
+            if self._next_goal(goal, frac, high) is None:
                 break
+            # the calibration refitted to every plan measured so far, then planned for the aim:
+            # a scale that is off (the half-width calibration point far from where the plan goes)
+            # is corrected where a goal scaled by the miss would chase it
+            points.append((*model.savings(kept_dims(ctx.analysis, axes, removal),
+                                          removed_counts(ctx.analysis, removal)),
+                           model.t_full * (1.0 - frac)))
+            model = model.refit(points)
+            attempts[-1]["kappa_next"] = model.kappa
+            goal = min(max(self._aim(frac, high), 0.01), 0.999)
         last = self._choose(attempts) if attempts else \
             {"measured": 1.0, "low": 1.0, "high": 1.0, "predicted": 1.0, "_removal": {}}
         removal = last["_removal"]
@@ -467,8 +477,8 @@ class LatencyBudgetPass(Pass):
                 "prediction_error": float(np.median(pred_err)) if pred_err else None, "channels": n}
         if joint is not None:
             data["evaluations"] = joint.evaluations
-        model_info = {**where, "kappa": model.kappa, "t_full_ms": model.t_full, **model.info, "curves": curves,
-                      "shares": self._shares(ctx, model)}
+        model_info = {**where, "kappa": calibrated, "kappa_refit": model.kappa, "t_full_ms": model.t_full,
+                      **model.info, "curves": curves, "shares": self._shares(ctx, model)}
         return PassResult(False, summary, data, report={"summary": summary, **data},
                           sections={"latency-model": model_info})
 

@@ -370,3 +370,17 @@ def test_magnitude_guide_grows_faster_than_the_share_removed() -> None:
         share = np.array([100.0 * (g.size - w) / g.size for w in steps[g.id]])
         assert np.allclose(losses[g.id], share**2 / 100.0)
         assert np.all(np.diff(losses[g.id], 2) > 0)  # convex: each channel costs more than the last
+
+
+def test_refit_calibration_to_measured_plans() -> None:
+    # whole-model measurements refit the calibration (least squares through the origin) of the
+    # layer savings less the residuals; the layers and residuals stay
+    from npcompile.runtime.latency_model import LatencyModel
+
+    m = LatencyModel([], 10.0, 1.0, {"x": 1}, {"g": {"removed": 2, "ms": 0.5, "measured_ms": 1.0}})
+    r = m.refit([(2.0, 0.5, 4.5), (4.0, 0.0, 8.0)])  # (layer ms saved, residual ms, measured ms saved)
+    assert r.kappa == pytest.approx(2.0) and r.residuals == m.residuals and r.t_full == 10.0
+    assert m.kappa == 1.0  # a new model: the cached one is left as measured
+    one = m.refit([(3.0, 0.0, 1.5)])
+    assert one.kappa == pytest.approx(0.5)  # one point: the prediction there equals the measurement
+    assert m.refit([(3.0, 0.0, 100.0)]).kappa == 5.0 and m.refit([(3.0, 0.0, -1.0)]).kappa == 1.0

@@ -184,12 +184,26 @@ class LatencyModel:
         """Sum of the isolated layer times at the given kept weight dims (layer name -> axis -> dim)."""
         return sum(layer.predict(dims.get(layer.name, {})) for layer in self.layers)
 
+    def savings(self, dims: Mapping[str, Mapping[int, int]], removed: Mapping[str, int] | None = None
+                ) -> tuple[float, float]:
+        """(isolated layer ms saved, residual ms saved) at the given kept dims and removed counts."""
+        extra = sum(r["ms"] * removed.get(name, 0) / r["removed"] for name, r in self.residuals.items()
+                    if r["removed"] > 0) if removed else 0.0
+        return self._s_full - self.layer_sum(dims), extra
+
     def predict_ms(self, dims: Mapping[str, Mapping[int, int]], removed: Mapping[str, int] | None = None) -> float:
         """The whole model's latency (ms) at the given kept weight dims, less the measured residual
         savings of the groups in ``removed`` (group name -> channels removed), in proportion."""
-        extra = sum(r["ms"] * removed.get(name, 0) / r["removed"] for name, r in self.residuals.items()
-                    if r["removed"] > 0) if removed else 0.0
-        return max(self.t_full - self.kappa * (self._s_full - self.layer_sum(dims)) - extra, 0.0)
+        layers, extra = self.savings(dims, removed)
+        return max(self.t_full - self.kappa * layers - extra, 0.0)
+
+    def refit(self, points: list[tuple[float, float, float]]) -> LatencyModel:
+        """The model with its calibration refitted (least squares through the origin) to whole-model
+        measurements: ``points`` of (isolated layer ms saved, residual ms saved, measured ms saved)."""
+        num = sum(s * (m - r) for s, r, m in points if s > 1e-9)
+        den = sum(s * s for s, r, m in points if s > 1e-9)
+        kappa = min(max(num / den, 0.2), 5.0) if den > 0 and num > 0 else self.kappa
+        return LatencyModel(self.layers, self.t_full, kappa, self.info, self.residuals)
 
     def shares(self, macs: Mapping[str, float], total_macs: float) -> list[dict[str, Any]]:
         """Where the whole model's time goes: each timed layer's calibrated time (``kappa`` x its
