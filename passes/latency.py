@@ -82,7 +82,8 @@ GPU_CHANNEL_STEP = 8
 
 def predict_ms(ctx: Context, model: LatencyModel, axes: dict, removal: dict[int, np.ndarray]) -> float:
     """The latency model's prediction (ms) of the whole model under ``removal``."""
-    return model.predict_ms(kept_dims(ctx.analysis, axes, removal), removed_counts(ctx.analysis, removal))
+    removed = removed_counts(ctx.analysis, removal) if model.residuals else None  # a hot path: only when used
+    return model.predict_ms(kept_dims(ctx.analysis, axes, removal), removed)
 
 
 def _removed(g: Group, widths: list[int]) -> list[int]:
@@ -363,14 +364,14 @@ class LatencyBudgetPass(Pass):
         still finds it under the target."""
         return self.target - min(max(high - frac, 0.0), self.margin * self.target)
 
-    def _next_goal(self, goal: float, frac: float, high: float) -> float | None:
+    def _next_goal(self, frac: float, high: float) -> float | None:
         """The planning goal of the next refinement after measuring ``frac`` (interval top
-        ``high``) for a plan built for ``goal``; None when this plan is to be kept."""
+        ``high``): the aim (see :meth:`_aim`), planned with the refitted calibration, when the plan
+        missed it (or met the target only within the uncertainty) or landed more than ``slack``
+        below the target; None when this plan is to be kept."""
         aim = self._aim(frac, high)
-        if frac > aim:  # missed, or met only within the uncertainty: tighten by the miss
-            return max(goal * aim / frac, 0.01)
-        if high < self.target - self.slack:  # well below the target: prune less
-            return min(goal * aim / frac, 0.999)
+        if frac > aim or high < self.target - self.slack:
+            return min(max(aim, 0.01), 0.999)
         return None
 
     def _choose(self, attempts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -442,7 +443,8 @@ class LatencyBudgetPass(Pass):
                              "loss": loss, "_removal": removal})
             log.info("latency budget: plan for %.3f predicted %.3f, measured %.3f (%.3f-%.3f) of the original",
                      goal, pred_ms / model.t_full, frac, low, high)
-            if self._next_goal(goal, frac, high) is None:
+            next_goal = self._next_goal(frac, high)
+            if next_goal is None:
                 break
             # the calibration refitted to every plan measured so far, then planned for the aim:
             # a scale that is off (the half-width calibration point far from where the plan goes)
@@ -452,7 +454,7 @@ class LatencyBudgetPass(Pass):
                            model.t_full * (1.0 - frac)))
             model = model.refit(points)
             attempts[-1]["kappa_next"] = model.kappa
-            goal = min(max(self._aim(frac, high), 0.01), 0.999)
+            goal = next_goal
         last = self._choose(attempts) if attempts else \
             {"measured": 1.0, "low": 1.0, "high": 1.0, "predicted": 1.0, "_removal": {}}
         removal = last["_removal"]

@@ -237,14 +237,14 @@ def test_a_plan_meets_the_target_only_with_its_uncertainty_under_it() -> None:
     lb = LatencyBudgetPass(0.5, margin=0.03)
     assert lb._aim(0.49, 0.52) == pytest.approx(0.5 - 0.015)  # the uncertainty, capped at 3 % of the target
     assert lb._aim(0.48, 0.49) == pytest.approx(0.49)
-    assert lb._next_goal(0.5, 0.49, 0.52) == pytest.approx(0.5 * 0.485 / 0.49)
-    assert lb._next_goal(0.5, 0.48, 0.49) is None
-    assert lb._next_goal(0.5, 0.40, 0.41) > 0.5  # well below: prune less
+    assert lb._next_goal(0.49, 0.52) == pytest.approx(0.485)  # re-planned for the aim
+    assert lb._next_goal(0.48, 0.49) is None
+    assert lb._next_goal(0.40, 0.41) == pytest.approx(0.49)  # well below: prune less, up to the aim
     attempts = [{"measured": 0.495, "high": 0.53}, {"measured": 0.47, "high": 0.48}, {"measured": 0.43, "high": 0.44}]
     assert lb._choose(attempts)["measured"] == 0.47  # the least pruned of those surely under
     assert lb._choose(attempts[:1])["measured"] == 0.495  # else the estimate under the target
     assert lb._choose([{"measured": 0.6, "high": 0.62}, {"measured": 0.55, "high": 0.6}])["measured"] == 0.55
-    assert LatencyBudgetPass(0.5, margin=0.0)._next_goal(0.5, 0.49, 0.52) is None  # margin 0: the estimate alone
+    assert LatencyBudgetPass(0.5, margin=0.0)._next_goal(0.49, 0.52) is None  # margin 0: the estimate alone
     with pytest.raises(UserError):
         LatencyBudgetPass(0.5, margin=1.5)
 

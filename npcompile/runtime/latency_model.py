@@ -330,6 +330,13 @@ def build_latency_model(ctx: Any, feeds: dict[str, np.ndarray], options: Latency
     def make(model: Any, x: dict[str, np.ndarray]) -> Callable[[int, int], list[float]]:
         return runner(model, x) if runner is not None else _session_runner(model, x, options)
 
+    whole: list[Callable[[int, int], list[float]]] = []
+
+    def unpruned() -> Callable[[int, int], list[float]]:  # one session (or engine) for every comparison
+        if not whole:
+            whole.append(make(ctx.model, feeds))
+        return whole[0]
+
     t_start = time.perf_counter()
     graph, shapes = ctx.analysis.graph, ctx.shapes
     opset = next((o.version for o in ctx.model.opset_import if o.domain in ("", "ai.onnx")), 13)
@@ -411,7 +418,7 @@ def build_latency_model(ctx: Any, feeds: dict[str, np.ndarray], options: Latency
     for gid, mask in sorted((differential or {}).items()):
         if not np.any(mask):
             continue
-        cmp = compare(make(ctx.model, feeds), make(prune_copy(ctx.model, ctx.analysis, {gid: mask}, ctx.probe), feeds),
+        cmp = compare(unpruned(), make(prune_copy(ctx.model, ctx.analysis, {gid: mask}, ctx.probe), feeds),
                       StableOptions(runs=max(options.runs, 10), warmup=options.warmup, precision=0.02,
                                     max_rounds=6, max_seconds=5.0))
         before = float(np.median(cmp["before"]))
@@ -426,7 +433,7 @@ def build_latency_model(ctx: Any, feeds: dict[str, np.ndarray], options: Latency
                                     runner=runner)
     else:  # the full and the half-width model interleaved: their ratio survives a busy machine
         half = prune_copy(ctx.model, ctx.analysis, half_removal, ctx.probe)
-        cmp = compare(make(ctx.model, feeds), make(half, feeds),
+        cmp = compare(unpruned(), make(half, feeds),
                       StableOptions(runs=max(options.runs, 10), warmup=options.warmup, precision=0.02,
                                     max_rounds=8, max_seconds=10.0))
         t_full = float(np.median(cmp["before"]))
